@@ -1,0 +1,184 @@
+"""What the study measures: win rate, KL, classification accuracy, log-likelihood
+shifts, gaps at matched KL, and confidence intervals over seeds.
+
+Docs: docs/results-schema.md. Tests: tests/test_metrics.py.
+
+Exact versions take distributions over enumerable responses on the last axis
+(toysim); estimators take samples (fullscale). Tang et al. 2024 (arXiv
+2405.08448) §3 defines the win rate and the KL estimator; §4.3 the
+policy-as-classifier.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from shared._validate import same_shape
+
+__all__ = [
+    "win_rate_exact",
+    "win_rate_from_labels",
+    "kl_exact",
+    "kl_tokenwise_estimate",
+    "policy_margin",
+    "classifier_accuracy",
+    "logp_shift",
+    "envelope_on_grid",
+    "gap_at_matched_kl",
+    "seed_ci",
+]
+
+
+def win_rate_exact(pi, ref, pref):
+    """Exact win rate of π against ρ: E_x Σ_{y,y'} π(y|x) ρ(y'|x) P(y ≻ y' | x).
+
+    Tang et al. 2024, §3 (win rate against the golden policy, judged by the
+    golden PM). ``pref[..., y, y']`` = P(y ≻ y'), with ties counted ½ (hard
+    decisions: ``shared.preferences.hard_preference``).
+    Shapes: pi [..., X, N], ref [..., X, N], pref [X, N, N] -> [...].
+    """
+    if pi.shape[-1] != pref.shape[-1] or ref.shape[-1] != pref.shape[-1]:
+        raise ValueError(f"response axes differ: pi {tuple(pi.shape)}, ref {tuple(ref.shape)}, pref {tuple(pref.shape)}")
+    per_x = torch.einsum("...xn,xnm,...xm->...x", pi, pref, ref)
+    return per_x.mean(-1)
+
+
+def win_rate_from_labels(first_wins, tie=None):
+    """Sampled win rate: mean of hard decisions, a tie counting ½.
+
+    ``first_wins`` [..., N] bool: the policy's response won; ``tie`` optional.
+    """
+    w = first_wins.to(torch.float64)
+    if tie is not None:
+        w = torch.where(tie, torch.full_like(w, 0.5), w)
+    return w.mean(-1)
+
+
+def kl_exact(logp, ref_logp):
+    """KL(π‖π_ref) = E_x Σ_y π(y|x) [log π(y|x) − log π_ref(y|x)], exact.
+
+    Shapes: logp [..., X, N], ref_logp [..., X, N] (normalised log-probs over
+    the N enumerable responses) -> [...]. Zero-probability responses contribute 0.
+    """
+    same_shape(logp=logp, ref_logp=ref_logp)
+    p = logp.exp()
+    terms = torch.where(p > 0, p * (logp - ref_logp), torch.zeros_like(p))
+    return terms.sum(-1).mean(-1)
+
+
+def kl_tokenwise_estimate(pi_logits, ref_logits, mask):
+    """The paper's KL estimator: sample y ~ π, sum along y the exact KL between
+    the two next-token distributions, average over prompts.
+
+    KL(π‖π_sft) ≈ mean_i Σ_t KL(π(·|x_i, y_<t) ‖ π_sft(·|x_i, y_<t)),
+    Tang et al. 2024, §3 ("KL divergence"). Unbiased for the sequence KL when
+    y is sampled from π (tests/test_metrics.py checks it against enumeration).
+    Shapes: pi_logits [N, T, V], ref_logits [N, T, V] (next-token logits at
+    each response position), mask [N, T] (1 on response tokens) -> scalar.
+    """
+    same_shape(pi_logits=pi_logits, ref_logits=ref_logits)
+    if mask.shape != pi_logits.shape[:-1]:
+        raise ValueError(f"mask {tuple(mask.shape)} must be logits' shape without the vocab axis {tuple(pi_logits.shape[:-1])}")
+    lp = torch.log_softmax(pi_logits.float(), -1)
+    lq = torch.log_softmax(ref_logits.float(), -1)
+    per_token = (lp.exp() * (lp - lq)).sum(-1)
+    return (per_token * mask.to(per_token.dtype)).sum(-1).mean()
+
+
+def policy_margin(pi_logp_1, pi_logp_2, ref_logp_1, ref_logp_2):
+    """The policy as a classifier (Tang et al. 2024, §4.3):
+
+        f(x, y1, y2) = [log π(y1) − log π_sft(y1)] − [log π(y2) − log π_sft(y2)],
+
+    predicting y1 ≻ y2 iff f > 0. Same quantity as ``losses.log_ratio_margin``.
+    """
+    same_shape(pi_logp_1=pi_logp_1, pi_logp_2=pi_logp_2, ref_logp_1=ref_logp_1, ref_logp_2=ref_logp_2)
+    return (pi_logp_1 - ref_logp_1) - (pi_logp_2 - ref_logp_2)
+
+
+def classifier_accuracy(margin, first_wins):
+    """Accuracy of the decision margin > 0 against labels; a zero margin counts ½.
+
+    Works for a policy (``policy_margin``) and a preference model (its margin).
+    Shapes: margin [..., N], first_wins [..., N] bool -> [...].
+    """
+    if margin.shape != first_wins.shape:
+        raise ValueError(f"margin {tuple(margin.shape)} and labels {tuple(first_wins.shape)} differ in shape")
+    s = torch.sign(margin)
+    target = torch.where(first_wins, 1.0, -1.0).to(s.dtype)
+    score = torch.where(s == 0, torch.full_like(s, 0.5), (s == target).to(s.dtype))
+    return score.mean(-1)
+
+
+def logp_shift(pi_logp, ref_logp):
+    """Mean log-likelihood shift E[log π(y) − log π_sft(y)] over given responses
+    (chosen or rejected), Tang et al. 2024, §4.3 (Fig. 6). Shapes: [..., N] -> [...]."""
+    same_shape(pi_logp=pi_logp, ref_logp=ref_logp)
+    return (pi_logp - ref_logp).mean(-1)
+
+
+def envelope_on_grid(curves, grid):
+    """Upper envelope of several win-rate-vs-log-KL curves on a log-KL grid.
+
+    ``curves`` is a list of (kl, win_rate) 1-D arrays (one per run, e.g. the
+    configurations of a pooled sweep). Each curve is linearly interpolated on
+    log KL (points sorted by KL) inside the range it covers and is ``nan``
+    outside it; the envelope is the max over curves, ``nan`` where none covers.
+    Tang et al. 2024 pool offline's sweep this way to give it its best chance
+    at every KL (§3, Fig. 2).
+    """
+    out = np.full(len(grid), -np.inf)
+    for kl, wr in curves:
+        kl, wr = np.asarray(kl, dtype=float), np.asarray(wr, dtype=float)
+        if kl.shape != wr.shape:
+            raise ValueError("each curve needs as many win rates as KL values")
+        lk = np.log(np.maximum(kl, 1e-12))
+        order = np.argsort(lk, kind="stable")
+        f = np.interp(grid, lk[order], wr[order])
+        f[(grid < lk.min()) | (grid > lk.max())] = -np.inf
+        out = np.maximum(out, f)
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def gap_at_matched_kl(curves_a, curves_b, num: int = 64):
+    """Mean win-rate difference a − b at matched KL.
+
+    ``curves_a``/``curves_b``: lists of (kl, win_rate) curves; each side is
+    reduced to its upper envelope (``envelope_on_grid``) on a grid of ``num``
+    log-KL points spanning the range both sides cover, and the vertical gap is
+    averaged over grid points where both are defined (Tang et al. 2024 compare
+    at matched KL, Fig. 2). Returns ``nan`` when the ranges do not overlap.
+    """
+    def span(curves):
+        lk = np.concatenate([np.log(np.maximum(np.asarray(kl, dtype=float), 1e-12)) for kl, _ in curves])
+        return lk.min(), lk.max()
+
+    (a_lo, a_hi), (b_lo, b_hi) = span(curves_a), span(curves_b)
+    lo, hi = max(a_lo, b_lo), min(a_hi, b_hi)
+    if not hi > lo:
+        return math.nan
+    grid = np.linspace(lo, hi, num)
+    d = envelope_on_grid(curves_a, grid) - envelope_on_grid(curves_b, grid)
+    d = d[np.isfinite(d)]
+    return float(d.mean()) if d.size else math.nan
+
+
+def seed_ci(values, level: float = 0.95):
+    """Mean and half-width of a Student-t confidence interval over seeds.
+
+    Returns ``(mean, half_width)``; the half-width is ``nan`` for one seed.
+    """
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return math.nan, math.nan
+    if v.size == 1:
+        return float(v[0]), math.nan
+    from scipy import stats  # imported lazily: scipy.stats costs ~0.3 s
+
+    half = stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
+    return float(v.mean()), float(half)

@@ -1,0 +1,210 @@
+"""Where preference pairs come from: the data sources the study compares.
+
+Docs: docs/studies/coverage.md. Tests: tests/test_sampling.py.
+
+Tang et al. 2024 (arXiv 2405.08448) run one loss on pairs from different
+sources; this module is those sources, behind one small policy interface that
+both backends implement (``Policy``):
+
+- ``OnlineSampler``: each step, prompts are drawn, both responses are sampled
+  from the *current* policy without gradient, labelled by an oracle (the proxy
+  PM in the paper), and the labelled batch is logged (§3, "online").
+- ``OfflineSampler``: minibatches of a fixed labelled dataset, epoch by epoch
+  in a shuffled order (§3, "offline", D_golden).
+- ``ReplaySampler``: a logged online stream replayed with a shuffle window
+  (§4.1, H1): ``window=1`` is ordered replay (the batches exactly as logged),
+  ``window >= len(stream)`` the uniform "tandem" shuffle, in between the pairs
+  are permuted inside consecutive blocks of ``window`` batches.
+- ``policy_pair_dataset``: a dataset whose two responses come from two given
+  policies (e.g. SFT vs a checkpoint), labelled by an oracle (§5).
+
+Shapes: a ``Batch`` holds tensors whose leading dims ``[*lead, B]`` are the
+batch (``lead`` is empty, or ``(R,)`` when one program trains R runs at once);
+responses may carry trailing dims (tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Protocol
+
+import torch
+
+from shared.preferences import label_pairs
+
+__all__ = [
+    "Policy",
+    "Batch",
+    "stack_batches",
+    "OnlineSampler",
+    "OfflineSampler",
+    "ReplaySampler",
+    "replay_order",
+    "policy_pair_dataset",
+]
+
+
+class Policy(Protocol):
+    """What a sampler needs of a policy; toysim and fullscale both implement it."""
+
+    def sample(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One response per prompt in ``x`` (no gradient)."""
+        ...
+
+    def logp(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Summed sequence log-probability log π(y|x), differentiable."""
+        ...
+
+
+@dataclass
+class Batch:
+    """Labelled pairs. x: [*lead, B, ...]; y_w, y_l: [*lead, B, ...]; tie: [*lead, B]."""
+
+    x: torch.Tensor
+    y_w: torch.Tensor
+    y_l: torch.Tensor
+    tie: torch.Tensor
+
+    def take(self, idx: torch.Tensor, dim: int = 0) -> "Batch":
+        """Select pairs along the pair axis ``dim``; ``idx`` has the leading
+        dims before ``dim`` (or none) followed by the new pair dims."""
+        return Batch(**{f.name: _take(getattr(self, f.name), idx, dim) for f in fields(self)})
+
+    def __len__(self) -> int:
+        return self.tie.shape[-1]
+
+
+def _take(t: torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:
+    if dim == 0:
+        return t[idx]
+    # idx: [*lead, M] with lead == t.shape[:dim]; keep trailing dims of t.
+    extra = t.ndim - idx.ndim
+    i = idx.reshape(idx.shape + (1,) * extra).expand(idx.shape + t.shape[dim + 1 :])
+    return torch.gather(t, dim, i)
+
+
+def stack_batches(batches: list[Batch], dim: int = 0) -> Batch:
+    """Concatenate batches along the pair axis ``dim``."""
+    if not batches:
+        raise ValueError("cannot stack an empty list of batches")
+    return Batch(**{f.name: torch.cat([getattr(b, f.name) for b in batches], dim) for f in fields(Batch)})
+
+
+@dataclass
+class OnlineSampler:
+    """Online pairs: both responses from the current policy, labelled by ``oracle``.
+
+    ``prompts`` is indexed by a tensor of shape ``shape`` each step (``(B,)`` or
+    ``(R, B)``). Sampling is stop-gradient. Every batch is appended to ``log``
+    so the stream can be replayed exactly (``ReplaySampler``).
+    """
+
+    policy: Policy
+    oracle: object
+    prompts: torch.Tensor
+    shape: tuple[int, ...]
+    generator: torch.Generator
+    log: list[Batch] = field(default_factory=list)
+
+    def next(self) -> Batch:
+        i = torch.randint(len(self.prompts), self.shape, generator=self.generator, device=self.prompts.device)
+        x = self.prompts[i]
+        with torch.no_grad():
+            y1 = self.policy.sample(x, self.generator)
+            y2 = self.policy.sample(x, self.generator)
+            y_w, y_l, tie = label_pairs(self.oracle, x, y1, y2, self.generator)
+        batch = Batch(x, y_w, y_l, tie)
+        self.log.append(batch)
+        return batch
+
+
+@dataclass
+class OfflineSampler:
+    """Minibatches of a fixed dataset, reshuffled every epoch.
+
+    ``data`` holds N pairs along dim 0. ``lead=(R,)`` draws an independent
+    order for each of R runs; each ``next()`` then returns [R, B] pairs.
+    """
+
+    data: Batch
+    batch_size: int
+    generator: torch.Generator
+    lead: tuple[int, ...] = ()
+    _order: torch.Tensor | None = None
+    _pos: int = 0
+
+    def __post_init__(self):
+        if not 0 < self.batch_size <= len(self.data.tie):
+            raise ValueError(f"batch_size must be in 1..{len(self.data.tie)} (dataset size), got {self.batch_size}")
+
+    def next(self) -> Batch:
+        n = self.data.tie.shape[0]
+        if self._order is None or self._pos + self.batch_size > n:
+            keys = torch.rand(self.lead + (n,), generator=self.generator, device=self.data.tie.device)
+            self._order, self._pos = keys.argsort(dim=-1), 0
+        idx = self._order[..., self._pos : self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return self.data.take(idx)
+
+
+def replay_order(num_steps: int, batch_size: int, window: int, generator: torch.Generator | None = None, lead: tuple[int, ...] = ()):
+    """Indices into a flattened stream of ``num_steps × batch_size`` pairs.
+
+    Returns [*lead, num_steps, batch_size]. The stream is cut into consecutive
+    blocks of ``window`` batches and the pairs inside each block are permuted
+    uniformly (independently for each lead index). ``window=1`` is the identity
+    (ordered replay; permuting inside one batch would not change the loss but
+    would change float summation order, so we do not). ``window >= num_steps``
+    is the uniform "tandem" shuffle of Tang et al. 2024, §4.1.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1 (batches), got {window}")
+    n = num_steps * batch_size
+    flat = torch.arange(n).expand(lead + (n,)).clone()
+    if window > 1:
+        block = window * batch_size
+        for start in range(0, n, block):
+            stop = min(start + block, n)
+            keys = torch.rand(lead + (stop - start,), generator=generator)
+            flat[..., start:stop] = start + keys.argsort(dim=-1)
+    return flat.reshape(lead + (num_steps, batch_size))
+
+
+class ReplaySampler:
+    """Replay a logged online stream (list of batches) with a shuffle window.
+
+    Each logged batch has pair dims ``[*lead, B]``; the pair axis is ``len(lead)``.
+    """
+
+    def __init__(self, stream: list[Batch], window: int, generator: torch.Generator | None = None):
+        if not stream:
+            raise ValueError("cannot replay an empty stream")
+        self.lead = tuple(stream[0].tie.shape[:-1])
+        self.dim = len(self.lead)
+        self.batch_size = stream[0].tie.shape[-1]
+        self.data = stack_batches(stream, dim=self.dim)
+        self.order = replay_order(len(stream), self.batch_size, window, generator, self.lead)
+        self.step = 0
+
+    def __len__(self) -> int:
+        return self.order.shape[-2]
+
+    def next(self) -> Batch:
+        if self.step >= len(self):
+            raise StopIteration("the replayed stream is exhausted")
+        idx = self.order[..., self.step, :]
+        self.step += 1
+        return self.data.take(idx, dim=self.dim)
+
+
+def policy_pair_dataset(policy_a: Policy, policy_b: Policy, x: torch.Tensor, oracle, generator: torch.Generator | None = None) -> Batch:
+    """One pair per prompt in ``x``: y1 ~ policy_a, y2 ~ policy_b, labelled by ``oracle``.
+
+    Tang et al. 2024, §5 ("improving offline data"): D_sft-vs-800 and the like.
+    With ``policy_a is policy_b`` this is the self-play dataset of §4.2 (H2).
+    """
+    with torch.no_grad():
+        y1 = policy_a.sample(x, generator)
+        y2 = policy_b.sample(x, generator)
+        y_w, y_l, tie = label_pairs(oracle, x, y1, y2, generator)
+    return Batch(x, y_w, y_l, tie)
