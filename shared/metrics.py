@@ -25,6 +25,7 @@ __all__ = [
     "kl_tokenwise_estimate",
     "policy_margin",
     "classifier_accuracy",
+    "classifier_accuracy_exact",
     "logp_shift",
     "envelope_on_grid",
     "gap_at_matched_kl",
@@ -111,6 +112,33 @@ def classifier_accuracy(margin, first_wins):
     target = torch.where(first_wins, 1.0, -1.0).to(s.dtype)
     score = torch.where(s == 0, torch.full_like(s, 0.5), (s == target).to(s.dtype))
     return score.mean(-1)
+
+
+def classifier_accuracy_exact(margin, label_margin, q, agreement=None):
+    """Exact accuracy of ``margin`` on pairs (y, y') ~ q⊗q with y ≠ y':
+
+        E_x [Σ_{y≠y'} q(y)q(y')·s(y, y')] / [Σ_{y≠y'} q(y)q(y')],
+
+    s = 1 where sign(margin) = sign(label_margin), 0 where they differ, ½
+    where either is 0 (an undecided classifier or a tie label). Identical
+    responses are excluded: they carry no preference. The enumerable version
+    of ``classifier_accuracy`` (Tang et al. 2024, §4.3).
+
+    Computed as ½ + ½·Σ q q A / (1 − Σ q²) with A = sign(margin)·sign(label)
+    (s = (1 + A)/2, and A vanishes on the diagonal of an antisymmetric
+    margin); pass ``agreement`` = A to reuse it across several q.
+    Shapes: margin [..., X, N, N], label_margin [X, N, N], q [..., X, N] -> [...].
+    """
+    if agreement is None:
+        if margin.shape[-3:] != label_margin.shape or q.shape[-2:] != label_margin.shape[:2]:
+            raise ValueError(f"shapes disagree: margin {tuple(margin.shape)}, labels {tuple(label_margin.shape)}, q {tuple(q.shape)}")
+        agreement = torch.sign(margin) * torch.sign(label_margin)
+    agreement = agreement * (1 - torch.eye(q.shape[-1], dtype=q.dtype, device=q.device))
+    num = torch.einsum("...xn,...xnm,...xm->...x", q, agreement, q)
+    den = 1 - (q * q).sum(-1)
+    tiny = torch.finfo(q.dtype).tiny
+    acc = torch.where(den > 1e-12, 0.5 + 0.5 * num / den.clamp_min(tiny), torch.full_like(num, 0.5))
+    return acc.mean(-1)
 
 
 def logp_shift(pi_logp, ref_logp):

@@ -123,28 +123,34 @@ class OfflineSampler:
     """Minibatches of a fixed dataset, reshuffled every epoch.
 
     ``data`` holds N pairs along dim 0. ``lead=(R,)`` draws an independent
-    order for each of R runs; each ``next()`` then returns [R, B] pairs.
+    order for each of R runs; each ``next()`` then returns [R, B] pairs. With
+    ``per_run=True`` the data has one dataset per run, pairs along dim 1
+    ([R, N, ...]).
     """
 
     data: Batch
     batch_size: int
     generator: torch.Generator
     lead: tuple[int, ...] = ()
+    per_run: bool = False
     _order: torch.Tensor | None = None
     _pos: int = 0
 
     def __post_init__(self):
-        if not 0 < self.batch_size <= len(self.data.tie):
-            raise ValueError(f"batch_size must be in 1..{len(self.data.tie)} (dataset size), got {self.batch_size}")
+        n = self.data.tie.shape[-1]
+        if not 0 < self.batch_size <= n:
+            raise ValueError(f"batch_size must be in 1..{n} (dataset size), got {self.batch_size}")
+        if self.per_run and tuple(self.data.tie.shape[:-1]) != self.lead:
+            raise ValueError(f"per-run data of lead shape {tuple(self.data.tie.shape[:-1])} does not match lead {self.lead}")
 
     def next(self) -> Batch:
-        n = self.data.tie.shape[0]
+        n = self.data.tie.shape[-1]
         if self._order is None or self._pos + self.batch_size > n:
             keys = torch.rand(self.lead + (n,), generator=self.generator, device=self.data.tie.device)
             self._order, self._pos = keys.argsort(dim=-1), 0
         idx = self._order[..., self._pos : self._pos + self.batch_size]
         self._pos += self.batch_size
-        return self.data.take(idx)
+        return self.data.take(idx, dim=len(self.lead) if self.per_run else 0)
 
 
 def replay_order(num_steps: int, batch_size: int, window: int, generator: torch.Generator | None = None, lead: tuple[int, ...] = ()):

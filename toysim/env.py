@@ -1,0 +1,151 @@
+"""The bandit world of the simulator: prompts, enumerable responses, a golden
+preference, π_sft, a finite D_golden and a limited proxy preference model.
+
+Docs: docs/tutorial.md (§ the world). Tests: tests/test_toysim_env.py.
+
+Mirrors the roles of Tang et al. 2024, §3 (BRIEF §1):
+- responses y have latent traits z_y ∈ R^k, prompts have a "taste" u_x ∈ R^k;
+- golden reward r*(x, y) = u_x·z_y − penalty·‖z_y‖² + noise·ε(x, y): the
+  rater likes responses matched to the prompt but dislikes extreme ones
+  (the analogue of padding or repetition), plus idiosyncratic taste;
+  decisions are hard, y ≻ y' iff r* is larger (ties ½);
+- π_sft concentrates on moderate responses (temperature ``sft_temp``), so
+  D_golden (pairs from μ = π_sft, golden-labelled) covers a small part of the
+  response space;
+- the proxy PM is a Bradley–Terry reward linear in ``proxy_features`` random
+  features, fit by L2-regularised maximum likelihood on D_golden: accurate
+  where D_golden is, wrong off it (it cannot see the ‖z‖² penalty well
+  away from the data).
+- policies are log-linear: logits = sft_logits + Φ·θ with Φ the interaction
+  features u_x ⊙ z_y followed by random Fourier features of (u_x, z_y);
+  ``policy_features`` (the capacity knob) is the total width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from shared.preferences import hard_preference
+
+__all__ = ["WorldConfig", "World", "make_world", "features"]
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Knobs of the bandit world (the phase diagram sweeps them)."""
+
+    prompts: int = 32
+    """number of prompts x"""
+    responses: int = 64
+    """number of atomic responses y per prompt"""
+    traits: int = 4
+    """dimension k of the latent traits z_y and tastes u_x"""
+    penalty: float = 0.35
+    """golden dislike of extreme responses, the weight of −‖z_y‖²"""
+    noise: float = 0.3
+    """idiosyncratic golden taste ε(x, y) ~ N(0, noise²) (label structure no proxy captures)"""
+    sft_temp: float = 0.5
+    """π_sft ∝ exp(−‖z_y‖²/(2·sft_temp) + 0.5·u_x·z_y): smaller = narrower SFT"""
+    mu_shift: float = 0.0
+    """move μ away from π_sft: μ ∝ π_sft·exp(mu_shift·u_x·z_y)"""
+    golden_pairs: int = 512
+    """size of D_golden (pairs drawn from μ, golden-labelled)"""
+    proxy_features: int = 16
+    """proxy PM capacity: width of its random-feature BT reward"""
+    proxy_l2: float = 1e-2
+    """L2 penalty of the proxy's maximum-likelihood fit"""
+    label_noise: float = 0.0
+    """probability that a golden label in D_golden is flipped"""
+    policy_features: int = 16
+    """policy capacity at ×1 (the scale study multiplies it)"""
+    seed: int = 0
+    """seed of the world (traits, tastes, D_golden, proxy), fixed across training seeds"""
+
+
+@dataclass
+class World:
+    cfg: WorldConfig
+    golden_reward: torch.Tensor  # [X, N]
+    golden_pref: torch.Tensor  # [X, N, N], P*(y ≻ y')
+    sft_logp: torch.Tensor  # [X, N]
+    mu_logp: torch.Tensor  # [X, N]
+    d_golden: "object"  # shared.sampling.Batch of golden_pairs pairs, golden-labelled
+    proxy_reward: torch.Tensor  # [X, N]
+    u: torch.Tensor  # [X, k]
+    z: torch.Tensor  # [N, k]
+
+    def policy_features(self, capacity: int) -> torch.Tensor:
+        """Φ for a policy of width ``capacity × cfg.policy_features``: [X, N, d]."""
+        return features(self.u, self.z, capacity * self.cfg.policy_features, seed=self.cfg.seed + 1000)
+
+
+def features(u: torch.Tensor, z: torch.Tensor, width: int, seed: int) -> torch.Tensor:
+    """[u_x ⊙ z_y, RFF(u_x, z_y)] truncated to ``width`` columns: [X, N, width].
+
+    Random Fourier features (Rahimi & Recht 2007) of the concatenated (u_x, z_y)
+    with unit bandwidth approximate a Gaussian kernel as the width grows, so the
+    width is a capacity knob. Features of a smaller width are a prefix of a
+    larger one with the same seed.
+    """
+    x_n, k = u.shape
+    n = z.shape[0]
+    inter = u[:, None, :] * z[None, :, :]  # [X, N, k]
+    n_rff = max(width - k, 0)
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(2 * k, max(n_rff, 1), generator=g, dtype=u.dtype)
+    b = 2 * math.pi * torch.rand(max(n_rff, 1), generator=g, dtype=u.dtype)
+    uz = torch.cat([u[:, None, :].expand(x_n, n, k), z[None, :, :].expand(x_n, n, k)], -1)  # [X, N, 2k]
+    rff = math.sqrt(2.0) * torch.cos(uz @ a + b)[..., :n_rff]
+    return torch.cat([inter, rff], -1)[..., :width]
+
+
+def _fit_bt(feats: torch.Tensor, x, y_w, y_l, l2: float, iters: int = 200) -> torch.Tensor:
+    """L2-regularised Bradley–Terry MLE of a linear reward w·φ (shared.losses.bt_loss)."""
+    from shared.losses import bt_loss
+
+    w = torch.zeros(feats.shape[-1], dtype=feats.dtype, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=iters, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        r = feats @ w  # [X, N]
+        loss = bt_loss(r[x, y_w], r[x, y_l]).mean() + l2 * (w**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return (feats @ w).detach()
+
+
+def make_world(cfg: WorldConfig) -> World:
+    """Build the world deterministically from ``cfg`` (float64 throughout)."""
+    from shared.sampling import Batch
+
+    if cfg.prompts < 1 or cfg.responses < 2 or cfg.golden_pairs < 1:
+        raise ValueError("a world needs ≥ 1 prompt, ≥ 2 responses and ≥ 1 golden pair")
+    g = torch.Generator().manual_seed(cfg.seed)
+    dt = torch.float64
+    u = torch.randn(cfg.prompts, cfg.traits, generator=g, dtype=dt)
+    z = torch.randn(cfg.responses, cfg.traits, generator=g, dtype=dt)
+    sq = (z**2).sum(-1)  # [N]
+    fit = u @ z.T  # [X, N]
+    golden = fit - cfg.penalty * sq[None, :] + cfg.noise * torch.randn(cfg.prompts, cfg.responses, generator=g, dtype=dt)
+    golden_pref = hard_preference(golden[:, :, None] - golden[:, None, :])
+    sft_logp = torch.log_softmax(-sq[None, :] / (2 * cfg.sft_temp) + 0.5 * fit, -1)
+    mu_logp = torch.log_softmax(sft_logp + cfg.mu_shift * fit, -1)
+
+    # D_golden: prompts uniform, both responses from μ, hard golden labels (ties by coin).
+    x = torch.randint(cfg.prompts, (cfg.golden_pairs,), generator=g)
+    y1 = torch.multinomial(mu_logp.exp()[x], 1, generator=g)[:, 0]
+    y2 = torch.multinomial(mu_logp.exp()[x], 1, generator=g)[:, 0]
+    m = golden[x, y1] - golden[x, y2]
+    first = (m > 0) | ((m == 0) & (torch.rand(m.shape, generator=g, dtype=dt) < 0.5))
+    first ^= torch.rand(m.shape, generator=g, dtype=dt) < cfg.label_noise
+    d_golden = Batch(x, torch.where(first, y1, y2), torch.where(first, y2, y1), m == 0)
+
+    proxy_feats = features(u, z, cfg.proxy_features, seed=cfg.seed + 2000)
+    proxy = _fit_bt(proxy_feats, d_golden.x, d_golden.y_w, d_golden.y_l, cfg.proxy_l2)
+    return World(cfg, golden, golden_pref, sft_logp, mu_logp, d_golden, proxy, u, z)

@@ -1,0 +1,60 @@
+"""Named presets: a world plus training settings.
+
+Docs: docs/tutorial.md (§ presets). The presets play the roles of the paper's
+tasks (Tang et al. 2024, §3): ``default`` a task with a large online−offline
+gap (like TL;DR summarisation and helpfulness), ``arena`` one where the gap is
+small and tandem comes close (like Chatbot Arena). ``python -m toysim.sweep``
+maps the gaps over the world's knobs; the presets sit in the regions it finds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from toysim.env import WorldConfig
+
+__all__ = ["TrainSettings", "Preset", "PRESETS", "quick"]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Training hyper-parameters shared by every arm of a study."""
+
+    steps: int = 400
+    """online steps (the paper's 4k); offline runs ``offline_mult`` × as long"""
+    offline_mult: int = 5
+    """offline steps / online steps (the paper's 20k vs 4k)"""
+    batch_size: int = 32
+    """pairs per step (the paper's B = 32)"""
+    lr: float = 0.05
+    """Adam learning rate of the baseline config (online, golden policy)"""
+    beta: float = 0.1
+    """β of the baseline config"""
+    sweep_lr: tuple[float, ...] = (0.3, 1.0, 3.0)
+    """offline sweep: multipliers of ``lr`` (the paper's 3e-6, 1e-5, 3e-5)"""
+    sweep_beta: tuple[float, ...] = (1.0, 5.0, 10.0)
+    """offline sweep: multipliers of ``beta`` (the paper's 0.1, 0.5, 1)"""
+    checkpoints: int = 20
+    """evaluations per ``steps`` steps (plus step 0)"""
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    role: str
+    world: WorldConfig = field(default_factory=WorldConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    Preset("default", "large gap (the paper's TL;DR / helpfulness)"),
+    Preset("arena", "small gap, tandem close (the paper's Chatbot Arena)",
+           world=WorldConfig(penalty=0.1, noise=0.3, sft_temp=2.0, proxy_features=32, golden_pairs=2048)),
+]}
+
+
+def quick(p: Preset) -> Preset:
+    """A smaller, shorter version of a preset for smoke runs (``--quick``)."""
+    w = replace(p.world, prompts=16, responses=32, golden_pairs=min(p.world.golden_pairs, 512))
+    t = replace(p.train, steps=100, offline_mult=3, checkpoints=10)
+    return replace(p, world=w, train=t)

@@ -1,0 +1,192 @@
+"""Run one study of ``shared.studies`` in the exact simulator.
+
+Docs: docs/studies/*.md. Tests: tests/test_toysim_gap.py.
+
+Order of work (same sections as fullscale.run):
+1. the world (golden preference, π_sft, D_golden, proxy PM) — toysim.env;
+2. the golden policy: online IPO with golden labels, baseline config, one run
+   per seed; its final policy is the win-rate reference of that seed;
+3. each arm of the study, all its runs (seeds × sweep configurations) as one
+   batched program — toysim.engine.train;
+4. the results dict of ``shared.studies`` and the claims' verdicts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+from dataclasses import asdict
+
+import torch
+
+from shared import losses
+from shared.sampling import Batch, OfflineSampler, OnlineSampler, ReplaySampler
+from shared.studies import Arm, Study, judge
+from toysim.engine import Evaluator, LogLinearPolicy, train
+from toysim.env import World, make_world
+from toysim.presets import Preset
+from toysim.theory import population_loss
+
+__all__ = ["LOSSES", "run_study"]
+
+LOSSES = {"ipo": losses.ipo_loss, "dpo": losses.dpo_loss, "slic": losses.slic_loss, "bo2": losses.bo2_loss}
+
+
+class _TableOracle:
+    """A fixed reward table [X, N] as an oracle for index pairs of any lead shape."""
+
+    def __init__(self, reward: torch.Tensor):
+        self.reward = reward
+
+    def margin(self, x, y1, y2):
+        return self.reward[x, y1] - self.reward[x, y2]
+
+
+def _gen(seed: int, name: str) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+
+
+class _Runner:
+    def __init__(self, preset: Preset, seeds: int, mode: str, progress_factory):
+        self.p, self.t, self.seeds, self.mode = preset, preset.train, seeds, mode
+        self.world: World = make_world(preset.world)
+        self.progress_factory = progress_factory
+        w = self.world
+        self.golden_oracle, self.proxy_oracle = _TableOracle(w.golden_reward), _TableOracle(w.proxy_reward)
+        self.proxy_margin = w.proxy_reward[:, :, None] - w.proxy_reward[:, None, :]
+        self.proxy_pref = (self.proxy_margin > 0).double() + 0.5 * (self.proxy_margin == 0).double()
+        self.every = max(self.t.steps // self.t.checkpoints, 1)
+        self.online_state: dict[str, dict] = {}
+        self.golden_final = None
+
+    # ---------------------------------------------------------------- arms
+    def configs(self, arm: Arm) -> list[dict]:
+        t = self.t
+        steps = t.steps * (t.offline_mult if arm.source in ("offline", "dataset") else 1)
+        if arm.sweep:
+            return [{"lr": t.lr * a, "beta": t.beta * b, "steps": steps} for a, b in itertools.product(t.sweep_lr, t.sweep_beta)]
+        return [{"lr": t.lr, "beta": t.beta, "steps": steps}]
+
+    def run_arm(self, arm: Arm, reference: bool = False) -> list[dict]:
+        w, t = self.world, self.t
+        cfgs = self.configs(arm)
+        runs = [(c, s) for c in cfgs for s in range(self.seeds)]
+        R = len(runs)
+        seed_idx = torch.tensor([s for _, s in runs])
+        steps = cfgs[0]["steps"]
+        beta = torch.tensor([[c["beta"]] for c, _ in runs], dtype=torch.float64)
+        lr = torch.tensor([[c["lr"]] for c, _ in runs], dtype=torch.float64)
+        policy = LogLinearPolicy(w.sft_logp, w.policy_features(arm.capacity), R)
+        g = _gen(self.p.world.seed, arm.name)
+        oracle = self.golden_oracle if arm.labels == "golden" else self.proxy_oracle
+        sampler = self.sampler(arm, policy, oracle, R, g, seed_idx, steps)
+
+        ref = self.golden_final[seed_idx] if self.golden_final is not None else None
+        tables: dict[int, torch.Tensor] = {}
+        online = self.online_state.get(f"online@{arm.capacity}" if "@" in arm.name else "online")
+        ev = Evaluator(w.sft_logp, ref if ref is not None else torch.full_like(w.sft_logp, 1 / w.sft_logp.shape[-1]).expand(R, -1, -1),
+                       w.golden_pref, self.proxy_margin, w.d_golden,
+                       pair_probs_at=None if arm.source == "online" or online is None else
+                       (lambda step: online["tables"][min(step, max(online["tables"]))][seed_idx].exp()))
+
+        def evaluate(table, step):
+            tables[step] = table.detach().clone()
+            return ev(table, step)
+
+        loss_fn = LOSSES[arm.loss]
+        if self.mode == "population":
+            loss_fn, sampler = self.population(arm, policy, loss_fn, oracle)
+        with self.progress_factory(steps, arm.name) as bar:
+            series = train(policy, sampler, loss_fn, beta, lr, steps, self.every, evaluate, bar)
+        if arm.source == "online":
+            self.online_state[arm.name] = {"tables": tables, "log": getattr(sampler, "log", None)}
+        if reference:
+            self.golden_final = tables[steps].exp()
+        out = []
+        for r, (c, s) in enumerate(runs):
+            ser = {k: ([int(x) for x in v] if k == "step" else [float(x[r]) for x in v]) for k, v in series.items()}
+            out.append({"seed": s, "config": {**c, "loss": arm.loss, "labels": arm.labels, "capacity": arm.capacity}, "series": ser})
+        return out
+
+    def sampler(self, arm: Arm, policy, oracle, R, g, seed_idx, steps):
+        w, B = self.world, self.t.batch_size
+        if arm.source == "online":
+            return OnlineSampler(policy, oracle, torch.arange(w.cfg.prompts), (R, B), g)
+        if arm.source == "offline":
+            return OfflineSampler(w.d_golden, B, g, lead=(R,))
+        if arm.source == "replay":
+            stream = self.online_state[arm.params["stream"]]["log"]
+            window = arm.params["window"] or len(stream)
+            return ReplaySampler(stream, window, g)
+        if arm.source == "dataset":
+            return OfflineSampler(self.checkpoint_dataset(arm, seed_idx, g), B, g, lead=(R,), per_run=True)
+        raise ValueError(f"unknown arm source {arm.source!r}")
+
+    def checkpoint_dataset(self, arm: Arm, seed_idx, g) -> Batch:
+        """Pairs y1 ~ checkpoint a, y2 ~ checkpoint b of the online arm, golden-labelled, one dataset per run."""
+        from shared.sampling import policy_pair_dataset
+
+        w = self.world
+        tables = self.online_state["online"]["tables"]
+        n, R = w.cfg.golden_pairs, len(seed_idx)
+
+        class _Frozen:
+            def __init__(self, probs):
+                self.probs = probs  # [R, X, N]
+
+            def sample(self, x, generator=None):
+                r = torch.arange(x.shape[0])[:, None].expand_as(x)
+                p = self.probs[r, x]
+                return torch.multinomial(p.reshape(-1, p.shape[-1]), 1, generator=generator).reshape(x.shape)
+
+        def at(frac):
+            step = int(round(frac * self.t.steps / self.every)) * self.every
+            return _Frozen(tables[step][seed_idx].exp())
+
+        a, b = arm.params["pair"]
+        x = torch.randint(w.cfg.prompts, (R, n), generator=g)
+        return policy_pair_dataset(at(a), at(b), x, self.golden_oracle, g)
+
+    def population(self, arm: Arm, policy, loss_fn, oracle):
+        """Exact mode: the loss is the population loss over μ⊗μ (μ = π_sft's D_golden
+        distribution offline, sg(π) online); the 'sampler' yields nothing."""
+        if arm.source not in ("online", "offline"):
+            raise ValueError(f"arm {arm.name!r} ({arm.source}) has no population form; use mode='sgd'")
+        w = self.world
+        pref = w.golden_pref if arm.labels == "golden" else self.proxy_pref
+
+        class _Null:
+            def next(self):
+                return None
+
+        def pop_loss(table, beta):
+            mu = w.mu_logp.exp() if arm.source == "offline" else table.detach().exp()
+            return population_loss(loss_fn, table, w.sft_logp, mu, pref, beta[..., None, None])
+
+        return pop_loss, _Null()
+
+
+def run_study(study: Study, preset: Preset, seeds: int, mode: str = "sgd", progress_factory=None) -> dict:
+    """Run every arm of ``study`` and judge its claims. Returns the results dict."""
+    import contextlib
+
+    if progress_factory is None:
+        progress_factory = lambda total, desc: contextlib.nullcontext(None)  # noqa: E731
+    out = {"study": study.name, "question": study.question, "preset": preset.name, "mode": mode, "seeds": seeds,
+           "config": {"world": asdict(preset.world), "train": asdict(preset.train)}, "arms": {}, "extras": {}}
+    if study.name == "theory":
+        from toysim.theory import theory_checks
+
+        out["extras"]["theory"] = theory_checks(seed=preset.world.seed)
+        out["claims"] = judge(study, out)
+        return out
+    runner = _Runner(preset, seeds, mode, progress_factory)
+    runner.run_arm(Arm("golden", "online", labels="golden"), reference=True)
+    arms = sorted(study.arms, key=lambda a: a.source != "online")  # streams and checkpoints first
+    for arm in arms:
+        if mode == "population" and arm.source not in ("online", "offline"):
+            out["extras"].setdefault("skipped", []).append(f"{arm.name}: no population form")
+            continue
+        out["arms"][arm.name] = runner.run_arm(arm)
+    out["claims"] = judge(study, out)
+    return out
