@@ -148,6 +148,18 @@ def logp_shift(pi_logp, ref_logp):
     return (pi_logp - ref_logp).mean(-1)
 
 
+KL_FLOOR = 1e-3
+"""Checkpoints with KL below this (the SFT point itself) have no place on a log-KL axis."""
+
+
+def _positive_kl(kl, wr):
+    kl, wr = np.asarray(kl, dtype=float), np.asarray(wr, dtype=float)
+    if kl.shape != wr.shape:
+        raise ValueError("each curve needs as many win rates as KL values")
+    keep = kl >= KL_FLOOR
+    return kl[keep], wr[keep]
+
+
 def envelope_on_grid(curves, grid):
     """Upper envelope of several win-rate-vs-log-KL curves on a log-KL grid.
 
@@ -160,10 +172,10 @@ def envelope_on_grid(curves, grid):
     """
     out = np.full(len(grid), -np.inf)
     for kl, wr in curves:
-        kl, wr = np.asarray(kl, dtype=float), np.asarray(wr, dtype=float)
-        if kl.shape != wr.shape:
-            raise ValueError("each curve needs as many win rates as KL values")
-        lk = np.log(np.maximum(kl, 1e-12))
+        kl, wr = _positive_kl(kl, wr)
+        if kl.size == 0:
+            continue
+        lk = np.log(kl)
         order = np.argsort(lk, kind="stable")
         f = np.interp(grid, lk[order], wr[order])
         f[(grid < lk.min()) | (grid > lk.max())] = -np.inf
@@ -182,8 +194,8 @@ def gap_at_matched_kl(curves_a, curves_b, num: int = 64):
     at matched KL, Fig. 2). Returns ``nan`` when the ranges do not overlap.
     """
     def span(curves):
-        lk = np.concatenate([np.log(np.maximum(np.asarray(kl, dtype=float), 1e-12)) for kl, _ in curves])
-        return lk.min(), lk.max()
+        kls = np.concatenate([_positive_kl(kl, wr)[0] for kl, wr in curves])
+        return (np.log(kls.min()), np.log(kls.max())) if kls.size else (np.inf, -np.inf)
 
     (a_lo, a_hi), (b_lo, b_hi) = span(curves_a), span(curves_b)
     lo, hi = max(a_lo, b_lo), min(a_hi, b_hi)

@@ -28,6 +28,7 @@ __all__ = [
     "Oracle",
     "RewardOracle",
     "PairwiseOracle",
+    "NoisyOracle",
     "label_pairs",
 ]
 
@@ -117,6 +118,32 @@ class PairwiseOracle:
     def prob_first(self, x, y1, y2):
         """Order-symmetrised probability ½·[r(x,y1,y2) + 1 − r(x,y2,y1)]."""
         return 0.5 * (1.0 + self.margin(x, y1, y2))
+
+
+@dataclass(frozen=True)
+class NoisyOracle:
+    """An oracle whose hard decision is flipped with probability ``flip``.
+
+    P(y1 ≻ y2) = (1 − flip)·1[m > 0] + flip·1[m < 0] + ½·1[m = 0] for the base
+    oracle's margin m: the symmetric label-noise model of Chowdhury et al. 2024
+    (arXiv 2403.00409, §2). ``flip = 0`` is the base oracle's hard decision.
+    """
+
+    base: object
+    flip: float
+
+    stochastic = True
+
+    def __post_init__(self):
+        if not 0 <= self.flip < 0.5:
+            raise ValueError(f"flip must lie in [0, 0.5), got {self.flip}")
+
+    def margin(self, x, y1, y2):
+        return self.base.margin(x, y1, y2)
+
+    def prob_first(self, x, y1, y2):
+        p = hard_preference(self.margin(x, y1, y2))
+        return (1 - self.flip) * p + self.flip * (1 - p)
 
 
 def label_pairs(oracle, x, y1, y2, generator: torch.Generator | None = None):

@@ -28,9 +28,25 @@ from dataclasses import dataclass
 
 import torch
 
-from shared.preferences import hard_preference
+from shared.preferences import NoisyOracle, hard_preference, label_pairs
 
-__all__ = ["WorldConfig", "World", "make_world", "features"]
+__all__ = ["WorldConfig", "World", "make_world", "features", "TableOracle", "golden_training_oracle"]
+
+
+class TableOracle:
+    """A reward table [X, N] as an oracle for index pairs of any shape: margin = r[x, y1] − r[x, y2]."""
+
+    def __init__(self, reward: torch.Tensor):
+        self.reward = reward
+
+    def margin(self, x, y1, y2):
+        return self.reward[x, y1] - self.reward[x, y2]
+
+
+def golden_training_oracle(golden_reward: torch.Tensor, label_noise: float):
+    """The golden rater as it labels *training* pairs: hard decisions flipped at ``label_noise``."""
+    base = TableOracle(golden_reward)
+    return NoisyOracle(base, label_noise) if label_noise > 0 else base
 
 
 @dataclass(frozen=True)
@@ -55,10 +71,15 @@ class WorldConfig:
     """size of D_golden (pairs drawn from μ, golden-labelled)"""
     proxy_features: int = 16
     """proxy PM capacity: width of its random-feature BT reward"""
+    proxy_squares: bool = True
+    """the proxy sees the traits' squares z ⊙ z (it can learn the extremes penalty; the policy cannot directly)"""
     proxy_l2: float = 1e-2
     """L2 penalty of the proxy's maximum-likelihood fit"""
-    label_noise: float = 0.0
-    """probability that a golden label in D_golden is flipped"""
+    label_noise: float = 0.2
+    """probability that a golden *training* label (D_golden, checkpoint datasets, the golden
+    policy's stream) is flipped; evaluation always uses the noise-free golden preference"""
+    policy_structured: bool = True
+    """the policy's features start with the interactions u ⊙ z (else random features only)"""
     policy_features: int = 16
     """policy capacity at ×1 (the scale study multiplies it)"""
     seed: int = 0
@@ -79,11 +100,12 @@ class World:
 
     def policy_features(self, capacity: int) -> torch.Tensor:
         """Φ for a policy of width ``capacity × cfg.policy_features``: [X, N, d]."""
-        return features(self.u, self.z, capacity * self.cfg.policy_features, seed=self.cfg.seed + 1000)
+        return features(self.u, self.z, capacity * self.cfg.policy_features, seed=self.cfg.seed + 1000,
+                        structured=self.cfg.policy_structured)
 
 
-def features(u: torch.Tensor, z: torch.Tensor, width: int, seed: int) -> torch.Tensor:
-    """[u_x ⊙ z_y, RFF(u_x, z_y)] truncated to ``width`` columns: [X, N, width].
+def features(u: torch.Tensor, z: torch.Tensor, width: int, seed: int, squares: bool = False, structured: bool = True) -> torch.Tensor:
+    """[u_x ⊙ z_y, (z_y ⊙ z_y if squares), RFF(u_x, z_y)] truncated to ``width`` columns: [X, N, width].
 
     Random Fourier features (Rahimi & Recht 2007) of the concatenated (u_x, z_y)
     with unit bandwidth approximate a Gaussian kernel as the width grows, so the
@@ -93,11 +115,18 @@ def features(u: torch.Tensor, z: torch.Tensor, width: int, seed: int) -> torch.T
     x_n, k = u.shape
     n = z.shape[0]
     inter = u[:, None, :] * z[None, :, :]  # [X, N, k]
+    if not structured:
+        inter, k = inter[..., :0], 0
+    if squares:
+        kk = z.shape[1]
+        inter = torch.cat([inter, (z * z)[None, :, :].expand(x_n, n, kk)], -1)
+        k = inter.shape[-1]
     n_rff = max(width - k, 0)
     g = torch.Generator().manual_seed(seed)
-    a = torch.randn(2 * k, max(n_rff, 1), generator=g, dtype=u.dtype)
+    a = torch.randn(2 * u.shape[1], max(n_rff, 1), generator=g, dtype=u.dtype)
     b = 2 * math.pi * torch.rand(max(n_rff, 1), generator=g, dtype=u.dtype)
-    uz = torch.cat([u[:, None, :].expand(x_n, n, k), z[None, :, :].expand(x_n, n, k)], -1)  # [X, N, 2k]
+    kk = u.shape[1]
+    uz = torch.cat([u[:, None, :].expand(x_n, n, kk), z[None, :, :].expand(x_n, n, kk)], -1)  # [X, N, 2k]
     rff = math.sqrt(2.0) * torch.cos(uz @ a + b)[..., :n_rff]
     return torch.cat([inter, rff], -1)[..., :width]
 
@@ -141,11 +170,9 @@ def make_world(cfg: WorldConfig) -> World:
     x = torch.randint(cfg.prompts, (cfg.golden_pairs,), generator=g)
     y1 = torch.multinomial(mu_logp.exp()[x], 1, generator=g)[:, 0]
     y2 = torch.multinomial(mu_logp.exp()[x], 1, generator=g)[:, 0]
-    m = golden[x, y1] - golden[x, y2]
-    first = (m > 0) | ((m == 0) & (torch.rand(m.shape, generator=g, dtype=dt) < 0.5))
-    first ^= torch.rand(m.shape, generator=g, dtype=dt) < cfg.label_noise
-    d_golden = Batch(x, torch.where(first, y1, y2), torch.where(first, y2, y1), m == 0)
+    y_w, y_l, tie = label_pairs(golden_training_oracle(golden, cfg.label_noise), x, y1, y2, g)
+    d_golden = Batch(x, y_w, y_l, tie)
 
-    proxy_feats = features(u, z, cfg.proxy_features, seed=cfg.seed + 2000)
+    proxy_feats = features(u, z, cfg.proxy_features, seed=cfg.seed + 2000, squares=cfg.proxy_squares)
     proxy = _fit_bt(proxy_feats, d_golden.x, d_golden.y_w, d_golden.y_l, cfg.proxy_l2)
     return World(cfg, golden, golden_pref, sft_logp, mu_logp, d_golden, proxy, u, z)

@@ -26,7 +26,7 @@ class TrainSettings:
     """offline steps / online steps (the paper's 20k vs 4k)"""
     batch_size: int = 32
     """pairs per step (the paper's B = 32)"""
-    lr: float = 0.05
+    lr: float = 0.02
     """Adam learning rate of the baseline config (online, golden policy)"""
     beta: float = 0.1
     """β of the baseline config"""
@@ -47,7 +47,9 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
-    Preset("default", "large gap (the paper's TL;DR / helpfulness)"),
+    Preset("default", "large gap (the paper's TL;DR / helpfulness)",
+           world=WorldConfig(golden_pairs=512, policy_features=64, label_noise=0.2, noise=0.1,
+                             proxy_squares=False, penalty=0.6)),
     Preset("arena", "small gap, tandem close (the paper's Chatbot Arena)",
            world=WorldConfig(penalty=0.1, noise=0.3, sft_temp=2.0, proxy_features=32, golden_pairs=2048)),
 ]}

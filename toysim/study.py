@@ -23,36 +23,34 @@ from shared import losses
 from shared.sampling import Batch, OfflineSampler, OnlineSampler, ReplaySampler
 from shared.studies import Arm, Study, judge
 from toysim.engine import Evaluator, LogLinearPolicy, train
-from toysim.env import World, make_world
+from toysim.env import TableOracle, World, golden_training_oracle, make_world
 from toysim.presets import Preset
 from toysim.theory import population_loss
 
-__all__ = ["LOSSES", "run_study"]
+__all__ = ["LOSSES", "Runner", "run_study"]
 
 LOSSES = {"ipo": losses.ipo_loss, "dpo": losses.dpo_loss, "slic": losses.slic_loss, "bo2": losses.bo2_loss}
-
-
-class _TableOracle:
-    """A fixed reward table [X, N] as an oracle for index pairs of any lead shape."""
-
-    def __init__(self, reward: torch.Tensor):
-        self.reward = reward
-
-    def margin(self, x, y1, y2):
-        return self.reward[x, y1] - self.reward[x, y2]
 
 
 def _gen(seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
 
 
-class _Runner:
-    def __init__(self, preset: Preset, seeds: int, mode: str, progress_factory):
+class Runner:
+    """Holds one world, its golden policy and finished arms, so studies that share arms reuse them."""
+
+    def __init__(self, preset: Preset, seeds: int, mode: str = "sgd", progress_factory=None):
+        import contextlib
+
+        if progress_factory is None:
+            progress_factory = lambda total, desc: contextlib.nullcontext(None)  # noqa: E731
         self.p, self.t, self.seeds, self.mode = preset, preset.train, seeds, mode
+        self.cache: dict[str, list[dict]] = {}
         self.world: World = make_world(preset.world)
         self.progress_factory = progress_factory
         w = self.world
-        self.golden_oracle, self.proxy_oracle = _TableOracle(w.golden_reward), _TableOracle(w.proxy_reward)
+        self.golden_oracle = golden_training_oracle(w.golden_reward, w.cfg.label_noise)
+        self.proxy_oracle = TableOracle(w.proxy_reward)
         self.proxy_margin = w.proxy_reward[:, :, None] - w.proxy_reward[:, None, :]
         self.proxy_pref = (self.proxy_margin > 0).double() + 0.5 * (self.proxy_margin == 0).double()
         self.every = max(self.t.steps // self.t.checkpoints, 1)
@@ -68,7 +66,13 @@ class _Runner:
         return [{"lr": t.lr, "beta": t.beta, "steps": steps}]
 
     def run_arm(self, arm: Arm, reference: bool = False) -> list[dict]:
-        w, t = self.world, self.t
+        key = repr(arm)
+        if key not in self.cache:
+            self.cache[key] = self._run_arm(arm, reference)
+        return self.cache[key]
+
+    def _run_arm(self, arm: Arm, reference: bool) -> list[dict]:
+        w = self.world
         cfgs = self.configs(arm)
         runs = [(c, s) for c in cfgs for s in range(self.seeds)]
         R = len(runs)
@@ -166,12 +170,13 @@ class _Runner:
         return pop_loss, _Null()
 
 
-def run_study(study: Study, preset: Preset, seeds: int, mode: str = "sgd", progress_factory=None) -> dict:
-    """Run every arm of ``study`` and judge its claims. Returns the results dict."""
-    import contextlib
+def run_study(study: Study, preset: Preset, seeds: int, mode: str = "sgd", progress_factory=None,
+              runner: Runner | None = None) -> dict:
+    """Run every arm of ``study`` and judge its claims. Returns the results dict.
 
-    if progress_factory is None:
-        progress_factory = lambda total, desc: contextlib.nullcontext(None)  # noqa: E731
+    Pass a ``runner`` to share the world, the golden policy and finished arms
+    between studies (``--hypothesis all``).
+    """
     out = {"study": study.name, "question": study.question, "preset": preset.name, "mode": mode, "seeds": seeds,
            "config": {"world": asdict(preset.world), "train": asdict(preset.train)}, "arms": {}, "extras": {}}
     if study.name == "theory":
@@ -180,10 +185,9 @@ def run_study(study: Study, preset: Preset, seeds: int, mode: str = "sgd", progr
         out["extras"]["theory"] = theory_checks(seed=preset.world.seed)
         out["claims"] = judge(study, out)
         return out
-    runner = _Runner(preset, seeds, mode, progress_factory)
+    runner = runner or Runner(preset, seeds, mode, progress_factory)
     runner.run_arm(Arm("golden", "online", labels="golden"), reference=True)
-    arms = sorted(study.arms, key=lambda a: a.source != "online")  # streams and checkpoints first
-    for arm in arms:
+    for arm in sorted(study.arms, key=lambda a: a.source != "online"):  # streams and checkpoints first
         if mode == "population" and arm.source not in ("online", "offline"):
             out["extras"].setdefault("skipped", []).append(f"{arm.name}: no population form")
             continue
