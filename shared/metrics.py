@@ -83,8 +83,9 @@ def kl_tokenwise_estimate(pi_logits, ref_logits, mask):
     same_shape(pi_logits=pi_logits, ref_logits=ref_logits)
     if mask.shape != pi_logits.shape[:-1]:
         raise ValueError(f"mask {tuple(mask.shape)} must be logits' shape without the vocab axis {tuple(pi_logits.shape[:-1])}")
-    lp = torch.log_softmax(pi_logits.float(), -1)
-    lq = torch.log_softmax(ref_logits.float(), -1)
+    dt = torch.promote_types(pi_logits.dtype, torch.float32)  # bf16 logits are summed in fp32
+    lp = torch.log_softmax(pi_logits.to(dt), -1)
+    lq = torch.log_softmax(ref_logits.to(dt), -1)
     per_token = (lp.exp() * (lp - lq)).sum(-1)
     return (per_token * mask.to(per_token.dtype)).sum(-1).mean()
 

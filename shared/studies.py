@@ -74,9 +74,10 @@ class Study:
 # ---------------------------------------------------------------- helpers
 def verdict_from_ci(mean: float, half: float, tol: float = 0.0) -> str:
     """'supported' if the CI lies above ``tol``, 'not supported' if below it,
-    else 'mixed'. With one seed (half = nan) the sign of mean − tol decides."""
+    else 'mixed'. With one seed (half = nan) the sign of mean − tol decides.
+    'inconclusive' when the quantity is undefined (nan: e.g. no KL overlap)."""
     if math.isnan(mean):
-        return "not supported"
+        return "inconclusive"
     if math.isnan(half):
         return "supported" if mean > tol else "not supported"
     if mean - half > tol:
@@ -87,6 +88,8 @@ def verdict_from_ci(mean: float, half: float, tol: float = 0.0) -> str:
 
 
 def _fmt(mean: float, half: float) -> str:
+    if math.isnan(mean):
+        return "undefined"
     return f"{mean:+.3f} ± {half:.3f}" if not math.isnan(half) else f"{mean:+.3f}"
 
 
@@ -174,7 +177,8 @@ def _ordered_replay(results):
 
 
 def _recovered(results, arm, lo="offline", hi="online"):
-    """Fraction of the hi − lo gap at matched KL that ``arm`` recovers, per seed."""
+    """Fraction of the hi − lo gap at matched KL that ``arm`` recovers, per seed
+    (undefined for a seed where hi does not beat lo)."""
     def f(s):
         g = gap_at_matched_kl(curves(results, hi, s), curves(results, lo, s))
         return gap_at_matched_kl(curves(results, arm, s), curves(results, lo, s)) / g if g > 0 else math.nan
@@ -186,10 +190,14 @@ def _tandem(results):
         return _missing("online", "offline", "tandem")
     m_t, h_t = gap(results, "online", "tandem")
     r, hr = _recovered(results, "tandem")
-    v = verdict_from_ci(m_t, h_t)
-    if v == "supported" and not r < 0.5:
-        v = "mixed"
-    return v, f"online − tandem at matched KL: {_fmt(m_t, h_t)}; tandem recovers {_fmt(r, hr)} of the online − offline gap (supported needs < 0.5)"
+    evidence = (f"online − tandem at matched KL: {_fmt(m_t, h_t)}; tandem recovers {_fmt(r, hr)} "
+                "of the online − offline gap (supported needs < 0.5)")
+    if math.isnan(r):
+        return "inconclusive", evidence + "; online does not beat offline here, so no gap is defined"
+    below_half = verdict_from_ci(0.5 - r, hr)
+    if verdict_from_ci(m_t, h_t) == "supported" and below_half == "supported":
+        return "supported", evidence
+    return ("not supported" if below_half == "not supported" else "mixed"), evidence
 
 
 def _windows(results):
@@ -197,8 +205,11 @@ def _windows(results):
     if not arms or not has(results, "online", "offline"):
         return _missing("online", "offline", "window-*")
     rec = [(a, *_recovered(results, a)) for a in arms] + ([("tandem", *_recovered(results, "tandem"))] if has(results, "tandem") else [])
-    small_ok = rec[0][1] > 0.8
     vals = [m for _, m, _ in rec]
+    if any(math.isnan(v) for v in vals):
+        return "inconclusive", "online does not beat offline at matched KL here, so no fraction of a gap is defined: " + ", ".join(
+            f"{a} {_fmt(m, h)}" for a, m, h in rec)
+    small_ok = rec[0][1] > 0.8
     degrades = all(b <= a + 0.1 for a, b in zip(vals, vals[1:])) and vals[-1] < vals[0]
     v = "supported" if small_ok and degrades else "mixed" if small_ok or degrades else "not supported"
     return v, "fraction of the online − offline gap recovered: " + ", ".join(f"{a} {_fmt(m, h)}" for a, m, h in rec)
@@ -282,6 +293,8 @@ def _bo2(results):
     m, h = gap(results, "online-bo2", "offline-bo2")
     r, hr = _recovered(results, "tandem-bo2", lo="offline-bo2", hi="online-bo2")
     v1 = verdict_from_ci(m, h)
+    if v1 == "inconclusive":
+        return v1, "the Bo2 online and offline curves share no KL range, so no matched-KL comparison exists"
     v = "supported" if v1 == "supported" and r > 0.8 else "mixed" if v1 == "supported" or r > 0.8 else "not supported"
     return v, f"Bo2 online − offline at matched KL: {_fmt(m, h)}; tandem-Bo2 recovers {_fmt(r, hr)} of that gap (supported needs > 0.8)"
 

@@ -123,8 +123,8 @@ def features(u: torch.Tensor, z: torch.Tensor, width: int, seed: int, squares: b
         k = inter.shape[-1]
     n_rff = max(width - k, 0)
     g = torch.Generator().manual_seed(seed)
-    a = torch.randn(2 * u.shape[1], max(n_rff, 1), generator=g, dtype=u.dtype)
-    b = 2 * math.pi * torch.rand(max(n_rff, 1), generator=g, dtype=u.dtype)
+    a = torch.randn(max(n_rff, 1), 2 * u.shape[1], generator=g, dtype=u.dtype).T  # column j drawn j-th: prefix-stable
+    b = 2 * math.pi * torch.rand(max(n_rff, 1), generator=torch.Generator().manual_seed(seed + 1), dtype=u.dtype)
     kk = u.shape[1]
     uz = torch.cat([u[:, None, :].expand(x_n, n, kk), z[None, :, :].expand(x_n, n, kk)], -1)  # [X, N, 2k]
     rff = math.sqrt(2.0) * torch.cos(uz @ a + b)[..., :n_rff]

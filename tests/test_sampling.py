@@ -1,0 +1,161 @@
+"""shared/sampling.py and shared/preferences.py: data sources and labels."""
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from shared.losses import ipo_loss
+from shared.preferences import NoisyOracle, PairwiseOracle, RewardOracle, hard_labels, hard_preference, label_pairs
+from shared.sampling import Batch, OfflineSampler, OnlineSampler, ReplaySampler, policy_pair_dataset, replay_order
+from toysim.engine import LogLinearPolicy, train
+
+
+class _Reward:
+    def __init__(self, table):
+        self.table = table
+
+    def __call__(self, x, y):
+        return self.table[x, y]
+
+
+def test_hard_labels_sign_and_ties():
+    m = torch.tensor([1.0, -1.0, 0.0, 0.0])
+    first, tie = hard_labels(m, ties="first")
+    assert first.tolist() == [True, False, True, True] and tie.tolist() == [False, False, True, True]
+    g = torch.Generator().manual_seed(0)
+    first, _ = hard_labels(torch.zeros(4000), g)
+    assert 0.45 < first.float().mean().item() < 0.55  # fair coin
+    assert hard_preference(m).tolist() == [1.0, 0.0, 0.5, 0.5]
+    with pytest.raises(ValueError):
+        hard_labels(m, ties="drop")
+
+
+def test_label_pairs_puts_winner_first_for_token_responses():
+    reward = torch.tensor([[0.0, 1.0, 2.0]])
+    oracle = RewardOracle(lambda x, y: reward[x, y[..., 0]])  # responses are 1-token sequences [B, 1]
+    x = torch.zeros(3, dtype=torch.long)
+    y1, y2 = torch.tensor([[0], [2], [1]]), torch.tensor([[1], [0], [1]])
+    y_w, y_l, tie = label_pairs(oracle, x, y1, y2, torch.Generator().manual_seed(0))
+    assert y_w[:2].squeeze(-1).tolist() == [1, 2] and y_l[:2].squeeze(-1).tolist() == [0, 0]
+    assert tie.tolist() == [False, False, True]
+
+
+def test_pairwise_oracle_uses_both_orders():
+    # a position-biased PM: prefers the first slot by 0.2 on top of a reward difference
+    r = torch.tensor([0.0, 1.0])
+    pm = PairwiseOracle(lambda x, a, b: torch.sigmoid(r[a] - r[b]) * 0.8 + 0.2)
+    m = pm.margin(None, torch.tensor([0]), torch.tensor([1]))
+    assert m.item() < 0  # y=1 is better despite the first-slot bias
+    assert pm.prob_first(None, torch.tensor([1]), torch.tensor([0])).item() > 0.5
+
+
+def test_noisy_oracle_flips_at_its_rate():
+    base = RewardOracle(_Reward(torch.tensor([[0.0, 1.0]])))
+    noisy = NoisyOracle(base, 0.2)
+    n = 20_000
+    x = torch.zeros(n, dtype=torch.long)
+    y_w, _, _ = label_pairs(noisy, x, torch.ones(n, dtype=torch.long), torch.zeros(n, dtype=torch.long), torch.Generator().manual_seed(0))
+    assert abs((y_w == 1).float().mean().item() - 0.8) < 0.01
+    with pytest.raises(ValueError):
+        NoisyOracle(base, 0.5)
+
+
+def test_bt_stochastic_labels_follow_sigmoid():
+    oracle = RewardOracle(_Reward(torch.tensor([[0.0, 1.0]])), stochastic=True)
+    n = 20_000
+    x = torch.zeros(n, dtype=torch.long)
+    y_w, _, _ = label_pairs(oracle, x, torch.ones(n, dtype=torch.long), torch.zeros(n, dtype=torch.long), torch.Generator().manual_seed(1))
+    assert abs((y_w == 1).float().mean().item() - torch.sigmoid(torch.tensor(1.0)).item()) < 0.01
+
+
+@given(st.integers(1, 12), st.integers(1, 5), st.integers(1, 20), st.integers(0, 1000))
+def test_replay_order_is_a_permutation_within_windows(steps, batch, window, seed):
+    order = replay_order(steps, batch, window, torch.Generator().manual_seed(seed), lead=(2,))
+    assert order.shape == (2, steps, batch)
+    for r in range(2):
+        flat = order[r].reshape(-1)
+        assert sorted(flat.tolist()) == list(range(steps * batch))
+        block = window * batch
+        for i, v in enumerate(flat.tolist()):
+            assert v // block == i // block  # never leaves its window
+    if window == 1:
+        assert torch.equal(order[0].reshape(-1), torch.arange(steps * batch))
+
+
+def _world(seed=0, X=4, N=6, d=3):
+    g = torch.Generator().manual_seed(seed)
+    sft = torch.log_softmax(torch.randn(X, N, generator=g, dtype=torch.float64), -1)
+    feats = torch.randn(X, N, d, generator=g, dtype=torch.float64)
+    reward = torch.randn(X, N, generator=g, dtype=torch.float64)
+    return sft, feats, RewardOracle(_Reward(reward))
+
+
+def test_ordered_replay_reproduces_online_bit_for_bit():
+    sft, feats, oracle = _world()
+    R, B, steps = 2, 4, 30
+    beta, lr = torch.full((R, 1), 0.1, dtype=torch.float64), torch.full((R, 1), 0.05, dtype=torch.float64)
+    logged = []
+
+    def run(sampler_of):
+        pol = LogLinearPolicy(sft, feats, R)
+        sampler = sampler_of(pol)
+        tables = []
+        train(pol, sampler, ipo_loss, beta, lr, steps, 1, lambda t, s: tables.append(t.clone()) or {}, None)
+        return sampler, tables
+
+    online, t_online = run(lambda p: OnlineSampler(p, oracle, torch.arange(4), (R, B), torch.Generator().manual_seed(3)))
+    logged = online.log
+    _, t_replay = run(lambda p: ReplaySampler(logged, window=1))
+    assert len(t_online) == len(t_replay) == steps + 1
+    assert all(torch.equal(a, b) for a, b in zip(t_online, t_replay))
+    # and a uniform shuffle of the same stream does not
+    _, t_tandem = run(lambda p: ReplaySampler(logged, window=steps, generator=torch.Generator().manual_seed(0)))
+    assert not torch.equal(t_online[-1], t_tandem[-1])
+
+
+def test_uniform_shuffle_is_a_permutation_of_the_stream():
+    sft, feats, oracle = _world()
+    pol = LogLinearPolicy(sft, feats, 2)
+    online = OnlineSampler(pol, oracle, torch.arange(4), (2, 3), torch.Generator().manual_seed(0))
+    stream = [online.next() for _ in range(5)]
+    rep = ReplaySampler(stream, window=5, generator=torch.Generator().manual_seed(1))
+    got = [rep.next() for _ in range(5)]
+    for r in range(2):
+        key = lambda bs: sorted(zip(*(torch.cat([getattr(b, f)[r] for b in bs]).tolist() for f in ("x", "y_w", "y_l"))))  # noqa: E731
+        assert key(got) == key(stream)
+    with pytest.raises(StopIteration):
+        rep.next()
+
+
+def test_online_sampling_is_stop_gradient_and_logged():
+    sft, feats, oracle = _world()
+    pol = LogLinearPolicy(sft, feats, 1)
+    pol.theta.requires_grad_(True)
+    s = OnlineSampler(pol, oracle, torch.arange(4), (1, 8), torch.Generator().manual_seed(0))
+    b = s.next()
+    assert not b.y_w.requires_grad and len(s.log) == 1 and b.x.shape == (1, 8)
+
+
+def test_offline_sampler_covers_each_epoch_once_per_run():
+    n = 12
+    data = Batch(torch.arange(n), torch.arange(n), torch.arange(n), torch.zeros(n, dtype=torch.bool))
+    s = OfflineSampler(data, 4, torch.Generator().manual_seed(0), lead=(3,))
+    epoch = torch.cat([s.next().x for _ in range(3)], -1)  # [3, 12]
+    for r in range(3):
+        assert sorted(epoch[r].tolist()) == list(range(n))
+    assert not torch.equal(epoch[0], epoch[1])  # independent orders per run
+    with pytest.raises(ValueError, match="batch_size"):
+        OfflineSampler(data, 13, torch.Generator())
+
+
+def test_policy_pair_dataset_draws_from_each_policy():
+    class Const:
+        def __init__(self, y):
+            self.y = y
+
+        def sample(self, x, generator=None):
+            return torch.full_like(x, self.y)
+
+    reward = torch.tensor([[0.0, 1.0]])
+    d = policy_pair_dataset(Const(0), Const(1), torch.zeros(5, dtype=torch.long), RewardOracle(_Reward(reward)))
+    assert d.y_w.tolist() == [1] * 5 and d.y_l.tolist() == [0] * 5

@@ -1,0 +1,90 @@
+"""shared/studies.py: the claim rules on synthetic results whose answer is known."""
+
+import math
+
+import numpy as np
+import pytest
+
+from shared.studies import CLAIMS, STUDIES, judge, verdict_from_ci
+
+
+def _run(seed, kl, wr, **extra):
+    return {"seed": seed, "config": {}, "series": {"step": list(range(len(kl))), "kl": list(kl), "win_rate": list(wr), **extra}}
+
+
+def _curve(offset, n=12, fall=True):
+    kl = np.concatenate([[0.0], np.geomspace(0.05, 5, n - 1)])
+    x = np.log(np.maximum(kl, 1e-3))
+    wr = 0.3 + offset - 0.05 * (x - np.log(1.0)) ** 2 * (1 if fall else 0) + 0.02 * x * (0 if fall else 1)
+    wr[0] = 0.2
+    return kl, wr
+
+
+def _results(on_offset, off_offset, seeds=4, noise=0.002):
+    rng = np.random.default_rng(0)
+    arms = {"online": [], "offline": []}
+    for s in range(seeds):
+        for arm, off in (("online", on_offset), ("offline", off_offset)):
+            kl, wr = _curve(off)
+            arms[arm].append(_run(s, kl, wr + rng.normal(0, noise, len(wr))))
+    return {"arms": arms, "extras": {}}
+
+
+def _verdict(results, cid):
+    study = next(s for s in STUDIES.values() if cid in s.claims)
+    return next(c for c in judge(study, results) if c["id"] == cid)["verdict"]
+
+
+def test_every_claim_is_tested_by_exactly_one_study():
+    ids = [c for s in STUDIES.values() for c in s.claims]
+    assert sorted(ids) == sorted(CLAIMS) == list(range(1, 19))
+
+
+def test_claim_2_follows_the_sign_of_the_gap():
+    assert _verdict(_results(0.05, 0.0), 2) == "supported"
+    assert _verdict(_results(0.0, 0.05), 2) == "not supported"
+
+
+def test_claim_3_compares_peaks():
+    assert _verdict(_results(0.05, 0.0), 3) == "supported"
+    assert _verdict(_results(-0.05, 0.0), 3) == "not supported"
+
+
+def test_claim_1_needs_a_fall():
+    assert _verdict(_results(0.0, 0.0), 1) == "supported"
+    r = _results(0.0, 0.0)
+    for run in r["arms"]["online"]:
+        run["series"]["win_rate"] = sorted(run["series"]["win_rate"])  # monotone: no over-optimisation
+    assert _verdict(r, 1) in ("mixed", "not supported")
+
+
+def test_claim_4_is_exact_replay():
+    r = _results(0.05, 0.0)
+    r["arms"]["replay-ordered"] = [dict(run) for run in r["arms"]["online"]]
+    assert _verdict(r, 4) == "supported"
+    r["arms"]["replay-ordered"] = [_run(run["seed"], run["series"]["kl"], np.array(run["series"]["win_rate"]) + 0.01)
+                                   for run in r["arms"]["online"]]
+    assert _verdict(r, 4) == "not supported"
+
+
+def test_missing_arms_are_not_tested_not_guessed():
+    r = {"arms": {"online": _results(0.0, 0.0)["arms"]["online"]}, "extras": {}}
+    assert _verdict(r, 2) == "not tested"
+    assert _verdict(r, 13) == "not tested"
+
+
+def test_claim_5_tandem_between():
+    r = _results(0.05, 0.0)
+    r["arms"]["tandem"] = [_run(run["seed"], run["series"]["kl"], np.array(run["series"]["win_rate"]) + 0.005)
+                           for run in r["arms"]["offline"]]
+    assert _verdict(r, 5) == "supported"
+    r["arms"]["tandem"] = [dict(run) for run in r["arms"]["online"]]
+    assert _verdict(r, 5) == "not supported"
+
+
+@pytest.mark.parametrize("mean, half, expected", [
+    (0.1, 0.05, "supported"), (-0.1, 0.05, "not supported"), (0.01, 0.05, "mixed"),
+    (0.1, math.nan, "supported"), (math.nan, 0.1, "inconclusive"),
+])
+def test_verdict_from_ci(mean, half, expected):
+    assert verdict_from_ci(mean, half) == expected

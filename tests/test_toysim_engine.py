@@ -1,0 +1,90 @@
+"""toysim.engine and toysim.env: Adam against torch's, batching against single runs, the world's invariants."""
+
+import pytest
+import torch
+
+from shared.losses import ipo_loss
+from shared.sampling import OfflineSampler
+from toysim.engine import LogLinearPolicy, adam_init, adam_update, gather_logp, train
+from toysim.env import WorldConfig, features, make_world
+
+
+def test_adam_matches_torch_optim():
+    g = torch.Generator().manual_seed(0)
+    theta0 = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    grads = [torch.randn(3, 4, generator=g, dtype=torch.float64) for _ in range(5)]
+    p = torch.nn.Parameter(theta0.clone())
+    opt = torch.optim.Adam([p], lr=0.01)
+    theta, state = theta0.clone(), adam_init(theta0)
+    for gr in grads:
+        p.grad = gr.clone()
+        opt.step()
+        theta, state = adam_update(theta, gr, state, 0.01)
+    torch.testing.assert_close(theta, p.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_batched_runs_equal_separate_runs():
+    """R runs trained together give each run what it would get alone (runs are independent)."""
+    w = make_world(WorldConfig(prompts=4, responses=8, golden_pairs=64, policy_features=6))
+    feats = w.policy_features(1)
+    beta = torch.tensor([[0.1], [0.5]], dtype=torch.float64)
+    lr = torch.tensor([[0.01], [0.03]], dtype=torch.float64)
+    order = torch.Generator().manual_seed(0)
+    sampler = OfflineSampler(w.d_golden, 8, order, lead=(2,))
+    batches = [sampler.next() for _ in range(10)]
+
+    class Fixed:
+        def __init__(self, bs):
+            self.bs, self.i = bs, 0
+
+        def next(self):
+            self.i += 1
+            return self.bs[self.i - 1]
+
+    pol = LogLinearPolicy(w.sft_logp, feats, 2)
+    train(pol, Fixed(batches), ipo_loss, beta, lr, 10, 100, lambda t, s: {}, None)
+    for r in range(2):
+        single = LogLinearPolicy(w.sft_logp, feats, 1)
+        bs = [type(b)(b.x[r : r + 1], b.y_w[r : r + 1], b.y_l[r : r + 1], b.tie[r : r + 1]) for b in batches]
+        train(single, Fixed(bs), ipo_loss, beta[r : r + 1], lr[r : r + 1], 10, 100, lambda t, s: {}, None)
+        torch.testing.assert_close(single.theta[0], pol.theta[r], rtol=1e-10, atol=1e-12)
+
+
+def test_gather_logp_shared_and_batched_tables():
+    t = torch.arange(2 * 3 * 4, dtype=torch.float64).reshape(2, 3, 4)
+    x, y = torch.tensor([[0, 2], [1, 1]]), torch.tensor([[3, 0], [2, 1]])
+    assert gather_logp(t, x, y).tolist() == [[t[0, 0, 3].item(), t[0, 2, 0].item()], [t[1, 1, 2].item(), t[1, 1, 1].item()]]
+    assert gather_logp(t[0], x, y).tolist() == [[t[0, 0, 3].item(), t[0, 2, 0].item()], [t[0, 1, 2].item(), t[0, 1, 1].item()]]
+
+
+def test_world_is_deterministic_and_well_formed():
+    cfg = WorldConfig(prompts=6, responses=10, golden_pairs=50)
+    a, b = make_world(cfg), make_world(cfg)
+    torch.testing.assert_close(a.proxy_reward, b.proxy_reward)
+    assert torch.equal(a.d_golden.y_w, b.d_golden.y_w)
+    torch.testing.assert_close(a.sft_logp.exp().sum(-1), torch.ones(6, dtype=torch.float64))
+    p = a.golden_pref
+    torch.testing.assert_close(p + p.transpose(-1, -2), torch.ones_like(p))  # P(y≻y') + P(y'≻y) = 1
+    assert a.d_golden.x.shape == (50,)
+
+
+def test_label_noise_flips_d_golden_labels_at_its_rate():
+    clean = make_world(WorldConfig(golden_pairs=4000, label_noise=0.0))
+    noisy = make_world(WorldConfig(golden_pairs=4000, label_noise=0.3))
+    def agree(w):
+        g = w.golden_reward
+        return (g[w.d_golden.x, w.d_golden.y_w] >= g[w.d_golden.x, w.d_golden.y_l]).double().mean().item()
+    assert agree(clean) == 1.0
+    assert abs(agree(noisy) - 0.7) < 0.04
+
+
+def test_features_prefix_property_and_capacity():
+    u, z = torch.randn(3, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    f16, f64 = features(u, z, 16, seed=1), features(u, z, 64, seed=1)
+    assert f16.shape == (3, 5, 16) and f64.shape == (3, 5, 64)
+    torch.testing.assert_close(f64[..., :16], f16)
+
+
+def test_bad_world_raises():
+    with pytest.raises(ValueError):
+        make_world(WorldConfig(responses=1))

@@ -1,0 +1,104 @@
+"""toysim.gap end to end, in subprocesses: every study at --quick, determinism,
+and one-line errors with exit code 2 for bad arguments."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.studies import CLAIMS, STUDIES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args, cwd=ROOT):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "toysim.gap", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def quick_all(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gap") / "run"
+    p = _run("--hypothesis", "all", "--quick", "--seeds", "2", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    return out, p.stdout
+
+
+def test_every_study_writes_results_figures_and_verdicts(quick_all):
+    out, stdout = quick_all
+    seen = set()
+    for name, study in STUDIES.items():
+        res = json.loads((out / name / "results.json").read_text())
+        assert res["study"] == name and res["seeds"] == 2
+        assert [c["id"] for c in res["claims"]] == list(study.claims)
+        for c in res["claims"]:
+            assert c["verdict"] in {"supported", "not supported", "mixed", "inconclusive"}
+            assert c["evidence"]
+            seen.add(c["id"])
+        for arm, runs in res["arms"].items():
+            for run in runs:
+                s = run["series"]
+                assert {"step", "kl", "win_rate", "acc_golden", "chosen_logp_shift"} <= set(s)
+                assert len(s["step"]) == len(s["kl"]) == len(s["win_rate"]) > 2
+                assert s["step"][0] == 0 and s["kl"][0] == pytest.approx(0.0, abs=1e-12)
+        if res["arms"]:
+            assert (out / name / "winrate_vs_kl.png").stat().st_size > 1000
+        assert f"== {name}" in stdout
+    assert seen == set(CLAIMS)  # every claim of BRIEF §3 gets a verdict somewhere
+    assert (out / "classification" / "classification.png").exists()
+    assert (out / "scale" / "scaling.png").exists()
+    report = (out / "report.md").read_text()
+    assert all(f"## {n}" in report for n in STUDIES)
+
+
+def test_same_seed_gives_identical_results(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        assert _run("--hypothesis", "coverage", "--quick", "--seeds", "2", "--out", str(d)).returncode == 0
+    ra, rb = (json.loads((d / "coverage" / "results.json").read_text()) for d in (a, b))
+    for r in (ra, rb):
+        r["command_config"].pop("out")
+    assert ra == rb
+
+
+def test_population_mode_runs_online_and_offline(tmp_path):
+    p = _run("--hypothesis", "classification", "--quick", "--seeds", "1", "--mode", "population", "--out", str(tmp_path / "p"))
+    assert p.returncode == 0, p.stderr
+    res = json.loads((tmp_path / "p" / "classification" / "results.json").read_text())
+    assert set(res["arms"]) == {"online", "offline"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--hypothesis", "nonsense"], None),
+    (["--beta", "0"], "--beta must be > 0"),
+    (["--beta", "-1"], "--beta must be > 0"),
+    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--preset", "nope"], "unknown preset"),
+    (["--out", "/proc/forbidden"], "cannot write"),
+])
+def test_bad_arguments_exit_2_without_traceback(args, message, tmp_path):
+    if "--out" not in args:
+        args = args + ["--out", str(tmp_path / "o")]
+    p = _run(*args)
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr
+    if message:
+        assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_never_overwrites_an_earlier_run(quick_all):
+    out, _ = quick_all
+    before = (out / "coverage" / "results.json").read_text()
+    p = _run("--hypothesis", "coverage", "--quick", "--seeds", "2", "--out", str(out))
+    assert p.returncode == 2 and "exists" in p.stderr
+    assert (out / "coverage" / "results.json").read_text() == before
+
+
+def test_help_explains_the_options():
+    p = _run("--help")
+    assert p.returncode == 0
+    for word in ("--hypothesis", "--seeds", "--preset", "--out", "--quick", "coverage"):
+        assert word in p.stdout
