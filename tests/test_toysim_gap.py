@@ -43,7 +43,7 @@ def test_every_study_writes_results_figures_and_verdicts(quick_all):
                 s = run["series"]
                 assert {"step", "kl", "win_rate", "acc_golden", "chosen_logp_shift"} <= set(s)
                 assert len(s["step"]) == len(s["kl"]) == len(s["win_rate"]) > 2
-                assert s["step"][0] == 0 and s["kl"][0] == pytest.approx(0.0, abs=1e-12)
+                assert s["step"][0] == 0 and s["kl"][0] == pytest.approx(0.0, abs=1e-6)  # float32 tables
         if res["arms"]:
             assert (out / name / "winrate_vs_kl.png").stat().st_size > 1000
         assert f"== {name}" in stdout

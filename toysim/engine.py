@@ -134,7 +134,8 @@ def train(policy: LogLinearPolicy, sampler, loss_fn, beta: torch.Tensor, lr: tor
     """
     theta = policy.theta.detach().clone()
     state = adam_init(theta)
-    lr_b = lr.reshape(lr.shape + (1,) * (theta.ndim - lr.ndim))
+    beta = beta.to(theta.dtype)
+    lr_b = lr.to(theta.dtype).reshape(lr.shape + (1,) * (theta.ndim - lr.ndim))
     series: dict[str, list] = {"step": []}
     for step in range(steps + 1):
         if step % eval_every == 0:

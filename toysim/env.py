@@ -98,10 +98,15 @@ class World:
     u: torch.Tensor  # [X, k]
     z: torch.Tensor  # [N, k]
 
+    def to(self, dtype: torch.dtype) -> "World":
+        """The same world with its float tables in ``dtype`` (training runs in float32)."""
+        cast = {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in vars(self).items()}
+        return World(**cast)
+
     def policy_features(self, capacity: int) -> torch.Tensor:
         """Φ for a policy of width ``capacity × cfg.policy_features``: [X, N, d]."""
-        return features(self.u, self.z, capacity * self.cfg.policy_features, seed=self.cfg.seed + 1000,
-                        structured=self.cfg.policy_structured)
+        return features(self.u.double(), self.z.double(), capacity * self.cfg.policy_features, seed=self.cfg.seed + 1000,
+                        structured=self.cfg.policy_structured).to(self.u.dtype)
 
 
 def features(u: torch.Tensor, z: torch.Tensor, width: int, seed: int, squares: bool = False, structured: bool = True) -> torch.Tensor:

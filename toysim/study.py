@@ -46,7 +46,7 @@ class Runner:
             progress_factory = lambda total, desc: contextlib.nullcontext(None)  # noqa: E731
         self.p, self.t, self.seeds, self.mode = preset, preset.train, seeds, mode
         self.cache: dict[str, list[dict]] = {}
-        self.world: World = make_world(preset.world)
+        self.world: World = make_world(preset.world).to(torch.float32)  # exact enough, twice as fast as float64
         self.progress_factory = progress_factory
         w = self.world
         self.golden_oracle = golden_training_oracle(w.golden_reward, w.cfg.label_noise)
