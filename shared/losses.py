@@ -57,12 +57,13 @@ def log_ratio_margin(pi_logp_w, pi_logp_l, ref_logp_w, ref_logp_l):
 def dpo_loss(pi_logp_w, pi_logp_l, ref_logp_w, ref_logp_l, beta):
     """DPO: −log σ(β·h).
 
-    Rafailov et al. 2023 (arXiv 2305.18290), Eq. 7. Computed as softplus(−βh),
-    finite for any finite input. Shapes: [...] x4, beta broadcastable -> [...].
+    Rafailov et al. 2023 (arXiv 2305.18290), Eq. 7. Computed with logsigmoid,
+    accurate and finite for any finite input (torch's softplus switches to the
+    identity above 20, an error of up to e^{−20}). Shapes: [...] x4, beta broadcastable -> [...].
     """
     h = log_ratio_margin(pi_logp_w, pi_logp_l, ref_logp_w, ref_logp_l)
     beta = positive("beta", beta, h)
-    return F.softplus(-beta * h)
+    return -F.logsigmoid(beta * h)
 
 
 def ipo_loss(pi_logp_w, pi_logp_l, ref_logp_w, ref_logp_l, beta):
@@ -117,7 +118,7 @@ def robust_dpo_loss(pi_logp_w, pi_logp_l, ref_logp_w, ref_logp_l, beta, eps):
     eps = torch.as_tensor(eps, dtype=h.dtype, device=h.device)
     if not bool(torch.all((eps >= 0) & (eps < 0.5))):
         raise ValueError(f"eps must lie in [0, 0.5), got {eps!r}")
-    return ((1 - eps) * F.softplus(-beta * h) - eps * F.softplus(beta * h)) / (1 - 2 * eps)
+    return (-(1 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (1 - 2 * eps)
 
 
 def gpo_loss(f: Callable[[torch.Tensor], torch.Tensor], pi_logp_w, pi_logp_l, ref_logp_w, ref_logp_l, beta):
@@ -149,7 +150,7 @@ def bt_loss(r_w, r_l):
     BRIEF §4. Shapes: [...] x2 -> [...].
     """
     same_shape(r_w=r_w, r_l=r_l)
-    return F.softplus(-(r_w - r_l))
+    return -F.logsigmoid(r_w - r_l)
 
 
 def pairwise_pm_loss(logit_12, first_wins):
