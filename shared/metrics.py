@@ -219,7 +219,7 @@ def seed_ci(values, level: float = 0.95):
         return math.nan, math.nan
     if v.size == 1:
         return float(v[0]), math.nan
-    from scipy import stats  # imported lazily: scipy.stats costs ~0.3 s
+    from scipy.special import stdtrit  # Student-t quantile; lazily, and not scipy.stats (0.8 s to import)
 
-    half = stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
+    half = stdtrit(v.size - 1, 0.5 + level / 2) * v.std(ddof=1) / math.sqrt(v.size)
     return float(v.mean()), float(half)

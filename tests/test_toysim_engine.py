@@ -88,3 +88,18 @@ def test_features_prefix_property_and_capacity():
 def test_bad_world_raises():
     with pytest.raises(ValueError):
         make_world(WorldConfig(responses=1))
+
+
+def test_proxy_fit_is_the_regularised_bt_minimiser():
+    """The Newton fit zeroes the gradient of the L2-regularised BT objective (autograd, independent of the Hessian)."""
+    from shared.losses import bt_loss
+    from toysim.env import features
+
+    cfg = WorldConfig(prompts=8, responses=12, golden_pairs=300, proxy_features=6, proxy_l2=0.05)
+    w = make_world(cfg)
+    feats = features(w.u, w.z, cfg.proxy_features, seed=cfg.seed + 2000, squares=cfg.proxy_squares)
+    coef = torch.linalg.lstsq(feats.reshape(-1, 6), w.proxy_reward.reshape(-1, 1)).solution[:, 0].requires_grad_(True)
+    d = w.d_golden
+    loss = bt_loss(feats[d.x, d.y_w] @ coef, feats[d.x, d.y_l] @ coef).mean() + cfg.proxy_l2 * (coef**2).sum()
+    (g,) = torch.autograd.grad(loss, coef)
+    assert g.abs().max() < 1e-8

@@ -103,9 +103,10 @@ class World:
         cast = {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in vars(self).items()}
         return World(**cast)
 
-    def policy_features(self, capacity: int) -> torch.Tensor:
-        """Φ for a policy of width ``capacity × cfg.policy_features``: [X, N, d]."""
-        return features(self.u.double(), self.z.double(), capacity * self.cfg.policy_features, seed=self.cfg.seed + 1000,
+    def policy_features(self, capacity: float = 1.0) -> torch.Tensor:
+        """Φ for a policy of width round(capacity × cfg.policy_features): [X, N, d]."""
+        width = max(1, round(capacity * self.cfg.policy_features))
+        return features(self.u.double(), self.z.double(), width, seed=self.cfg.seed + 1000,
                         structured=self.cfg.policy_structured).to(self.u.dtype)
 
 
@@ -136,21 +137,29 @@ def features(u: torch.Tensor, z: torch.Tensor, width: int, seed: int, squares: b
     return torch.cat([inter, rff], -1)[..., :width]
 
 
-def _fit_bt(feats: torch.Tensor, x, y_w, y_l, l2: float, iters: int = 200) -> torch.Tensor:
-    """L2-regularised Bradley–Terry MLE of a linear reward w·φ (shared.losses.bt_loss)."""
+def _fit_bt(feats: torch.Tensor, x, y_w, y_l, l2: float, iters: int = 30) -> torch.Tensor:
+    """L2-regularised Bradley–Terry MLE of a linear reward w·φ (shared.losses.bt_loss), by Newton's
+    method: the objective is strictly convex, so a few exact second-order steps reach its minimiser.
+
+    Gradient by autograd through ``bt_loss``; Hessian in closed form for logistic regression,
+    Δᵀ diag(σ(m)σ(−m)) Δ / n + 2·l2·I with Δ = φ(y_w) − φ(y_l), m = Δ·w.
+    """
     from shared.losses import bt_loss
 
-    w = torch.zeros(feats.shape[-1], dtype=feats.dtype, requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=iters, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        r = feats @ w  # [X, N]
-        loss = bt_loss(r[x, y_w], r[x, y_l]).mean() + l2 * (w**2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    phi_w, phi_l = feats[x, y_w], feats[x, y_l]  # [n, d]
+    delta, n, d = phi_w - phi_l, len(x), feats.shape[-1]
+    w = torch.zeros(d, dtype=feats.dtype)
+    for _ in range(iters):
+        w.requires_grad_(True)
+        loss = bt_loss(phi_w @ w, phi_l @ w).mean() + l2 * (w**2).sum()
+        (g,) = torch.autograd.grad(loss, w)
+        w = w.detach()
+        if g.abs().max() < 1e-10:
+            break
+        m = delta @ w
+        curv = torch.sigmoid(m) * torch.sigmoid(-m)
+        hess = delta.T @ (curv[:, None] * delta) / n + 2 * l2 * torch.eye(d, dtype=feats.dtype)
+        w = w - torch.linalg.solve(hess, g)
     return (feats @ w).detach()
 
 

@@ -47,16 +47,24 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
+    # Large gap: a noisy golden rater (30% of training labels flipped), finite D_golden (512 pairs),
+    # a narrow SFT, and a policy with capacity to overfit (128 features). Offline IPO fits the
+    # flipped labels and spends KL on noise; online trains on fresh pairs labelled by a small,
+    # regularised proxy that averages the noise away. Chosen by a sweep (docs/studies/coverage.md).
     Preset("default", "large gap (the paper's TL;DR / helpfulness)",
-           world=WorldConfig(golden_pairs=512, policy_features=64, label_noise=0.2, noise=0.1,
-                             proxy_squares=False, penalty=0.6)),
+           world=WorldConfig(golden_pairs=512, policy_features=128, label_noise=0.3, noise=0.1,
+                             proxy_squares=True, penalty=0.6, sft_temp=0.3, proxy_l2=0.1)),
+    # Small gap: the opposite ingredients — little label noise, 4× more golden pairs, a small
+    # policy and a wide SFT, so the offline data is already clean and covering.
     Preset("arena", "small gap, tandem close (the paper's Chatbot Arena)",
-           world=WorldConfig(penalty=0.1, noise=0.3, sft_temp=2.0, proxy_features=32, golden_pairs=2048)),
+           world=WorldConfig(golden_pairs=2048, policy_features=16, label_noise=0.1, noise=0.1,
+                             proxy_squares=True, penalty=0.6, sft_temp=1.0)),
 ]}
 
 
 def quick(p: Preset) -> Preset:
     """A smaller, shorter version of a preset for smoke runs (``--quick``)."""
-    w = replace(p.world, prompts=16, responses=32, golden_pairs=min(p.world.golden_pairs, 512))
+    w = replace(p.world, prompts=16, responses=32, golden_pairs=min(p.world.golden_pairs, 512),
+                policy_features=min(p.world.policy_features, 64))
     t = replace(p.train, steps=100, offline_mult=3, checkpoints=10)
     return replace(p, world=w, train=t)

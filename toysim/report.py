@@ -135,12 +135,12 @@ def figures(results: dict, out: Path) -> list[str]:
     if results["study"] == "scale":
         fig, ax = plt.subplots(figsize=(5.6, 3.8), constrained_layout=True)
         for prefix in ("online", "offline", "tandem"):
-            arms = sorted((a for a in results["arms"] if a.startswith(prefix + "@")), key=lambda a: int(a.split("@")[1]))
-            caps = [int(a.split("@")[1]) for a in arms]
+            arms = sorted((a for a in results["arms"] if a.startswith(prefix + "@")), key=lambda a: float(a.split("@")[1]))
+            caps = [float(a.split("@")[1]) for a in arms]
             ci = [seed_ci([peak(results, a, s) for s in seeds_of(results, a)]) for a in arms]
             ax.errorbar(caps, [m for m, _ in ci], yerr=[0 if math.isnan(h) else h for _, h in ci], marker="o", capsize=3, label=prefix)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("policy capacity (× features)")
+        ax.set_xlabel("policy width (× the default number of features)")
         ax.set_ylabel("peak win rate")
         ax.legend()
         fig.savefig(out / "scaling.png", dpi=110)

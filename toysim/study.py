@@ -87,7 +87,7 @@ class Runner:
 
         ref = self.golden_final[seed_idx] if self.golden_final is not None else None
         tables: dict[int, torch.Tensor] = {}
-        online = self.online_state.get(f"online@{arm.capacity}" if "@" in arm.name else "online")
+        online = self.online_state.get("online@" + arm.name.split("@")[1] if "@" in arm.name else "online")
         ev = Evaluator(w.sft_logp, ref if ref is not None else torch.full_like(w.sft_logp, 1 / w.sft_logp.shape[-1]).expand(R, -1, -1),
                        w.golden_pref, self.proxy_margin, w.d_golden,
                        pair_probs_at=None if arm.source == "online" or online is None else

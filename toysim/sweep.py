@@ -1,7 +1,7 @@
 """Map the online−offline and tandem−offline gaps over the world's knobs.
 
     python -m toysim.sweep --x label_noise --x-values 0 0.1 0.2 0.3 \\
-                           --y golden_pairs --y-values 128 512 2048 --out runs/sweep
+                           --y policy_features --y-values 16 32 64 128 --out runs/sweep
 
 For each cell (a world with the two knobs set, everything else from the
 preset) it runs online, offline (pooled sweep) and tandem over ``--seeds``
@@ -38,9 +38,9 @@ class SweepConfig:
     """knob on the horizontal axis (a WorldConfig field)"""
     x_values: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3)
     """its values"""
-    y: str = "golden_pairs"
+    y: str = "policy_features"
     """knob on the vertical axis (a WorldConfig field)"""
-    y_values: tuple[float, ...] = (128, 512, 2048)
+    y_values: tuple[float, ...] = (16, 32, 64, 128)
     """its values"""
     preset: str = "default"
     """preset whose other settings every cell keeps"""
