@@ -123,14 +123,15 @@ def classifier_accuracy_exact_pairs(margin_w_minus_l: torch.Tensor) -> torch.Ten
 
 
 def train(policy: LogLinearPolicy, sampler, loss_fn, beta: torch.Tensor, lr: torch.Tensor, steps: int,
-          eval_every: int, evaluate, progress=None) -> dict[str, list]:
+          eval_at, evaluate, progress=None) -> dict[str, list]:
     """Train every run of ``policy`` for ``steps`` steps of ``sampler`` pairs.
 
     Per step: pairs [R, B] from ``sampler.next()``; loss = mean over the batch
     of ``loss_fn(pi_logp_w, pi_logp_l, sft_logp_w, sft_logp_l, beta)``, summed
     over runs (runs are independent, so each gets its own gradient); one Adam
     step with per-run ``lr`` ([R, 1]). ``evaluate(table, step)`` is called at step
-    0 and every ``eval_every`` steps. Returns {metric: [checkpoints × R]} plus "step".
+    0 and at every step in ``eval_at`` (a collection of steps, or an int: every
+    that many steps). Returns {metric: [checkpoints × R]} plus "step".
     """
     theta = policy.theta.detach().clone()
     state = adam_init(theta)
@@ -138,7 +139,7 @@ def train(policy: LogLinearPolicy, sampler, loss_fn, beta: torch.Tensor, lr: tor
     lr_b = lr.to(theta.dtype).reshape(lr.shape + (1,) * (theta.ndim - lr.ndim))
     series: dict[str, list] = {"step": []}
     for step in range(steps + 1):
-        if step % eval_every == 0:
+        if step == 0 or (step % eval_at == 0 if isinstance(eval_at, int) else step in eval_at):
             with torch.no_grad():
                 res = evaluate(policy.table(), step)
             series["step"].append(step)

@@ -21,13 +21,16 @@ import torch
 
 from shared import losses
 from shared.sampling import Batch, OfflineSampler, OnlineSampler, ReplaySampler
-from shared.studies import Arm, Study, judge
+from shared.studies import STUDIES, Arm, Study, judge
 from toysim.engine import Evaluator, LogLinearPolicy, train
 from toysim.env import TableOracle, World, golden_training_oracle, make_world
 from toysim.presets import Preset
 from toysim.theory import population_loss
 
 __all__ = ["LOSSES", "Runner", "run_study"]
+
+# checkpoint fractions the "dataset" arms read from the online run (0 = SFT)
+STUDIES_PAIRS = [a.params["pair"] for s in STUDIES.values() for a in s.arms if a.source == "dataset"]
 
 LOSSES = {"ipo": losses.ipo_loss, "dpo": losses.dpo_loss, "slic": losses.slic_loss, "bo2": losses.bo2_loss}
 
@@ -53,9 +56,23 @@ class Runner:
         self.proxy_oracle = TableOracle(w.proxy_reward)
         self.proxy_margin = w.proxy_reward[:, :, None] - w.proxy_reward[:, None, :]
         self.proxy_pref = (self.proxy_margin > 0).double() + 0.5 * (self.proxy_margin == 0).double()
-        self.every = max(self.t.steps // self.t.checkpoints, 1)
+        self.data_fracs = sorted({f for a in STUDIES_PAIRS for f in a})
         self.online_state: dict[str, dict] = {}
         self.golden_final = None
+
+    def checkpoints(self, steps: int) -> set[int]:
+        """Log-spaced evaluation steps (the curves are read on a log-KL axis), ``checkpoints`` per
+        online horizon and as dense per decade beyond it, plus the fractions the data study's
+        checkpoint datasets name, and the last step."""
+        import math
+
+        import numpy as np
+
+        per_decade = self.t.checkpoints / math.log10(max(self.t.steps, 10))
+        num = max(2, int(round(per_decade * math.log10(max(steps, 10)))))
+        out = {int(round(v)) for v in np.geomspace(1, steps, num)}
+        out |= {round(f * self.t.steps) for f in self.data_fracs if f * self.t.steps <= steps}
+        return {s for s in out if 0 < s <= steps} | {steps}
 
     # ---------------------------------------------------------------- arms
     def configs(self, arm: Arm) -> list[dict]:
@@ -91,7 +108,7 @@ class Runner:
         ev = Evaluator(w.sft_logp, ref if ref is not None else torch.full_like(w.sft_logp, 1 / w.sft_logp.shape[-1]).expand(R, -1, -1),
                        w.golden_pref, self.proxy_margin, w.d_golden,
                        pair_probs_at=None if arm.source == "online" or online is None else
-                       (lambda step: online["tables"][min(step, max(online["tables"]))][seed_idx].exp()))
+                       (lambda step: online["tables"][max(k for k in online["tables"] if k <= step)][seed_idx].exp()))
 
         def evaluate(table, step):
             tables[step] = table.detach().clone()
@@ -101,7 +118,7 @@ class Runner:
         if self.mode == "population":
             loss_fn, sampler = self.population(arm, policy, loss_fn, oracle)
         with self.progress_factory(steps, arm.name) as bar:
-            series = train(policy, sampler, loss_fn, beta, lr, steps, self.every, evaluate, bar)
+            series = train(policy, sampler, loss_fn, beta, lr, steps, self.checkpoints(steps), evaluate, bar)
         if arm.source == "online":
             self.online_state[arm.name] = {"tables": tables, "log": getattr(sampler, "log", None)}
         if reference:
@@ -144,8 +161,7 @@ class Runner:
                 return torch.multinomial(p.reshape(-1, p.shape[-1]), 1, generator=generator).reshape(x.shape)
 
         def at(frac):
-            step = int(round(frac * self.t.steps / self.every)) * self.every
-            return _Frozen(tables[step][seed_idx].exp())
+            return _Frozen(tables[round(frac * self.t.steps)][seed_idx].exp())
 
         a, b = arm.params["pair"]
         x = torch.randint(w.cfg.prompts, (R, n), generator=g)
