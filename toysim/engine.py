@@ -19,7 +19,7 @@ import torch
 from shared.metrics import classifier_accuracy_exact, kl_exact, logp_shift, win_rate_exact
 from shared.sampling import Batch
 
-__all__ = ["LogLinearPolicy", "adam_init", "adam_update", "gather_logp", "train", "Evaluator"]
+__all__ = ["LogLinearPolicy", "sample_rows", "adam_init", "adam_update", "gather_logp", "train", "Evaluator"]
 
 
 class LogLinearPolicy:
@@ -49,12 +49,17 @@ class LogLinearPolicy:
         if self._probs is None:
             with torch.no_grad():
                 self._probs = self.table().exp()
-        r = torch.arange(x.shape[0])[:, None].expand_as(x)
-        p = self._probs[r, x]  # [R, B, N]
-        return torch.multinomial(p.reshape(-1, p.shape[-1]), 1, generator=generator).reshape(x.shape)
+        return sample_rows(self._probs, x, generator)
 
     def logp(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return gather_logp(self.table(), x, y)
+
+
+def sample_rows(probs: torch.Tensor, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """y[r, b] ~ probs[r, x[r, b], :] for a table of distributions [R, X, N] and prompts x [R, B]."""
+    r = torch.arange(x.shape[0])[:, None].expand_as(x)
+    p = probs[r, x]  # [R, B, N]
+    return torch.multinomial(p.reshape(-1, p.shape[-1]), 1, generator=generator).reshape(x.shape)
 
 
 def gather_logp(table: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 from shared import losses
 from shared.sampling import Batch, OfflineSampler, OnlineSampler, ReplaySampler
 from shared.studies import STUDIES, Arm, Study, judge
-from toysim.engine import Evaluator, LogLinearPolicy, train
+from toysim.engine import Evaluator, LogLinearPolicy, sample_rows, train
 from toysim.env import TableOracle, World, golden_training_oracle, make_world
 from toysim.presets import Preset
 from toysim.theory import population_loss
@@ -151,14 +151,12 @@ class Runner:
         tables = self.online_state["online"]["tables"]
         n, R = w.cfg.golden_pairs, len(seed_idx)
 
-        class _Frozen:
+        class _Frozen:  # a checkpoint as a shared.sampling.Policy
             def __init__(self, probs):
                 self.probs = probs  # [R, X, N]
 
             def sample(self, x, generator=None):
-                r = torch.arange(x.shape[0])[:, None].expand_as(x)
-                p = self.probs[r, x]
-                return torch.multinomial(p.reshape(-1, p.shape[-1]), 1, generator=generator).reshape(x.shape)
+                return sample_rows(self.probs, x, generator)
 
         def at(frac):
             return _Frozen(tables[round(frac * self.t.steps)][seed_idx].exp())
