@@ -30,6 +30,7 @@ __all__ = [
     "PairwiseOracle",
     "NoisyOracle",
     "label_pairs",
+    "random_order",
 ]
 
 
@@ -162,3 +163,17 @@ def label_pairs(oracle, x, y1, y2, generator: torch.Generator | None = None):
             first_wins, tie = hard_labels(oracle.margin(x, y1, y2), generator)
     fw = first_wins.reshape(first_wins.shape + (1,) * (y1.ndim - first_wins.ndim))
     return torch.where(fw, y1, y2), torch.where(fw, y2, y1), tie
+
+
+def random_order(y_w, y_l, generator: torch.Generator | None = None):
+    """Present each labelled pair in a random order, for training a pairwise PM.
+
+    Tang et al. 2024, §3: the preference model r(x, y1, y2) is trained with the
+    order of the two responses randomised, so it cannot learn a position bias.
+    Returns ``(y1, y2, first_wins)``: with probability ½ per pair, (y_w, y_l,
+    True), else (y_l, y_w, False). Feed ``first_wins`` to
+    ``shared.losses.pairwise_pm_loss``. y_w, y_l: [B, ...].
+    """
+    first_wins = torch.rand(y_w.shape[0], generator=generator, device=y_w.device) < 0.5
+    fw = first_wins.reshape((-1,) + (1,) * (y_w.ndim - 1))
+    return torch.where(fw, y_w, y_l), torch.where(fw, y_l, y_w), first_wins

@@ -159,3 +159,14 @@ def test_policy_pair_dataset_draws_from_each_policy():
     reward = torch.tensor([[0.0, 1.0]])
     d = policy_pair_dataset(Const(0), Const(1), torch.zeros(5, dtype=torch.long), RewardOracle(_Reward(reward)))
     assert d.y_w.tolist() == [1] * 5 and d.y_l.tolist() == [0] * 5
+
+
+def test_random_order_is_a_fair_consistent_shuffle():
+    from shared.preferences import random_order
+
+    n = 10_000
+    y_w, y_l = torch.arange(n)[:, None].expand(n, 3), -torch.arange(n)[:, None].expand(n, 3) - 1
+    y1, y2, first = random_order(y_w, y_l, torch.Generator().manual_seed(0))
+    assert torch.equal(torch.where(first[:, None], y1, y2), y_w)  # the winner is recoverable
+    assert torch.equal(torch.where(first[:, None], y2, y1), y_l)
+    assert abs(first.float().mean().item() - 0.5) < 0.02
