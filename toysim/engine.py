@@ -19,7 +19,7 @@ import torch
 from shared.metrics import classifier_accuracy_exact, kl_exact, logp_shift, win_rate_exact
 from shared.sampling import Batch
 
-__all__ = ["LogLinearPolicy", "sample_rows", "adam_init", "adam_update", "gather_logp", "train", "Evaluator"]
+__all__ = ["LogLinearPolicy", "sample_rows", "gather_log_softmax", "adam_init", "adam_update", "gather_logp", "train", "Evaluator"]
 
 
 class LogLinearPolicy:
@@ -31,15 +31,22 @@ class LogLinearPolicy:
 
     def __init__(self, sft_logp: torch.Tensor, feats: torch.Tensor | None, runs: int):
         self.sft_logp, self.feats = sft_logp, feats
+        # Φ as a contiguous [d, X·N] matrix: θ [R, d] @ Φᵀ is then one GEMM whose output is already
+        # laid out as [R, X, N] (an einsum over [X, N, d] would transpose a full table copy each step)
+        self._feats_t = feats.reshape(-1, feats.shape[-1]).T.contiguous() if feats is not None else None
         shape = (runs, feats.shape[-1]) if feats is not None else (runs,) + tuple(sft_logp.shape)
         self.theta = torch.zeros(shape, dtype=sft_logp.dtype)
         self._probs = None
 
+    def logits(self, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """Unnormalised log π: sft_logits + Φ·θ, [R, X, N]."""
+        theta = self.theta if theta is None else theta
+        delta = (theta @ self._feats_t).reshape(theta.shape[0], *self.sft_logp.shape) if self.feats is not None else theta
+        return self.sft_logp + delta
+
     def table(self, theta: torch.Tensor | None = None) -> torch.Tensor:
         """log π(y|x) for every run, prompt and response: [R, X, N]."""
-        theta = self.theta if theta is None else theta
-        delta = torch.einsum("xnd,rd->rxn", self.feats, theta) if self.feats is not None else theta
-        return torch.log_softmax(self.sft_logp + delta, -1)
+        return torch.log_softmax(self.logits(theta), -1)
 
     def set_theta(self, theta: torch.Tensor) -> None:
         self.theta, self._probs = theta, None
@@ -70,18 +77,54 @@ def gather_logp(table: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.
     return table[r, x, y]
 
 
+class _GatherLogSoftmax(torch.autograd.Function):
+    """log_softmax(logits)[r, x, y] for index pairs, without materialising the log-softmax table.
+
+    Forward: logits [R, X, N] -> log-sum-exp over N [R, X], then logits[r, x, y] − lse[r, x].
+    Backward (d log π(y|x) / d logits(x, n) = 1[n = y] − π(n|x)): the upstream gradient g [R, K]
+    lands on its (x, y) entries, and −(Σ_k g_k 1[x_k = x])·π(·|x) on every row. Same result as
+    autograd through log_softmax + gather (tests/test_toysim_engine.py), with fewer passes over
+    the table, which is what bounds a batched step.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, x, y):
+        lse = torch.logsumexp(logits, -1)  # [R, X]
+        r = torch.arange(logits.shape[0], device=x.device)[:, None].expand_as(x)
+        ctx.save_for_backward(logits, lse, x, y)
+        return logits[r, x, y] - lse[r, x]
+
+    @staticmethod
+    def backward(ctx, g):
+        logits, lse, x, y = ctx.saved_tensors
+        r = torch.arange(logits.shape[0], device=x.device)[:, None].expand_as(x)
+        row_mass = torch.zeros_like(lse).index_put_((r, x), g, accumulate=True)  # [R, X]
+        grad = torch.exp(logits - lse[..., None]).mul_(-row_mass[..., None])
+        grad.index_put_((r, x, y), g, accumulate=True)
+        return grad, None, None
+
+
+def gather_log_softmax(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """log_softmax(logits, -1)[r, x[r, k], y[r, k]]: logits [R, X, N], x/y [R, K] -> [R, K]."""
+    return _GatherLogSoftmax.apply(logits, x, y)
+
+
 def adam_init(theta: torch.Tensor):
     return torch.zeros_like(theta), torch.zeros_like(theta), 0
 
 
 def adam_update(theta, grad, state, lr, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
-    """One Adam step (Kingma & Ba 2015, Algorithm 1); ``lr`` broadcasts per run."""
+    """One Adam step (Kingma & Ba 2015, Algorithm 1); ``lr`` broadcasts per run.
+
+    The moment buffers in ``state`` are updated in place (they belong to the
+    training loop); returns the new θ and the state.
+    """
     m, v, t = state
     t += 1
-    m = b1 * m + (1 - b1) * grad
-    v = b2 * v + (1 - b2) * grad**2
-    m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
-    return theta - lr * m_hat / (v_hat.sqrt() + eps), (m, v, t)
+    m.mul_(b1).add_(grad, alpha=1 - b1)
+    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+    denom = (v / (1 - b2**t)).sqrt_().add_(eps)
+    return theta - (lr / (1 - b1**t)) * m / denom, (m, v, t)
 
 
 @dataclass
@@ -154,13 +197,14 @@ def train(policy: LogLinearPolicy, sampler, loss_fn, beta: torch.Tensor, lr: tor
             break
         batch = sampler.next()
         theta.requires_grad_(True)
-        table = policy.table(theta)
         if batch is None:  # exact population mode: loss_fn(table, beta) -> [R]
-            loss = loss_fn(table, beta).sum()
-        else:
-                loss = loss_fn(gather_logp(table, batch.x, batch.y_w), gather_logp(table, batch.x, batch.y_l),
-                           gather_logp(policy.sft_logp, batch.x, batch.y_w), gather_logp(policy.sft_logp, batch.x, batch.y_l),
-                           beta).mean(-1).sum()
+            loss = loss_fn(policy.table(theta), beta).sum()
+        else:  # log π at (x, y_w) and (x, y_l) in one gather: [R, 2B] -> two [R, B]
+            pi = gather_log_softmax(policy.logits(theta), torch.cat([batch.x, batch.x], -1),
+                                    torch.cat([batch.y_w, batch.y_l], -1))
+            pi_w, pi_l = pi.split(batch.x.shape[-1], -1)
+            loss = loss_fn(pi_w, pi_l, gather_logp(policy.sft_logp, batch.x, batch.y_w),
+                           gather_logp(policy.sft_logp, batch.x, batch.y_l), beta).mean(-1).sum()
         (grad,) = torch.autograd.grad(loss, theta)
         with torch.no_grad():
             theta, state = adam_update(theta.detach(), grad, state, lr_b)
