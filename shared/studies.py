@@ -72,6 +72,15 @@ class Study:
 
 
 # ---------------------------------------------------------------- helpers
+def _seed_ci(values) -> tuple[float, float]:
+    """``seed_ci`` over the seeds where the quantity is defined, or (nan, nan) when
+    fewer than half of them are (a verdict must not rest on a selected minority)."""
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals or len(vals) < len(values) / 2:
+        return math.nan, math.nan
+    return seed_ci(vals)
+
+
 def verdict_from_ci(mean: float, half: float, tol: float = 0.0) -> str:
     """'supported' if the CI lies above ``tol``, 'not supported' if below it,
     else 'mixed'. With one seed (half = nan) the sign of mean − tol decides.
@@ -122,7 +131,7 @@ def per_seed(results: dict, arms: tuple[str, ...], fn) -> list[float]:
 
 def gap(results: dict, a: str, b: str) -> tuple[float, float]:
     """Win rate of a minus b at matched KL, mean and CI half-width over seeds."""
-    return seed_ci(per_seed(results, (a, b), lambda s: gap_at_matched_kl(curves(results, a, s), curves(results, b, s))))
+    return _seed_ci(per_seed(results, (a, b), lambda s: gap_at_matched_kl(curves(results, a, s), curves(results, b, s))))
 
 
 def has(results: dict, *arms: str) -> bool:
@@ -162,7 +171,7 @@ def _online_ge_offline(results):
 def _online_peak(results):
     if not has(results, "online", "offline"):
         return _missing("online", "offline")
-    m, h = seed_ci(per_seed(results, ("online", "offline"), lambda s: peak(results, "online", s) - peak(results, "offline", s)))
+    m, h = _seed_ci(per_seed(results, ("online", "offline"), lambda s: peak(results, "online", s) - peak(results, "offline", s)))
     return verdict_from_ci(m, h), f"peak win rate online − best-of-sweep offline: {_fmt(m, h)}"
 
 
@@ -177,12 +186,12 @@ def _ordered_replay(results):
 
 
 def _recovered(results, arm, lo="offline", hi="online"):
-    """Fraction of the hi − lo gap at matched KL that ``arm`` recovers, per seed
-    (undefined for a seed where hi does not beat lo)."""
+    """Fraction of the hi − lo gap at matched KL that ``arm`` recovers, over the seeds
+    where hi beats lo (undefined, nan, when that is fewer than half of them)."""
     def f(s):
         g = gap_at_matched_kl(curves(results, hi, s), curves(results, lo, s))
         return gap_at_matched_kl(curves(results, arm, s), curves(results, lo, s)) / g if g > 0 else math.nan
-    return seed_ci(per_seed(results, (arm, lo, hi), f))
+    return _seed_ci(per_seed(results, (arm, lo, hi), f))
 
 
 def _tandem(results):
@@ -222,7 +231,7 @@ def _quality(results):
         wr0 = runs_of(results, "online", s)[0]["series"]["win_rate"][0]
         top = runs_of(results, "online", s)[0]["series"]["win_rate"][-1]
         return (peak(results, "self-final", s) - wr0) / (top - wr0) if top > wr0 else math.nan
-    m, h = seed_ci(per_seed(results, ("online", "self-final"), f))
+    m, h = _seed_ci(per_seed(results, ("online", "self-final"), f))
     return verdict_from_ci(0.25 - m, h), f"self-final's peak gain over SFT as a fraction of the final online policy's gain: {_fmt(m, h)} (supported needs < 0.25)"
 
 
@@ -236,19 +245,19 @@ def _proxy_beats_policies(results):
         off = [a for st, a in zip(best_off["step"], best_off["acc_online_pairs"]) if 0 < st <= last]
         proxy = float(np.mean(on["proxy_acc_online_pairs"][1:]))
         return proxy - max(float(np.mean(on["acc_online_pairs"][1:])), float(np.mean(off)))
-    m, h = seed_ci(per_seed(results, ("online", "offline"), margin))
-    decay = seed_ci(per_seed(results, ("online",), lambda s: runs_of(results, "online", s)[0]["series"]["proxy_acc_online_pairs"][1]
+    m, h = _seed_ci(per_seed(results, ("online", "offline"), margin))
+    decay = _seed_ci(per_seed(results, ("online",), lambda s: runs_of(results, "online", s)[0]["series"]["proxy_acc_online_pairs"][1]
                                  - runs_of(results, "online", s)[0]["series"]["proxy_acc_online_pairs"][-1]))
     v1, v2 = verdict_from_ci(m, h), verdict_from_ci(*decay)
     v = v1 if v1 == v2 else "mixed"
-    return v, (f"proxy accuracy on online pairs − the better policy's, both averaged over the online run's checkpoints: {_fmt(m, h)}; "
-               f"proxy accuracy first − last checkpoint: {_fmt(*decay)}")
+    return v, (f"proxy accuracy on online pairs − the better policy's (online: mean over its trained checkpoints; offline: mean over "
+               f"its checkpoints within the online run's steps): {_fmt(m, h)}; proxy accuracy first trained − last checkpoint: {_fmt(*decay)}")
 
 
 def _offline_classifies_better(results):
     if not has(results, "online", "offline"):
         return _missing("online", "offline")
-    m, h = seed_ci(per_seed(results, ("online", "offline"), lambda s: final(results, "offline", s, "acc_golden") - final(results, "online", s, "acc_golden")))
+    m, h = _seed_ci(per_seed(results, ("online", "offline"), lambda s: final(results, "offline", s, "acc_golden") - final(results, "online", s, "acc_golden")))
     return verdict_from_ci(m, h), f"accuracy on D_golden, offline − online (final checkpoints): {_fmt(m, h)}"
 
 
@@ -259,20 +268,20 @@ def _acc_uncorrelated(results):
         rs = runs_of(results, "offline", s)
         acc = [r["series"]["acc_golden"][int(np.argmax(r["series"]["win_rate"]))] for r in rs]
         wr = [max(r["series"]["win_rate"]) for r in rs]
-        return float(np.corrcoef(acc, wr)[0, 1]) if np.std(acc) > 0 and np.std(wr) > 0 else math.nan
-    m, h = seed_ci(per_seed(results, ("offline",), f))
+        return abs(float(np.corrcoef(acc, wr)[0, 1])) if np.std(acc) > 0 and np.std(wr) > 0 else math.nan
+    m, h = _seed_ci(per_seed(results, ("offline",), f))
     if math.isnan(m):
         return "not tested", "the sweep has fewer than two distinct runs per seed"
-    return verdict_from_ci(0.5 - abs(m), h), f"Pearson r(accuracy on D_golden, peak win rate) across the offline sweep: {_fmt(m, h)} (supported needs |r| < 0.5)"
+    return verdict_from_ci(0.5 - m, h), f"|Pearson r|(accuracy on D_golden, peak win rate) across the offline sweep, per seed: {_fmt(m, h)} (supported needs < 0.5)"
 
 
 def _chosen_falls(results):
     arms = [a for a in ("online", "offline") if has(results, a)]
     if len(arms) < 2:
         return _missing("online", "offline")
-    shifts = {a: seed_ci(per_seed(results, (a,), lambda s, a=a: final(results, a, s, "chosen_logp_shift"))) for a in arms}
+    shifts = {a: _seed_ci(per_seed(results, (a,), lambda s, a=a: final(results, a, s, "chosen_logp_shift"))) for a in arms}
     all_fall = all(verdict_from_ci(-m, h) == "supported" for m, h in shifts.values())
-    m, h = seed_ci(per_seed(results, ("online", "offline"), lambda s: final(results, "online", s, "chosen_logp_shift") - final(results, "offline", s, "chosen_logp_shift")))
+    m, h = _seed_ci(per_seed(results, ("online", "offline"), lambda s: final(results, "online", s, "chosen_logp_shift") - final(results, "offline", s, "chosen_logp_shift")))
     most = verdict_from_ci(m, h)
     v = "supported" if all_fall and most == "supported" else "mixed" if all_fall or most == "supported" else "not supported"
     return v, "chosen log-likelihood shift (D_golden): " + ", ".join(f"{a} {_fmt(*shifts[a])}" for a in arms) + f"; online − offline {_fmt(m, h)}"
@@ -284,7 +293,7 @@ def _self_chance(results):
         return _missing("online", "offline")
     parts, ok = [], True
     for a in arms:
-        m, h = seed_ci(per_seed(results, (a,), lambda s, a=a: float(np.max(
+        m, h = _seed_ci(per_seed(results, (a,), lambda s, a=a: float(np.max(
             max(runs_of(results, a, s), key=lambda r: max(r["series"]["win_rate"]))["series"]["acc_self"][1:]))))
         ok &= verdict_from_ci(0.55 - m, h) == "supported"
         parts.append(f"{a} best accuracy on its own samples {_fmt(m, h)}")
@@ -296,11 +305,11 @@ def _bo2(results):
     need not share a KL range; the paper compares them by their best win rate."""
     if not has(results, "online-bo2", "offline-bo2", "tandem-bo2"):
         return _missing("online-bo2", "offline-bo2", "tandem-bo2")
-    m, h = seed_ci(per_seed(results, ("online-bo2", "offline-bo2"), lambda s: peak(results, "online-bo2", s) - peak(results, "offline-bo2", s)))
+    m, h = _seed_ci(per_seed(results, ("online-bo2", "offline-bo2"), lambda s: peak(results, "online-bo2", s) - peak(results, "offline-bo2", s)))
     def rec(s):
         g = peak(results, "online-bo2", s) - peak(results, "offline-bo2", s)
         return (peak(results, "tandem-bo2", s) - peak(results, "offline-bo2", s)) / g if g > 0 else math.nan
-    r, hr = seed_ci(per_seed(results, ("online-bo2", "offline-bo2", "tandem-bo2"), rec))
+    r, hr = _seed_ci(per_seed(results, ("online-bo2", "offline-bo2", "tandem-bo2"), rec))
     v1 = verdict_from_ci(m, h)
     v2 = verdict_from_ci(r - 0.8, hr)
     v = "supported" if v1 == v2 == "supported" else "not supported" if "supported" not in (v1, v2) else "mixed"
@@ -316,15 +325,15 @@ def _scale_peaks(results):
     arms = _scale_arms(results, "online")
     if len(arms) < 2:
         return _missing("online@*")
-    peaks = [seed_ci(per_seed(results, (a,), lambda s, a=a: peak(results, a, s))) for a in arms]
-    gain = seed_ci(per_seed(results, (arms[0], arms[-1]), lambda s: peak(results, arms[-1], s) - peak(results, arms[0], s)))
+    peaks = [_seed_ci(per_seed(results, (a,), lambda s, a=a: peak(results, a, s))) for a in arms]
+    gain = _seed_ci(per_seed(results, (arms[0], arms[-1]), lambda s: peak(results, arms[-1], s) - peak(results, arms[0], s)))
     def overopt(a):
-        return seed_ci(per_seed(results, (a,), lambda s: peak(results, a, s) - runs_of(results, a, s)[0]["series"]["win_rate"][-1]))
+        return _seed_ci(per_seed(results, (a,), lambda s: peak(results, a, s) - runs_of(results, a, s)[0]["series"]["win_rate"][-1]))
     still = all(verdict_from_ci(*overopt(a)) == "supported" for a in arms)
     def kl_at_peak(a, s):
         r = runs_of(results, a, s)[0]["series"]
         return r["kl"][int(np.argmax(r["win_rate"]))]
-    ratio = seed_ci(per_seed(results, (arms[0], arms[-1]), lambda s: math.log(kl_at_peak(arms[-1], s) / kl_at_peak(arms[0], s))))
+    ratio = _seed_ci(per_seed(results, (arms[0], arms[-1]), lambda s: math.log(kl_at_peak(arms[-1], s) / kl_at_peak(arms[0], s))))
     similar = abs(ratio[0]) < math.log(3)
     v = "supported" if verdict_from_ci(*gain) == "supported" and still and similar else "mixed" if verdict_from_ci(*gain) == "supported" else "not supported"
     return v, ("peak win rate " + ", ".join(f"{a} {_fmt(*p)}" for a, p in zip(arms, peaks))
@@ -337,9 +346,9 @@ def _scale_tandem(results):
         return _missing("online@*", "tandem@*", "offline@*")
     def norm(arm, ref, s):  # 90th percentile over runs would need many runs; we use the peak (documented)
         return peak(results, arm, s) / peak(results, ref, s)
-    t_gain = seed_ci(per_seed(results, (ta[0], ta[-1], on[0], on[-1]), lambda s: norm(ta[-1], on[-1], s) - norm(ta[0], on[0], s)))
-    o_gain = seed_ci(per_seed(results, (of[0], of[-1], on[0], on[-1]), lambda s: norm(of[-1], on[-1], s) - norm(of[0], on[0], s)))
-    d = seed_ci(per_seed(results, (ta[0], ta[-1], of[0], of[-1], on[0], on[-1]),
+    t_gain = _seed_ci(per_seed(results, (ta[0], ta[-1], on[0], on[-1]), lambda s: norm(ta[-1], on[-1], s) - norm(ta[0], on[0], s)))
+    o_gain = _seed_ci(per_seed(results, (of[0], of[-1], on[0], on[-1]), lambda s: norm(of[-1], on[-1], s) - norm(of[0], on[0], s)))
+    d = _seed_ci(per_seed(results, (ta[0], ta[-1], of[0], of[-1], on[0], on[-1]),
                          lambda s: (norm(ta[-1], on[-1], s) - norm(ta[0], on[0], s)) - (norm(of[-1], on[-1], s) - norm(of[0], on[0], s))))
     return verdict_from_ci(*d), (f"change in peak/online-peak from smallest to largest: tandem {_fmt(*t_gain)}, offline {_fmt(*o_gain)};"
                                  f" tandem − offline {_fmt(*d)}")
@@ -348,16 +357,16 @@ def _scale_tandem(results):
 def _separation(results):
     if not has(results, "sft-vs-800", "sft-vs-4k"):
         return _missing("sft-vs-800", "sft-vs-4k")
-    m, h = seed_ci(per_seed(results, ("sft-vs-800", "sft-vs-4k"), lambda s: peak(results, "sft-vs-800", s) - peak(results, "sft-vs-4k", s)))
+    m, h = _seed_ci(per_seed(results, ("sft-vs-800", "sft-vs-4k"), lambda s: peak(results, "sft-vs-800", s) - peak(results, "sft-vs-4k", s)))
     return verdict_from_ci(m + 0.01, h), f"peak win rate sft-vs-800 − sft-vs-4k (wider pair): {_fmt(m, h)} (supported unless the wider pair is better by > 0.01)"
 
 
 def _proximity(results):
     if not has(results, "sft-vs-800", "800-vs-4k", "offline"):
         return _missing("sft-vs-800", "800-vs-4k", "offline")
-    m, h = seed_ci(per_seed(results, ("sft-vs-800", "800-vs-4k"), lambda s: peak(results, "sft-vs-800", s) - peak(results, "800-vs-4k", s)))
+    m, h = _seed_ci(per_seed(results, ("sft-vs-800", "800-vs-4k"), lambda s: peak(results, "sft-vs-800", s) - peak(results, "800-vs-4k", s)))
     others = [a for a in ("sft-vs-800", "800-vs-4k", "sft-vs-4k", "4k-vs-4k") if has(results, a)]
-    g, hg = seed_ci(per_seed(results, ("offline", *others), lambda s: peak(results, "offline", s) - max(peak(results, a, s) for a in others)))
+    g, hg = _seed_ci(per_seed(results, ("offline", *others), lambda s: peak(results, "offline", s) - max(peak(results, a, s) for a in others)))
     v1, v2 = verdict_from_ci(m, h), verdict_from_ci(g + 0.01, hg)
     v = "supported" if v1 == v2 == "supported" else "mixed" if "supported" in (v1, v2) else "not supported"
     return v, f"peak sft-vs-800 − 800-vs-4k: {_fmt(m, h)}; D_golden − best checkpoint dataset: {_fmt(g, hg)}"

@@ -88,3 +88,24 @@ def test_claim_5_tandem_between():
 ])
 def test_verdict_from_ci(mean, half, expected):
     assert verdict_from_ci(mean, half) == expected
+
+
+def test_fraction_rules_do_not_rest_on_a_minority_of_seeds():
+    """If online beats offline in only 1 of 4 seeds, 'fraction of the gap recovered' is undefined."""
+    r = _results(0.0, 0.05)  # offline better in every seed ...
+    kl, wr = _curve(0.1)
+    r["arms"]["online"][0] = _run(0, kl, wr)  # ... except seed 0
+    r["arms"]["tandem"] = [dict(run) for run in r["arms"]["offline"]]
+    assert _verdict(r, 5) == "inconclusive"
+    assert _verdict(r, 6) in ("inconclusive", "not tested")
+
+
+def test_claim_10_uses_absolute_correlation_per_seed():
+    """Seeds with r = +0.9 and r = −0.9 must not average into 'uncorrelated'."""
+    arms = {"offline": []}
+    for s, sign in ((0, 1), (1, -1), (2, 1), (3, -1)):
+        for k in range(4):
+            wr = [0.2, 0.3 + 0.05 * k, 0.25]
+            acc = [0.5, 0.5 + sign * 0.05 * k + 0.001 * (k % 2), 0.5]
+            arms["offline"].append(_run(s, [0.0, 0.5, 1.0], wr, acc_golden=acc))
+    assert _verdict({"arms": arms, "extras": {}}, 10) == "not supported"

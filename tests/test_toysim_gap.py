@@ -75,6 +75,8 @@ def test_population_mode_runs_online_and_offline(tmp_path):
     (["--hypothesis", "nonsense"], None),
     (["--beta", "0"], "--beta must be > 0"),
     (["--beta", "-1"], "--beta must be > 0"),
+    (["--beta", "inf"], "--beta must be > 0"),
+    (["--lr", "1e300"], "--lr must be > 0"),
     (["--seeds", "0"], "--seeds must be at least 1"),
     (["--preset", "nope"], "unknown preset"),
     (["--out", "/proc/forbidden"], "cannot write"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -67,10 +68,11 @@ def _check(cfg: GapConfig, studies: list[str]) -> str | None:
         return f"unknown preset {cfg.preset!r}; choose from {', '.join(PRESETS)}"
     if cfg.seeds < 1:
         return f"--seeds must be at least 1, got {cfg.seeds}"
-    if cfg.beta is not None and not cfg.beta > 0:
-        return f"--beta must be > 0, got {cfg.beta}"
-    if cfg.lr is not None and not cfg.lr > 0:
-        return f"--lr must be > 0, got {cfg.lr}"
+    # finite and > 0; bounded so that the offline sweep's multiples stay representable in float32
+    if cfg.beta is not None and not (math.isfinite(cfg.beta) and 0 < cfg.beta <= 1e3):
+        return f"--beta must be > 0 and at most 1e3, got {cfg.beta}"
+    if cfg.lr is not None and not (math.isfinite(cfg.lr) and 0 < cfg.lr <= 10):
+        return f"--lr must be > 0 and at most 10, got {cfg.lr}"
     for s in studies + ["report.md"]:
         if (cfg.out / s).exists():
             return f"{cfg.out / s} exists; choose a new --out (results are never overwritten)"
@@ -127,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     all_results, figs = [], {}
     for name in studies:
         t = time.time()
-        res = run_study(STUDIES[name], preset, cfg.seeds, cfg.mode, runner=runner)
+        try:
+            res = run_study(STUDIES[name], preset, cfg.seeds, cfg.mode, runner=runner)
+        except (RuntimeError, ValueError, FloatingPointError) as e:  # e.g. training diverged to non-finite values
+            print(f"error: study {name} failed: {str(e).splitlines()[0]}", file=sys.stderr)
+            return 1
         res["command_config"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
         d = cfg.out / name
         d.mkdir(parents=True)

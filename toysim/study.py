@@ -104,7 +104,9 @@ class Runner:
 
         ref = self.golden_final[seed_idx] if self.golden_final is not None else None
         tables: dict[int, torch.Tensor] = {}
-        online = self.online_state.get("online@" + arm.name.split("@")[1] if "@" in arm.name else "online")
+        # the online run whose pairs the "online pairs" accuracies use: same loss family and capacity
+        stream = "online" + ("-bo2" if arm.loss == "bo2" else "") + ("@" + arm.name.split("@")[1] if "@" in arm.name else "")
+        online = self.online_state.get(stream)
         ev = Evaluator(w.sft_logp, ref if ref is not None else torch.full_like(w.sft_logp, 1 / w.sft_logp.shape[-1]).expand(R, -1, -1),
                        w.golden_pref, self.proxy_margin, w.d_golden,
                        pair_probs_at=None if arm.source == "online" or online is None else
@@ -171,7 +173,9 @@ class Runner:
         if arm.source not in ("online", "offline"):
             raise ValueError(f"arm {arm.name!r} ({arm.source}) has no population form; use mode='sgd'")
         w = self.world
-        pref = w.golden_pref if arm.labels == "golden" else self.proxy_pref
+        eps = w.cfg.label_noise
+        # golden training labels are flipped at label_noise, so their expected preference is (1 − 2ε)P + ε
+        pref = (1 - 2 * eps) * w.golden_pref + eps if arm.labels == "golden" else self.proxy_pref
 
         class _Null:
             def next(self):
