@@ -48,7 +48,7 @@ def win_rate_exact(pi, ref, pref):
 
 
 def win_rate_from_labels(first_wins, tie=None):
-    """Sampled win rate: mean of hard decisions, a tie counting ½.
+    """Sampled win rate: mean of hard decisions, a tie counting ½ (Tang et al. 2024, §3).
 
     ``first_wins`` [..., N] bool: the policy's response won; ``tie`` optional.
     """
@@ -102,7 +102,8 @@ def policy_margin(pi_logp_1, pi_logp_2, ref_logp_1, ref_logp_2):
 
 
 def classifier_accuracy(margin, first_wins):
-    """Accuracy of the decision margin > 0 against labels; a zero margin counts ½.
+    """Accuracy of the decision margin > 0 against labels; a zero margin counts ½
+    (Tang et al. 2024, §4.3, the policy-as-classifier evaluation).
 
     Works for a policy (``policy_margin``) and a preference model (its margin).
     Shapes: margin [..., N], first_wins [..., N] bool -> [...].
@@ -209,7 +210,8 @@ def gap_at_matched_kl(curves_a, curves_b, num: int = 64):
 
 
 def seed_ci(values, level: float = 0.95):
-    """Mean and half-width of a Student-t confidence interval over seeds.
+    """Mean and half-width of a Student-t confidence interval over seeds
+    (Student 1908): mean ± t_{(1+level)/2, n−1}·s/√n.
 
     Returns ``(mean, half_width)``; the half-width is ``nan`` for one seed.
     """

@@ -45,6 +45,8 @@ def bt_probability(r_1, r_2):
 def hard_preference(margin):
     """The expected hard label P(y1 ≻ y2) = 1[m > 0] + ½·1[m = 0].
 
+    Tang et al. 2024 (arXiv 2405.08448), §3: decisions are the sign of the margin.
+
     The population preference of the paper's sign decision with fair-coin tie
     breaking; the exact simulator uses it as the preference matrix.
     """
@@ -70,7 +72,8 @@ def hard_labels(margin, generator: torch.Generator | None = None, ties: str = "c
 
 
 def stochastic_labels(prob_first, generator: torch.Generator | None = None):
-    """Sampled labels: y1 wins with probability ``prob_first`` (e.g. BT)."""
+    """Sampled labels: y1 wins with probability ``prob_first``, e.g. the Bradley–Terry
+    probability σ(r1 − r2) (Bradley & Terry 1952), instead of the paper's hard decision."""
     u = torch.rand(prob_first.shape, generator=generator, device=prob_first.device, dtype=prob_first.dtype)
     return u < prob_first
 
@@ -148,7 +151,7 @@ class NoisyOracle:
 
 
 def label_pairs(oracle, x, y1, y2, generator: torch.Generator | None = None):
-    """Label pairs with an oracle: returns ``(y_w, y_l, tie)``.
+    """Label pairs with an oracle: returns ``(y_w, y_l, tie)`` (Tang et al. 2024, §3).
 
     Hard sign decisions by default (ties by a fair coin); an oracle with
     ``stochastic=True`` samples labels from its ``prob_first`` instead.
