@@ -1,0 +1,41 @@
+"""Smoke tests of the other toysim entry points, in subprocesses: sweep and bench."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(module, *args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_sweep_writes_a_phase_diagram(tmp_path):
+    out = tmp_path / "sweep"
+    p = _run("toysim.sweep", "--quick", "--seeds", "1", "--x", "label_noise", "--x-values", "0", "0.3",
+             "--y", "policy_features", "--y-values", "8", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    result = json.loads((out / "sweep.json").read_text())
+    assert len(result["cells"]) == 2
+    for cell in result["cells"]:
+        assert {"online_minus_offline_matched_kl", "tandem_minus_offline_matched_kl", "online_minus_offline_peak"} <= set(cell)
+        assert cell["policy_features"] == 8
+    assert (out / "phase.png").stat().st_size > 1000
+
+
+def test_sweep_rejects_unknown_knob_and_existing_out(tmp_path):
+    p = _run("toysim.sweep", "--x", "nonsense", "--out", str(tmp_path / "s"))
+    assert p.returncode == 2 and "unknown knob" in p.stderr and "Traceback" not in p.stderr
+    p = _run("toysim.sweep", "--out", str(tmp_path))
+    assert p.returncode == 2 and "exists" in p.stderr
+
+
+def test_bench_prints_both_rates_and_their_ratio():
+    p = _run("toysim.bench", "--prompts", "4", "--responses", "8", "--runs", "4", "--steps", "5", "--repeats", "1", "--loop-runs", "1")
+    assert p.returncode == 0, p.stderr
+    lines = [line for line in p.stdout.splitlines() if line.startswith("[")]
+    assert len(lines) == 2 and all("run-steps/s" in line and "ratio:" in line for line in lines)
