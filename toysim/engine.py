@@ -89,17 +89,20 @@ class _GatherLogSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, x, y):
-        lse = torch.logsumexp(logits, -1)  # [R, X]
+        m = logits.amax(-1, keepdim=True)  # [R, X, 1]
+        e = torch.exp(logits - m)  # unnormalised softmax, kept for backward
+        z = e.sum(-1)  # [R, X]
+        lse = m.squeeze(-1) + torch.log(z)
         r = torch.arange(logits.shape[0], device=x.device)[:, None].expand_as(x)
-        ctx.save_for_backward(logits, lse, x, y)
+        ctx.save_for_backward(e, z, x, y)
         return logits[r, x, y] - lse[r, x]
 
     @staticmethod
     def backward(ctx, g):
-        logits, lse, x, y = ctx.saved_tensors
-        r = torch.arange(logits.shape[0], device=x.device)[:, None].expand_as(x)
-        row_mass = torch.zeros_like(lse).index_put_((r, x), g, accumulate=True)  # [R, X]
-        grad = torch.exp(logits - lse[..., None]).mul_(-row_mass[..., None])
+        e, z, x, y = ctx.saved_tensors
+        r = torch.arange(e.shape[0], device=x.device)[:, None].expand_as(x)
+        row_mass = torch.zeros_like(z).index_put_((r, x), g, accumulate=True)  # [R, X]
+        grad = e * (-row_mass / z)[..., None]  # −(Σ_k g_k 1[x_k = x])·π(·|x), one pass
         grad.index_put_((r, x, y), g, accumulate=True)
         return grad, None, None
 
