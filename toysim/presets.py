@@ -67,6 +67,6 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
 def quick(p: Preset) -> Preset:
     """A smaller, shorter version of a preset for smoke runs (``--quick``)."""
     w = replace(p.world, prompts=12, responses=24, golden_pairs=min(p.world.golden_pairs, 256),
-                policy_features=min(p.world.policy_features, 32))
+                policy_features=min(p.world.policy_features, 16))
     t = replace(p.train, steps=80, offline_mult=2, checkpoints=8)
     return replace(p, world=w, train=t)

@@ -63,13 +63,12 @@ def format_claims(results: dict) -> str:
     return "\n".join(f"claim {c['id']:>2} [{c['verdict']}] {c['statement']}\n          {c['evidence']}" for c in results["claims"])
 
 
-def _plt():
-    import matplotlib
+def _figure(**kw):
+    """A figure without pyplot (no GUI backend, no global state, faster to import)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(layout="constrained", **kw)
+    return fig
 
 
 def _arm_series(results, arm, key):
@@ -86,12 +85,14 @@ def figures(results: dict, out: Path) -> list[str]:
     """Write the study's PNG figures into ``out``; returns their file names."""
     if not results["arms"]:
         return []
-    plt = _plt()
+    import matplotlib
+
     names = []
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
 
     # win rate vs log KL, every checkpoint of every run, one colour per arm
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), constrained_layout=True)
+    fig = _figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
     for i, arm in enumerate(results["arms"]):
         c = colors[i % len(colors)]
         for j, run in enumerate(results["arms"][arm]):
@@ -105,11 +106,11 @@ def figures(results: dict, out: Path) -> list[str]:
     ax.set_title(f"{results['study']}: win rate against KL ({results['preset']})")
     ax.legend(fontsize=8)
     fig.savefig(out / "winrate_vs_kl.png", dpi=110)
-    plt.close(fig)
     names.append("winrate_vs_kl.png")
 
     if results["study"] == "classification":
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+        fig = _figure(figsize=(10, 3.8))
+        axes = fig.subplots(1, 2)
         for i, arm in enumerate(results["arms"]):
             c = colors[i % len(colors)]
             for key, ls in (("acc_golden", "-"), ("acc_online_pairs", "--"), ("acc_self", ":")):
@@ -129,11 +130,11 @@ def figures(results: dict, out: Path) -> list[str]:
         axes[1].set_ylabel("log π − log π_sft on D_golden")
         axes[1].legend(fontsize=7)
         fig.savefig(out / "classification.png", dpi=110)
-        plt.close(fig)
         names.append("classification.png")
 
     if results["study"] == "scale":
-        fig, ax = plt.subplots(figsize=(5.6, 3.8), constrained_layout=True)
+        fig = _figure(figsize=(5.6, 3.8))
+        ax = fig.subplots()
         for prefix in ("online", "offline", "tandem"):
             arms = sorted((a for a in results["arms"] if a.startswith(prefix + "@")), key=lambda a: float(a.split("@")[1]))
             caps = [float(a.split("@")[1]) for a in arms]
@@ -144,7 +145,6 @@ def figures(results: dict, out: Path) -> list[str]:
         ax.set_ylabel("peak win rate")
         ax.legend()
         fig.savefig(out / "scaling.png", dpi=110)
-        plt.close(fig)
         names.append("scaling.png")
     return names
 

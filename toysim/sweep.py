@@ -97,18 +97,16 @@ def sweep(cfg: SweepConfig, progress=None) -> dict:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure
 
     c = result["config"]
     xs, ys = list(c["x_values"]), list(c["y_values"])
     keys = [("online_minus_offline_matched_kl", "online − offline at matched KL"),
             ("tandem_minus_offline_matched_kl", "tandem − offline at matched KL"),
             ("online_minus_offline_peak", "online − offline, peak win rate")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.8), constrained_layout=True)
+    fig = Figure(figsize=(4.6 * len(keys), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(keys))
     for ax, (key, title) in zip(axes, keys):
         grid = np.array([[next(cl[key][0] for cl in result["cells"] if cl[c["x"]] == xv and cl[c["y"]] == yv) for xv in xs] for yv in ys])
         lim = max(np.nanmax(np.abs(grid)), 1e-3)
@@ -123,7 +121,6 @@ def plot(result: dict, path: Path) -> None:
         fig.colorbar(im, ax=ax, shrink=0.8)
     fig.suptitle(f"Where the gap lives (preset {c['preset']}, {c['seeds']} seeds; blue = first arm better)", fontsize=10)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv=None) -> int:
