@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     import torch
     import tyro
 
-    cfg = tyro.cli(BenchConfig, args=argv, description=__doc__.split("\n\n")[0])
+    cfg = tyro.cli(BenchConfig, args=argv, prog="python -m toysim.bench", description=__doc__.split("\n\n")[0])
     if min(cfg.prompts, cfg.runs, cfg.steps, cfg.loop_runs, cfg.repeats) < 1 or cfg.responses < 2:
         print("error: sizes must be positive (responses ≥ 2)", file=sys.stderr)
         return 2

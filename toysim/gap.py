@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     import tyro
 
     try:
-        cfg = tyro.cli(GapConfig, args=argv, description=__doc__.split("\n\n")[0])
+        cfg = tyro.cli(GapConfig, args=argv, prog="python -m toysim.gap", description=__doc__.split("\n\n")[0])
     except SystemExit as e:  # tyro prints its own message; unify the exit code for bad arguments
         return 0 if e.code in (0, None) else 2
     from shared.studies import STUDIES

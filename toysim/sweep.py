@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     from toysim.gap import fail
     from toysim.presets import PRESETS
 
-    cfg = tyro.cli(SweepConfig, args=argv, description=__doc__.split("\n\n")[0])
+    cfg = tyro.cli(SweepConfig, args=argv, prog="python -m toysim.sweep", description=__doc__.split("\n\n")[0])
     fields = {f.name for f in dataclasses.fields(WorldConfig)}
     for knob in (cfg.x, cfg.y):
         if knob not in fields:
