@@ -94,8 +94,6 @@ def test_ordered_replay_reproduces_online_bit_for_bit():
     sft, feats, oracle = _world()
     R, B, steps = 2, 4, 30
     beta, lr = torch.full((R, 1), 0.1, dtype=torch.float64), torch.full((R, 1), 0.05, dtype=torch.float64)
-    logged = []
-
     def run(sampler_of):
         pol = LogLinearPolicy(sft, feats, R)
         sampler = sampler_of(pol)

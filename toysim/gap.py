@@ -107,13 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         return fail(problem)
 
-    import torch
-
     from toysim import report
     from toysim.presets import PRESETS, quick
     from toysim.study import Runner, run_study
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     preset = PRESETS[cfg.preset]
     preset = quick(preset) if cfg.quick else preset
     train = preset.train
