@@ -149,16 +149,18 @@ def figures(results: dict, out: Path) -> list[str]:
     return names
 
 
-def write_report(all_results: list[dict], out: Path, figs: dict[str, list[str]]) -> Path:
-    """DIR/report.md: per study its table, verdicts and figures on one page."""
-    lines = ["# toysim report", ""]
+def write_report(all_results: list[dict], out: Path, figs: dict[str, list[str]], title: str = "toysim report",
+                 flat: bool = False) -> Path:
+    """DIR/report.md: per study its table, verdicts and figures on one page. ``flat``: the
+    figures lie in DIR itself (one study per directory, as fullscale writes them)."""
+    lines = [f"# {title}", ""]
     for r in all_results:
         lines += [f"## {r['study']} (preset `{r['preset']}`, {r['seeds']} seeds, mode {r['mode']})", "", f"*{r['question']}*", ""]
         if r["arms"]:
             lines += [format_table(r, markdown=True), ""]
         lines += ["| claim | verdict | evidence |", "|---|---|---|"]
         lines += [f"| {c['id']}. {c['statement']} | **{c['verdict']}** | {c['evidence']} |" for c in r["claims"]]
-        lines += [""] + [f"![{f}]({r['study']}/{f})" for f in figs.get(r["study"], [])] + [""]
+        lines += [""] + [f"![{f}]({f if flat else r['study'] + '/' + f})" for f in figs.get(r["study"], [])] + [""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -1,0 +1,239 @@
+"""Language-model operations of the LLM path: sequence log-probs, sampling with a
+KV cache, the token-wise KL estimate, and preference-model scores.
+
+Docs: docs/fullscale.md. Tests: tests/test_fullscale_lm.py.
+
+Layout. A prompt is a row of a ``Prompts`` table, left-padded to a common
+length; a response ``y`` is a row of token ids of fixed length T, right-padded
+with ``pad`` after its end-of-sequence token (a response cut at T has none).
+A sequence fed to a model is ``[prompt | response]`` with an attention mask that
+hides every pad and position ids that count only real tokens, so a padded row
+is computed exactly as its unpadded sequence would be. Prompts are referred to
+by their row index ``x`` (a long tensor), which keeps ``shared.sampling.Batch``
+small and lets toysim and fullscale share the samplers.
+
+Log-probabilities are **summed** over response tokens (including the EOS
+token), as in Tang et al. 2024 and Azar et al. 2023; TRL's offline trainers
+average per token instead. On CUDA the forward passes run under bf16 autocast;
+log-softmax and every sum are taken in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "Prompts",
+    "response_mask",
+    "response_logits",
+    "sequence_logp",
+    "sample_responses",
+    "tokenwise_kl",
+    "LMPolicy",
+    "pm_inputs",
+    "pm_scores",
+    "PMOracle",
+]
+
+
+@dataclass
+class Prompts:
+    """Prompt token table. ids: [N, P] left-padded with ``pad``; mask: [N, P] (1 = token)."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+
+    def __post_init__(self):
+        if self.ids.shape != self.mask.shape or self.ids.ndim != 2:
+            raise ValueError(f"prompt ids {tuple(self.ids.shape)} and mask {tuple(self.mask.shape)} must be equal [N, P]")
+        if not bool((self.mask.sum(-1) > 0).all()):
+            raise ValueError("every prompt needs at least one token")
+
+    def to(self, device) -> "Prompts":
+        return Prompts(self.ids.to(device), self.mask.to(device))
+
+
+def response_mask(y: torch.Tensor, eos: int, pad: int) -> torch.Tensor:
+    """1 on a response's tokens up to and including its first EOS, 0 after it
+    and on pads. y: [..., T] -> bool [..., T]."""
+    is_eos = (y == eos).long()
+    before_eos = (is_eos.cumsum(-1) - is_eos) == 0
+    return before_eos & (y != pad)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _no_pad(logits: torch.Tensor, pad: int, eos: int) -> torch.Tensor:
+    """The policy never emits ``pad`` mid-response (it would end the response without EOS):
+    its logit is −∞ in both sampling and scoring, so the two describe one distribution."""
+    if pad == eos:
+        return logits
+    return logits.index_fill(-1, torch.tensor([pad], device=logits.device), float("-inf"))
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count only attended tokens (pads get 0, never attended)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logits(model, prompts: Prompts, x: torch.Tensor, y: torch.Tensor, eos: int, pad: int):
+    """Next-token logits at each response position, and the response mask.
+
+    x: [B] prompt rows; y: [B, T]. Returns (logits [B, T, V] float32, mask [B, T]):
+    logits[:, t] is the model's distribution of y[:, t] given the prompt and y[:, :t].
+    """
+    if x.ndim != 1 or y.ndim != 2 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"x must be [B] and y [B, T], got {tuple(x.shape)} and {tuple(y.shape)}")
+    p_ids, p_mask = prompts.ids[x], prompts.mask[x]
+    r_mask = response_mask(y, eos, pad)
+    ids = torch.cat([p_ids, y], -1)
+    mask = torch.cat([p_mask, r_mask.long()], -1)
+    P, T = p_ids.shape[1], y.shape[1]
+    with _autocast(ids.device):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask))
+    # the logits at position P-1+t predict response token t
+    return _no_pad(out.logits[:, P - 1 : P - 1 + T].float(), pad, eos), r_mask
+
+
+def sequence_logp(model, prompts: Prompts, x: torch.Tensor, y: torch.Tensor, eos: int, pad: int) -> torch.Tensor:
+    """log π(y|x) = Σ_t log π(y_t | x, y_<t), summed over the response's tokens
+    (EOS included; Tang et al. 2024 and Azar et al. 2023 use summed log-probs).
+    x: [B]; y: [B, T] -> [B] float32, differentiable."""
+    logits, mask = response_logits(model, prompts, x, y, eos, pad)
+    lp = torch.log_softmax(logits, -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    return torch.where(mask, lp, torch.zeros_like(lp)).sum(-1)  # where, not ×: lp is −∞ at pads
+
+
+@torch.no_grad()
+def sample_responses(model, prompts: Prompts, x: torch.Tensor, length: int, eos: int, pad: int,
+                     generator: torch.Generator | None = None, temperature: float = 1.0, return_logits: bool = False):
+    """Sample one response per prompt row, batched, with a KV cache (stop-gradient).
+
+    Ancestral sampling from softmax(logits / temperature) for ``length`` steps;
+    after a row emits EOS the rest of it is ``pad``. x: [B] -> y [B, length]
+    (and, with ``return_logits``, the logits each token was drawn from,
+    [B, length, V], for checking against ``response_logits``).
+    """
+    p_ids, p_mask = prompts.ids[x], prompts.mask[x].long()
+    B = p_ids.shape[0]
+    dev = p_ids.device
+    mask = p_mask
+    with _autocast(dev):
+        out = model(input_ids=p_ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True)
+    cache, logits = out.past_key_values, _no_pad(out.logits[:, -1].float(), pad, eos)
+    pos = mask.sum(-1, keepdim=True)  # next position id per row
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    ys, all_logits = [], []
+    for t in range(length):
+        if return_logits:
+            all_logits.append(logits)
+        probs = torch.softmax(logits / temperature, -1)
+        tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        tok = torch.where(done, torch.full_like(tok, pad), tok)
+        ys.append(tok)
+        done = done | (tok == eos)
+        if t + 1 == length:
+            break
+        mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=dev)], -1)
+        with _autocast(dev):
+            out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+        cache, logits = out.past_key_values, _no_pad(out.logits[:, -1].float(), pad, eos)
+        pos = pos + 1
+    y = torch.stack(ys, -1)
+    return (y, torch.stack(all_logits, 1)) if return_logits else y
+
+
+@torch.no_grad()
+def tokenwise_kl(model, ref_model, prompts: Prompts, x: torch.Tensor, y: torch.Tensor, eos: int, pad: int) -> torch.Tensor:
+    """Per-sample Σ_t KL(π(·|x, y_<t) ‖ π_ref(·|x, y_<t)) along responses y ~ π.
+
+    Tang et al. 2024, §3: the KL is estimated by sampling one response per prompt
+    and summing the exact next-token KLs along it; its mean over samples is an
+    unbiased estimate of KL(π‖π_ref) (chain rule). x: [B]; y: [B, T] -> [B].
+    The mean over prompts is ``shared.metrics.kl_tokenwise_estimate``.
+    """
+    lp, mask = response_logits(model, prompts, x, y, eos, pad)
+    lq, _ = response_logits(ref_model, prompts, x, y, eos, pad)
+    lp, lq = torch.log_softmax(lp, -1), torch.log_softmax(lq, -1)
+    p = lp.exp()
+    per_token = torch.where(p > 0, p * (lp - lq), torch.zeros_like(p)).sum(-1)  # 0·(−∞ − −∞) at pad is 0
+    return (per_token * mask).sum(-1)
+
+
+class LMPolicy:
+    """A causal LM as a ``shared.sampling.Policy`` over prompt rows."""
+
+    def __init__(self, model, prompts: Prompts, length: int, eos: int, pad: int, temperature: float = 1.0):
+        self.model, self.prompts, self.length, self.eos, self.pad, self.temperature = model, prompts, length, eos, pad, temperature
+
+    def sample(self, x, generator=None):
+        return sample_responses(self.model, self.prompts, x, self.length, self.eos, self.pad, generator, self.temperature)
+
+    def logp(self, x, y):
+        return sequence_logp(self.model, self.prompts, x, y, self.eos, self.pad)
+
+
+# ---------------------------------------------------------------- preference models
+def pm_inputs(prompts: Prompts, x, ys: list[torch.Tensor], eos: int, pad: int, cls: int):
+    """Token ids and mask of ``[prompt | y1 | (y2) | cls]`` for a preference model.
+
+    Pads inside the row are masked out and skipped by the position ids, so the
+    model sees the packed sequence; the score is read at the final ``cls`` token.
+    """
+    parts = [prompts.ids[x]] + list(ys)
+    masks = [prompts.mask[x].long()] + [response_mask(y, eos, pad).long() for y in ys]
+    B = x.shape[0]
+    tail = torch.full((B, 1), cls, dtype=parts[0].dtype, device=x.device)
+    return torch.cat(parts + [tail], -1), torch.cat(masks + [torch.ones_like(tail)], -1)
+
+
+def pm_scores(pm, prompts: Prompts, x, ys: list[torch.Tensor], eos: int, pad: int, cls: int) -> torch.Tensor:
+    """Scalar head output at the final token. Pairwise: ys = [y1, y2] gives the logit
+    of r(x, y1, y2) = P(y1 ≻ y2) (Tang et al. 2024, §3); pointwise (Bradley–Terry):
+    ys = [y] gives the reward r(x, y). -> [B] float32."""
+    ids, mask = pm_inputs(prompts, x, ys, eos, pad, cls)
+    with _autocast(ids.device):
+        # backbone + scalar head read at the last position ourselves: the library's
+        # pooling looks for the last non-pad token, which fails when cls == pad
+        h = pm.base_model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).last_hidden_state
+        return pm.score(h[:, -1]).float().squeeze(-1)
+
+
+class PMOracle:
+    """A trained preference model as an oracle for ``shared.preferences.label_pairs``.
+
+    kind "pairwise": margin = r(x,y1,y2) − r(x,y2,y1) with r = σ(score) (Tang et al.
+    2024, §3; both orders, so position bias cannot decide); kind "bt": margin =
+    r(x,y1) − r(x,y2). Scored in chunks of ``chunk`` rows, without gradient.
+    """
+
+    stochastic = False
+
+    def __init__(self, pm, prompts: Prompts, kind: str, eos: int, pad: int, cls: int, chunk: int = 512):
+        if kind not in ("pairwise", "bt"):
+            raise ValueError(f"preference model kind must be 'pairwise' or 'bt', got {kind!r}")
+        self.pm, self.prompts, self.kind, self.eos, self.pad, self.cls, self.chunk = pm, prompts, kind, eos, pad, cls, chunk
+
+    @torch.no_grad()
+    def margin(self, x, y1, y2):
+        out = []
+        for i in range(0, x.shape[0], self.chunk):
+            s = slice(i, i + self.chunk)
+            args = (self.prompts, x[s])
+            tok = (self.eos, self.pad, self.cls)
+            if self.kind == "pairwise":
+                m = torch.sigmoid(pm_scores(self.pm, *args, [y1[s], y2[s]], *tok)) - torch.sigmoid(pm_scores(self.pm, *args, [y2[s], y1[s]], *tok))
+            else:
+                m = pm_scores(self.pm, *args, [y1[s]], *tok) - pm_scores(self.pm, *args, [y2[s]], *tok)
+            out.append(m)
+        return torch.cat(out)
+
+    def prob_first(self, x, y1, y2):
+        return 0.5 * (1.0 + self.margin(x, y1, y2)) if self.kind == "pairwise" else torch.sigmoid(self.margin(x, y1, y2))

@@ -1,0 +1,207 @@
+"""Training loops of the LLM path: SFT, preference models, and preference optimisation
+(online, offline, replay) with checkpoints that make a killed run resumable.
+
+Docs: docs/fullscale.md. Tests: tests/test_fullscale_train.py.
+
+``optimise`` is the loop every policy arm runs, top to bottom:
+
+    for step in 0..steps:
+        evaluate at checkpoints; save the run state
+        batch   = sampler.next()                           # shared.sampling
+        pi_logp = log π(y_w), log π(y_l)                   # one forward, summed log-probs
+        ref     = log π_sft(y_w), log π_sft(y_l)           # no gradient, once per batch
+        loss    = mean(LOSSES[name](pi_w, pi_l, ref_w, ref_l, β))   # shared.losses
+        Adam step
+
+A run's state (model, optimiser, sampler position, generator states, logged
+online stream, metrics so far) is written atomically at every checkpoint and
+every ``save_every`` steps; ``optimise`` resumes from it and then reproduces
+the uninterrupted run exactly on CPU (all randomness flows through explicit
+generators whose states are saved; models have no dropout).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from fullscale.lm import Prompts, pm_scores, sequence_logp
+from shared import losses
+from shared.preferences import random_order
+from shared.sampling import Batch, OfflineSampler, OnlineSampler, ReplaySampler
+
+__all__ = ["LOSSES", "supervised", "fit_pm", "optimise", "atomic_save", "safe_load", "fault_point"]
+
+LOSSES = {"ipo": losses.ipo_loss, "dpo": losses.dpo_loss, "slic": losses.slic_loss, "bo2": losses.bo2_loss}
+
+_steps_done = 0
+
+
+def fault_point() -> None:
+    """Test hook for the kill-and-resume test: with FULLSCALE_FAULT_AFTER_STEPS=N in the
+    environment, the process dies (like a SIGKILL: no cleanup) after N optimiser steps of
+    any stage (SFT, preference models, policies)."""
+    global _steps_done
+    _steps_done += 1
+    limit = os.environ.get("FULLSCALE_FAULT_AFTER_STEPS")
+    if limit is not None and _steps_done >= int(limit):
+        os._exit(75)
+
+
+def atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def safe_load(path: Path):
+    """torch.load restricted to tensors and plain containers (weights_only=True)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _adam(model, lr: float):
+    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+
+def supervised(model, prompts: Prompts, x, y, eos: int, pad: int, lr: float, epochs: int, batch_size: int,
+               generator: torch.Generator, progress=None) -> list[float]:
+    """SFT: maximise Σ log π(y|x) over (x, y) pairs (mean over the batch), shuffled
+    each epoch. Returns the mean loss per epoch."""
+    opt = _adam(model, lr)
+    hist = []
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        tot = 0.0
+        for i in range(0, len(x), batch_size):
+            idx = order[i : i + batch_size]
+            loss = -sequence_logp(model, prompts, x[idx], y[idx], eos, pad).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss.detach()) * len(idx)
+            if progress is not None:
+                progress.update(1)
+            fault_point()
+        hist.append(tot / len(x))
+    return hist
+
+
+def fit_pm(pm, prompts: Prompts, x, y_w, y_l, kind: str, eos: int, pad: int, cls: int, lr: float, epochs: int,
+           batch_size: int, generator: torch.Generator, progress=None) -> list[float]:
+    """Train a preference model on labelled pairs (chosen y_w, rejected y_l).
+
+    pairwise: r(x, y1, y2) = σ(score) by maximum likelihood with the order of the two
+    responses randomised each time (Tang et al. 2024, §3; ``shared.losses.pairwise_pm_loss``);
+    bt: a pointwise reward with the Bradley–Terry loss −log σ(r_w − r_l) (``bt_loss``).
+    """
+    opt = _adam(pm, lr)
+    hist = []
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        tot = 0.0
+        for i in range(0, len(x), batch_size):
+            idx = order[i : i + batch_size]
+            xs, yw, yl = x[idx], y_w[idx], y_l[idx]
+            if kind == "pairwise":
+                y1, y2, first = random_order(yw, yl, generator)
+                loss = losses.pairwise_pm_loss(pm_scores(pm, prompts, xs, [y1, y2], eos, pad, cls), first).mean()
+            else:
+                loss = losses.bt_loss(pm_scores(pm, prompts, xs, [yw], eos, pad, cls), pm_scores(pm, prompts, xs, [yl], eos, pad, cls)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss.detach()) * len(idx)
+            if progress is not None:
+                progress.update(1)
+            fault_point()
+        hist.append(tot / len(x))
+    return hist
+
+
+# ---------------------------------------------------------------- run state
+def _batch_state(batches: list[Batch]) -> dict:
+    return {k: torch.stack([getattr(b, k) for b in batches]) for k in ("x", "y_w", "y_l", "tie")} if batches else {}
+
+
+def _batches(state: dict) -> list[Batch]:
+    if not state:
+        return []
+    return [Batch(*(state[k][i] for k in ("x", "y_w", "y_l", "tie"))) for i in range(len(state["x"]))]
+
+
+def sampler_state(sampler) -> dict:
+    """Everything a sampler needs to continue exactly where it stopped."""
+    if isinstance(sampler, OnlineSampler):
+        return {"log": _batch_state(sampler.log), "gen": sampler.generator.get_state()}
+    if isinstance(sampler, OfflineSampler):
+        return {"order": sampler._order, "pos": sampler._pos, "gen": sampler.generator.get_state()}
+    if isinstance(sampler, ReplaySampler):
+        return {"step": sampler.step}
+    raise TypeError(f"cannot save the state of {type(sampler).__name__}")
+
+
+def restore_sampler(sampler, state: dict) -> None:
+    if isinstance(sampler, OnlineSampler):
+        sampler.log[:] = _batches(state["log"])
+        sampler.generator.set_state(state["gen"])
+    elif isinstance(sampler, OfflineSampler):
+        sampler._order, sampler._pos = state["order"], state["pos"]
+        sampler.generator.set_state(state["gen"])
+    else:
+        sampler.step = state["step"]
+
+
+def optimise(model, ref_model, prompts: Prompts, sampler, loss_name: str, beta: float, lr: float, steps: int,
+             eval_at: set[int], evaluate, eos: int, pad: int, state_path: Path | None = None, save_every: int = 50,
+             snapshot_at: set[int] = frozenset(), snapshot=None, progress=None) -> dict[str, list]:
+    """Train ``model`` on ``sampler``'s pairs with loss ``LOSSES[loss_name]`` (see the module
+    docstring). ``evaluate(step) -> dict`` runs at step 0 and at each step in ``eval_at``;
+    ``snapshot(step)`` at each step in ``snapshot_at``. Resumes from ``state_path`` when it
+    exists. Returns the metric series {key: [one value per checkpoint]} with "step"."""
+    loss_fn = LOSSES[loss_name]
+    opt = _adam(model, lr)
+    series: dict[str, list] = {"step": []}
+    start = 0
+    if state_path is not None and state_path.exists():
+        st = safe_load(state_path)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        restore_sampler(sampler, st["sampler"])
+        series, start = st["series"], st["step"]
+        if progress is not None:
+            progress.update(start)
+
+    def save(step):
+        if state_path is not None:
+            atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sampler": sampler_state(sampler),
+                         "series": series, "step": step}, state_path)
+
+    for step in range(start, steps + 1):
+        resumed_here = step == start and start > 0
+        if step in snapshot_at and snapshot is not None and not resumed_here:
+            snapshot(step)
+        if (step == 0 or step in eval_at) and not resumed_here:
+            res = evaluate(step)
+            series["step"].append(step)
+            for k, v in res.items():
+                series.setdefault(k, []).append(v)
+            save(step)
+        elif step % save_every == 0 and not resumed_here:
+            save(step)
+        if step == steps:
+            break
+        batch = sampler.next()
+        B = batch.x.shape[0]
+        pi = sequence_logp(model, prompts, torch.cat([batch.x, batch.x]), torch.cat([batch.y_w, batch.y_l]), eos, pad)
+        with torch.no_grad():
+            ref = sequence_logp(ref_model, prompts, torch.cat([batch.x, batch.x]), torch.cat([batch.y_w, batch.y_l]), eos, pad)
+        loss = loss_fn(pi[:B], pi[B:], ref[:B], ref[B:], beta).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if progress is not None:
+            progress.update(1)
+        fault_point()
+    return series

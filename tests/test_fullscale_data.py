@@ -1,0 +1,115 @@
+"""Loaders on fixture files in each native format, malformed records included,
+tokenisation, and the synthetic task's rater (tensor form vs word-level reference)."""
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fullscale.data import DataError, encode_pairs, load_pairs
+from fullscale.lm import Prompts
+from fullscale.models import special_ids, word_tokenizer
+from fullscale.task import FILLERS, TaskSpec, Rater, _score_words, make_task
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+def test_tldr():
+    out = load_pairs(FIX / "tldr.jsonl", "tldr")
+    assert len(out.pairs) == 2 and not out.skipped
+    p = out.pairs[0]
+    assert p.prompt.startswith("SUBREDDIT: legaladvice\nTITLE: Rent went up") and p.prompt.endswith("\nTL;DR:")
+    assert p.a.startswith("Landlord raises rent") and p.a_wins is True
+    assert out.pairs[1].a_wins is False and "bike lane" in out.pairs[1].prompt  # "article" instead of "post"
+
+
+def test_hh_splits_at_the_last_assistant_turn_and_counts_mismatches():
+    out = load_pairs(FIX / "hh.jsonl", "hh")
+    assert len(out.pairs) == 2
+    assert out.pairs[1].prompt.endswith("Name a colour.\n\nAssistant:") and out.pairs[1].a == "Blue." and out.pairs[1].b == "Seven."
+    assert sum(out.skipped.values()) == 1 and "differ" in next(iter(out.skipped))
+
+
+@pytest.mark.parametrize("name", ["arena.json", "arena.jsonl"])
+def test_arena_skips_and_counts_ties(name):
+    out = load_pairs(FIX / name, "arena")
+    assert [(p.prompt, p.a_wins) for p in out.pairs] == [("What is 2+2?", True), ("Write a haiku.", False)]
+    assert out.skipped == {"arena: tie (no preference for a pairwise loss)": 1, "arena: tie (bothbad) (no preference for a pairwise loss)": 1}
+
+
+def test_prompt_chosen_rejected_jsonl():
+    out = load_pairs(FIX / "pairs.jsonl", "jsonl")
+    assert out.pairs[1].a == "Hello." and out.pairs[1].b == "Goodbye." and out.pairs[1].a_wins
+
+
+@pytest.mark.parametrize("name, fmt, message", [
+    ("bad_missing_key.jsonl", "jsonl", r"bad_missing_key.jsonl:2: missing field 'rejected'"),
+    ("bad_empty_text.jsonl", "jsonl", r"bad_empty_text.jsonl:3: field 'chosen' is empty"),
+    ("bad_type.jsonl", "jsonl", r"bad_type.jsonl:1: field 'chosen' must be a string, got int"),
+    ("bad_json.jsonl", "jsonl", r"bad_json.jsonl:2: invalid JSON"),
+    ("bad_utf8.jsonl", "jsonl", r"bad_utf8.jsonl:2: not UTF-8"),
+    ("bad_tldr_choice.jsonl", "tldr", r"bad_tldr_choice.jsonl:1: field 'choice' must be 0 or 1"),
+    ("bad_arena_winner.jsonl", "arena", r"bad_arena_winner.jsonl:2: field 'winner'"),
+    ("hh.jsonl", "tldr", r"hh.jsonl:1: missing field 'info'"),
+])
+def test_malformed_records_name_file_line_and_field(name, fmt, message):
+    with pytest.raises(DataError, match=message):
+        load_pairs(FIX / name, fmt)
+
+
+def test_unknown_format_and_missing_file():
+    with pytest.raises(ValueError, match="unknown data format"):
+        load_pairs(FIX / "pairs.jsonl", "csv")
+    with pytest.raises(FileNotFoundError):
+        load_pairs(FIX / "nope.jsonl", "jsonl")
+
+
+def test_encode_pairs_truncates_and_pads():
+    pairs = load_pairs(FIX / "pairs.jsonl", "jsonl").pairs
+    tok = word_tokenizer("Summarise: cats sleep a lot. Cats sleep much. Dogs bark.".split())
+    ids = special_ids(tok)
+    enc = encode_pairs(pairs, tok, max_prompt=3, max_response=3, eos=ids["eos"], pad=ids["pad"])
+    assert enc.prompt_ids.shape == (2, 3) and enc.x.tolist() == [0, 1]
+    assert tok.convert_ids_to_tokens(enc.prompt_ids[0].tolist()) == ["sleep", "a", "lot."]  # cut from the left
+    assert enc.y_a[0].tolist() == tok.convert_tokens_to_ids(["Cats", "sleep", "much."])  # cut: no EOS
+    assert enc.y_b[0].tolist() == tok.convert_tokens_to_ids(["Dogs", "bark."]) + [ids["eos"]]
+    Prompts(enc.prompt_ids, enc.prompt_mask)  # valid table
+
+
+def test_synthetic_task_is_deterministic_and_labels_noisy_at_the_stated_rate():
+    spec = TaskSpec(prompts=40, pairs=3000, label_noise=0.2, seed=3)
+    a, b = make_task(spec, 7), make_task(spec, 7)
+    assert a.pairs == b.pairs
+    flips = []
+    by_prompt = {a.prompt_text(i): d for i, d in enumerate(a.docs)}
+    for p in a.pairs:
+        sa, sb = (_score_words(by_prompt[p.prompt], r.split(), True, a.salience) for r in (p.a, p.b))
+        if sa != sb:
+            flips.append(p.a_wins != (sa > sb))
+    assert abs(sum(flips) / len(flips) - 0.2) < 0.03
+    with pytest.raises(ValueError, match="label_noise"):
+        make_task(TaskSpec(label_noise=0.5), 7)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 9), st.lists(st.integers(0, 17), max_size=7), st.booleans())
+def test_rater_on_tokens_equals_the_word_level_reference(doc, picks, ended):
+    task = make_task(TaskSpec(prompts=10, pairs=10, words=12, doc_words=4, seed=1), 7)
+    vocab_words = task.words + FILLERS
+    tok = word_tokenizer(vocab_words + ["tl;dr"])
+    ids = special_ids(tok)
+    words = [vocab_words[i % len(vocab_words)] for i in picks]
+    T = 8
+    y = tok.convert_tokens_to_ids(words) + ([ids["eos"]] if ended else [])
+    if not ended:  # a cut-off response fills all T positions
+        words = (words + vocab_words[:T])[:T]
+        y = tok.convert_tokens_to_ids(words)
+    y = y + [ids["pad"]] * (T - len(y))
+    rater = Rater(task, tok.get_vocab(), ids["eos"], ids["pad"], [task.prompt_text(i) for i in range(10)])
+    got = rater.reward(torch.tensor([doc]), torch.tensor([y]))[0].item()
+    assert got == pytest.approx(_score_words(task.docs[doc], words, ended, task.salience), abs=1e-5)
