@@ -1,0 +1,111 @@
+"""``python -m fullscale.run`` end to end in subprocesses: a tiny run writes results,
+figures and verdicts; bad arguments give one line and exit 2; a run killed at any
+point and resumed reproduces the uninterrupted run's results.json (CPU)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "data": {"task": {"prompts": 12, "pairs": 48}, "max_response_tokens": 4},
+    "models": {"policy": {"width": 16, "layers": 1, "heads": 2}, "golden_pm": {"width": 16, "layers": 1, "heads": 2},
+               "proxy_pm": {"width": 16, "layers": 1, "heads": 2}},
+    "train": {"sft_epochs": 1, "pm_epochs": 1, "steps": 4, "offline_mult": 2, "sweep_lr": [1.0], "sweep_beta": [1.0, 5.0],
+              "checkpoints": 3, "save_every": 2, "batch_size": 8},
+    "eval": {"win_prompts": 8, "kl_prompts": 8, "acc_pairs": 8},
+}
+
+
+def run(*args, env=None, cwd=ROOT):
+    e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "fullscale.run", *map(str, args)], capture_output=True, text=True, env=e, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    p = tmp_path_factory.mktemp("cfg") / "tiny.json"
+    p.write_text(json.dumps(TINY))
+    return p
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_config):
+    out = tmp_path_factory.mktemp("runs") / "full"
+    r = run("--config", tiny_config, "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out, r
+
+
+def test_tiny_run_writes_results_figures_and_verdicts(uninterrupted):
+    out, r = uninterrupted
+    res = json.loads((out / "results.json").read_text())
+    assert res["backend"] == "fullscale" and res["study"] == "coverage"
+    assert set(res["arms"]) == {"online", "offline", "replay-ordered", "window-4", "window-32", "tandem"}
+    assert len(res["arms"]["offline"]) == 2  # the pooled sweep
+    series = res["arms"]["online"][0]["series"]
+    for key in ("step", "kl", "win_rate", "acc_golden", "acc_self", "acc_online_pairs", "proxy_acc_online_pairs", "chosen_logp_shift"):
+        assert len(series[key]) == len(series["step"]), key
+    assert series["step"][0] == 0 and series["kl"][0] == pytest.approx(0.0, abs=1e-6)
+    assert {c["id"] for c in res["claims"]} == {1, 2, 3, 4, 5, 6}
+    assert all(c["verdict"] in ("supported", "not supported", "mixed", "inconclusive") for c in res["claims"])
+    assert next(c for c in res["claims"] if c["id"] == 4)["verdict"] == "supported"  # ordered replay = online
+    assert (out / "winrate_vs_kl.png").stat().st_size > 1000 and "claim  4" in r.stdout
+    assert "![winrate_vs_kl.png](winrate_vs_kl.png)" in (out / "report.md").read_text()
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["arm"] == "tandem"
+    assert json.loads((out / "config.json").read_text())["train"]["steps"] == 4
+
+
+@pytest.mark.parametrize("kills", [[3], [9, 14]])  # inside SFT; inside the golden policy, then inside an arm
+def test_killed_and_resumed_run_reproduces_results(tmp_path, tiny_config, uninterrupted, kills):
+    out = tmp_path / "run"
+    for i, k in enumerate(kills):
+        r = run("--config", tiny_config, "--out", out, *(["--resume"] if i else []), env={"FULLSCALE_FAULT_AFTER_STEPS": str(k)})
+        assert r.returncode == 75, r.stderr[-2000:]
+        assert not (out / "results.json").exists()
+    r = run("--config", tiny_config, "--out", out, "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((out / "results.json").read_text()) == json.loads((uninterrupted[0] / "results.json").read_text())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--train.beta", "-1"], "must be > 0"),
+    (["--data.source", "hh"], "needs --data.path"),
+    (["--study", "nonsense"], None),
+])
+def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
+    r = run(*args, "--out", tmp_path / "x")
+    assert r.returncode == 2
+    if message:
+        assert r.stderr.strip().count("\n") == 0 and message in r.stderr
+
+
+def test_existing_run_is_never_overwritten_and_resume_checks_the_config(tmp_path, uninterrupted, tiny_config):
+    r = run("--config", tiny_config, "--out", uninterrupted[0])
+    assert r.returncode == 2 and "never overwritten" in r.stderr
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"seeds": 7}))
+    r = run("--config", tiny_config, "--out", out, "--resume")
+    assert r.returncode == 2 and "different config" in r.stderr
+
+
+def test_bad_config_file_key(tmp_path):
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"train": {"stepz": 3}}))
+    r = run("--config", p, "--out", tmp_path / "o")
+    assert r.returncode == 2 and "unknown key 'stepz'" in r.stderr
+
+
+def test_help_is_generated_from_the_config():
+    r = run("--help")
+    assert r.returncode == 0 and "--train.steps" in r.stdout and "offline runs" in r.stdout
