@@ -1,5 +1,6 @@
 """Every command in a code block of docs/ and the README runs, at fast settings, so the
-docs cannot drift from the code. Substitutions: --seeds 1, --quick added, --out in a
+docs cannot drift from the code. Substitutions: --seeds 1, --quick added (fullscale: the
+tiny config of tests/fixtures/fullscale-tiny.json), --out in a
 temporary folder, a 1×1 sweep grid; install lines (venv, pip) are skipped."""
 
 import os
@@ -13,7 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
-FAST = {"toysim.gap": ["--quick", "--seeds", "1"], "toysim.sweep": ["--quick", "--seeds", "1", "--x-values", "0.3", "--y-values", "8"]}
+FAST = {"toysim.gap": ["--quick", "--seeds", "1"],
+        "fullscale.run": ["--config", "tests/fixtures/fullscale-tiny.json", "--seeds", "1"],
+        "toysim.sweep": ["--quick", "--seeds", "1", "--x-values", "0.3", "--y-values", "8"]}
 
 
 def _commands():
@@ -35,7 +38,7 @@ def _fast(module, args, out):
             while j < len(args) and (n is None and not args[j].startswith("--") or n is not None and j < i + 1 + n):
                 j += 1
             del args[i:j]
-    args = [a for a in args if a != "--quick"]
+    args = [a for a in args if a not in ("--quick", "--resume")]
     return args + FAST[module] + ["--out", str(out)]
 
 

@@ -6,10 +6,11 @@ import re
 
 import pytest
 
-MODULES = ["shared.losses", "shared.preferences", "shared.sampling", "shared.metrics", "shared.studies"]
+MODULES = ["shared.losses", "shared.preferences", "shared.sampling", "shared.metrics", "shared.studies", "fullscale.lm"]
 SOURCE = re.compile(r"et al\.|arXiv|BRIEF|Algorithm|Bradley|Student|§")
 # plumbing, not formulas: each carries a docstring but has no equation to cite
-PLUMBING = {"shared.sampling.stack_batches", "shared.studies.judge", "shared.studies.verdict_from_ci"}
+PLUMBING = {"shared.sampling.stack_batches", "shared.studies.judge", "shared.studies.verdict_from_ci",
+            "fullscale.lm.response_mask", "fullscale.lm.response_logits", "fullscale.lm.sample_responses", "fullscale.lm.pm_inputs"}
 
 
 def _public(modname):

@@ -13,14 +13,7 @@ import pytest
 pytest.importorskip("transformers")
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "data": {"task": {"prompts": 12, "pairs": 48}, "max_response_tokens": 4},
-    "models": {"policy": {"width": 16, "layers": 1, "heads": 2}, "golden_pm": {"width": 16, "layers": 1, "heads": 2},
-               "proxy_pm": {"width": 16, "layers": 1, "heads": 2}},
-    "train": {"sft_epochs": 1, "pm_epochs": 1, "steps": 4, "offline_mult": 2, "sweep_lr": [1.0], "sweep_beta": [1.0, 5.0],
-              "checkpoints": 3, "save_every": 2, "batch_size": 8},
-    "eval": {"win_prompts": 8, "kl_prompts": 8, "acc_pairs": 8},
-}
+TINY = ROOT / "tests" / "fixtures" / "fullscale-tiny.json"  # a run of seconds: tiny models, a few steps
 
 
 def run(*args, env=None, cwd=ROOT):
@@ -29,10 +22,8 @@ def run(*args, env=None, cwd=ROOT):
 
 
 @pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory):
-    p = tmp_path_factory.mktemp("cfg") / "tiny.json"
-    p.write_text(json.dumps(TINY))
-    return p
+def tiny_config():
+    return TINY
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +54,10 @@ def test_tiny_run_writes_results_figures_and_verdicts(uninterrupted):
     assert json.loads((out / "config.json").read_text())["train"]["steps"] == 4
 
 
-@pytest.mark.parametrize("kills", [[3], [9, 14]])  # inside SFT; inside the golden policy, then inside an arm
+# each number: optimiser steps (of any stage) before the process dies; the tiny run has ~60.
+# [3]: inside SFT. [13, 19, 30]: inside the golden PM, then (resumed) inside the first offline
+# run, then (resumed again, that run continuing from its saved state) further on in the arms.
+@pytest.mark.parametrize("kills", [[3], [13, 19, 30]])
 def test_killed_and_resumed_run_reproduces_results(tmp_path, tiny_config, uninterrupted, kills):
     out = tmp_path / "run"
     for i, k in enumerate(kills):
