@@ -26,9 +26,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-__all__ = ["SPECIALS", "ModelSpec", "word_tokenizer", "special_ids", "build_model", "load_model", "save_model", "width_for_capacity"]
+__all__ = ["SPECIALS", "ModelSpec", "word_tokenizer", "special_ids", "build_model", "load_model", "save_model", "width_for_capacity", "param_count"]
 
 SPECIALS = ["<pad>", "<eos>", "<sep>", "<cls>", "<unk>"]
 
@@ -72,11 +73,27 @@ def special_ids(tokenizer) -> dict[str, int]:
     return {"pad": pick(tokenizer.pad_token_id), "eos": eos, "sep": pick(tokenizer.sep_token_id), "cls": pick(tokenizer.cls_token_id)}
 
 
-def width_for_capacity(width: int, heads: int, capacity: float) -> int:
-    """Hidden size whose parameter count is ≈ ``capacity`` × the base's (params ∝ width²),
-    rounded to a multiple of ``heads``."""
-    w = width * math.sqrt(capacity)
-    return max(heads, int(round(w / heads)) * heads)
+def param_count(spec: ModelSpec, vocab: int, ids: dict[str, int]) -> int:
+    """Parameters of the causal LM ``spec`` describes (built on the meta device: no memory, no init)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(_config(spec, vocab, ids, None))
+    return sum(p.numel() for p in model.parameters())
+
+
+def width_for_capacity(spec: ModelSpec, vocab: int, ids: dict[str, int], capacity: float) -> int:
+    """The hidden size (a multiple of ``heads``) whose parameter count, embeddings included,
+    is closest on a log scale to ``capacity`` × the base model's: the scale study's 16× is
+    16× in parameters, as in the paper's Large → XXL."""
+    if capacity == 1.0:
+        return spec.width
+    target = capacity * param_count(spec, vocab, ids)
+    guess = spec.width * math.sqrt(capacity)
+    candidates = {max(spec.heads, int(round(f * guess / spec.heads)) * spec.heads) for f in np.linspace(0.5, 2.0, 31)}
+    from dataclasses import replace
+
+    return min(sorted(candidates), key=lambda w: abs(math.log(param_count(replace(spec, width=w), vocab, ids) / target)))
 
 
 def _config(spec: ModelSpec, vocab: int, ids: dict[str, int], num_labels: int | None):

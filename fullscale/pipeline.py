@@ -171,7 +171,7 @@ class Pipeline:
         spec = m.policy
         from dataclasses import replace
 
-        spec = replace(spec, width=width_for_capacity(spec.width, spec.heads, capacity))
+        spec = replace(spec, width=width_for_capacity(spec, len(self.tokenizer), self.ids, capacity))
         return build_model(spec, len(self.tokenizer), self.ids, self.cfg.seed).to(self.device)
 
     def _sft(self, capacity: float):
@@ -302,11 +302,11 @@ class Pipeline:
             deps.append(str(self._stream_dir(arm.params.get("stream", "online"), seed)))
         d, done = self._stage(f"run-{arm.name}", *deps)
         record = {"seed": seed, "config": {**c, "loss": arm.loss, "labels": arm.labels, "capacity": arm.capacity}, "dir": str(d)}
+        if arm.capacity not in self.sft:
+            self.sft[arm.capacity] = self._sft(arm.capacity)
         if done:
             return {**record, "series": json.loads((d / "series.json").read_text())}
         d.mkdir(parents=True, exist_ok=True)
-        if arm.capacity not in self.sft:
-            self.sft[arm.capacity] = self._sft(arm.capacity)
         ref = self.sft[arm.capacity]
         model = self._new_policy(arm.capacity)
         model.load_state_dict(ref.state_dict())

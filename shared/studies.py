@@ -333,8 +333,11 @@ def _scale_peaks(results):
     def kl_at_peak(a, s):
         r = runs_of(results, a, s)[0]["series"]
         return r["kl"][int(np.argmax(r["win_rate"]))]
-    ratio = _seed_ci(per_seed(results, (arms[0], arms[-1]), lambda s: math.log(kl_at_peak(arms[-1], s) / kl_at_peak(arms[0], s))))
-    similar = abs(ratio[0]) < math.log(3)
+    def log_ratio(s):  # undefined when a peak sits at π_sft itself (KL 0)
+        a, b = kl_at_peak(arms[-1], s), kl_at_peak(arms[0], s)
+        return math.log(a / b) if a > 0 and b > 0 else math.nan
+    ratio = _seed_ci(per_seed(results, (arms[0], arms[-1]), log_ratio))
+    similar = not math.isnan(ratio[0]) and abs(ratio[0]) < math.log(3)
     v = "supported" if verdict_from_ci(*gain) == "supported" and still and similar else "mixed" if verdict_from_ci(*gain) == "supported" else "not supported"
     return v, ("peak win rate " + ", ".join(f"{a} {_fmt(*p)}" for a, p in zip(arms, peaks))
                + f"; largest − smallest {_fmt(*gain)}; all over-optimise (peak > final): {still}; log KL-at-peak ratio {_fmt(*ratio)} (similar needs |·| < log 3)")

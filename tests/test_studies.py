@@ -109,3 +109,15 @@ def test_claim_10_uses_absolute_correlation_per_seed():
             acc = [0.5, 0.5 + sign * 0.05 * k + 0.001 * (k % 2), 0.5]
             arms["offline"].append(_run(s, [0.0, 0.5, 1.0], wr, acc_golden=acc))
     assert _verdict({"arms": arms, "extras": {}}, 10) == "not supported"
+
+
+def test_scale_rule_with_a_peak_at_sft_is_not_a_crash():
+    """A peak at step 0 (KL 0) leaves the KL-at-peak ratio undefined, not a ZeroDivisionError."""
+    from shared.studies import CLAIMS
+
+    def run(wr, kl):
+        return [{"seed": 0, "config": {}, "series": {"step": [0, 1, 2], "kl": kl, "win_rate": wr}}]
+
+    res = {"arms": {"online@0.25": run([0.5, 0.4, 0.3], [0.0, 0.1, 0.2]), "online@4": run([0.5, 0.7, 0.6], [0.0, 0.1, 0.2])}}
+    verdict, evidence = CLAIMS[14].judge(res)
+    assert verdict in ("not supported", "mixed") and "undefined" in evidence
