@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
 FAST = {"toysim.gap": ["--quick", "--seeds", "1"],
+        "toysim.figures": ["--quick"],
         "fullscale.run": ["--config", "tests/fixtures/fullscale-tiny.json", "--seeds", "1"],
         "toysim.sweep": ["--quick", "--seeds", "1", "--x-values", "0.3", "--y-values", "8"]}
 
