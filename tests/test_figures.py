@@ -43,3 +43,15 @@ def test_every_figure_the_docs_show_exists_with_its_data():
             if FIG in path.parents:
                 assert (path.parent / "results.json").exists() or (path.parent / "sweep.json").exists(), path
     assert len(shown) >= 2
+
+
+def test_study_pages_show_the_committed_results():
+    """Each docs/studies page's results block is what the committed data gives
+    (``python -m toysim.figures`` rewrites it; a stale page fails here)."""
+    from toysim.figures import END, START, study_section
+
+    for page in sorted((ROOT / "docs" / "studies").glob("*.md")):
+        text = page.read_text()
+        assert START in text and END in text, f"{page.name} has no results block"
+        block = text[text.index(START): text.index(END) + len(END)]
+        assert block == study_section(page.stem, FIG, page.parent), f"{page.name} is stale: run python -m toysim.figures"

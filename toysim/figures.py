@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FiguresConfig", "JOBS", "main"]
+__all__ = ["FiguresConfig", "JOBS", "main", "study_section", "update_study_pages"]
 
 # (output folder, module, arguments): the runs behind every committed figure
 JOBS = [
@@ -41,6 +41,49 @@ class FiguresConfig:
     """where the figures live (one folder per run, plus its .log)"""
     quick: bool = False
     """a fast, smaller version of every run (for a check; not the committed figures)"""
+
+
+START, END = "<!-- results:start (python -m toysim.figures writes this block) -->", "<!-- results:end -->"
+PRESETS = ("default", "arena")
+
+
+def study_section(study: str, figures: Path = Path("docs/figures"), page_dir: Path = Path("docs/studies")) -> str:
+    """The generated block of docs/studies/<study>.md: the committed figures of both presets,
+    the verdict table with its evidence, and the fullscale command that confirms it."""
+    import json
+    import os
+
+    lines = [START, "", "## Results", ""]
+    res = {p: json.loads((figures / f"toysim-{p}" / study / "results.json").read_text()) for p in PRESETS}
+    for p in PRESETS:
+        for png in sorted((figures / f"toysim-{p}" / study).glob("*.png")):
+            rel = os.path.relpath(png, page_dir)
+            lines += [f"![{study}, {p} preset: {png.stem}]({rel})", ""]
+    lines += ["| claim | " + " | ".join(PRESETS) + " |", "|---|" + "---|" * len(PRESETS)]
+    by_id = {p: {c["id"]: c for c in res[p]["claims"]} for p in PRESETS}
+    for cid, c in by_id[PRESETS[0]].items():
+        lines.append(f"| {cid}. {c['statement']} | " + " | ".join(f"**{by_id[p][cid]['verdict']}**: " + by_id[p][cid]["evidence"].replace("|", "\\|") for p in PRESETS) + " |")
+    if study == "coverage":
+        lines += ["", "Where the gap lives over two knobs of the world (`python -m toysim.sweep`; the README reads it):", "",
+                  f"![phase diagram]({os.path.relpath(figures / 'sweep' / 'phase.png', page_dir)})"]
+    lines += ["", f"Data: `docs/figures/toysim-{{{','.join(PRESETS)}}}/{study}/results.json` (5 seeds).", ""]
+    if study != "theory":
+        lines += ["Confirm it with language models (docs/fullscale.md):", "", "```bash",
+                  f"python -m fullscale.run --preset small --study {study} --out runs/fs-{study}", "```", ""]
+    return "\n".join(lines + [END])
+
+
+def update_study_pages(figures: Path = Path("docs/figures"), pages: Path = Path("docs/studies")) -> list[Path]:
+    """Rewrite the generated block of every study page (appended when missing)."""
+    changed = []
+    for page in sorted(pages.glob("*.md")):
+        text = page.read_text()
+        block = study_section(page.stem, figures, pages)
+        new = (text[: text.index(START)] + block + text[text.index(END) + len(END):]) if START in text else text.rstrip("\n") + "\n\n" + block + "\n"
+        if new != text:
+            page.write_text(new)
+            changed.append(page)
+    return changed
 
 
 class _Tee(io.TextIOBase):
@@ -87,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {name} failed (exit {rc}); the earlier {dest} is kept", file=sys.stderr)
             return rc
         shutil.rmtree(old, ignore_errors=True)
+    if not cfg.quick and cfg.out.resolve() == (Path(__file__).resolve().parents[1] / "docs" / "figures"):
+        for page in update_study_pages(cfg.out, cfg.out.parent / "studies"):
+            print(f"updated {page}")
     print(f"wrote {', '.join(str(cfg.out / n) for n, _, _ in JOBS)}")
     return 0
 
