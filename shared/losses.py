@@ -41,6 +41,7 @@ __all__ = [
     "bo2_loss",
     "bt_loss",
     "pairwise_pm_loss",
+    "rloo_loss",
 ]
 
 
@@ -165,3 +166,31 @@ def pairwise_pm_loss(logit_12, first_wins):
     first_wins = torch.as_tensor(first_wins, device=logit_12.device).to(logit_12.dtype)
     same_shape(logit_12=logit_12, first_wins=first_wins)
     return F.binary_cross_entropy_with_logits(logit_12, first_wins, reduction="none")
+
+
+def rloo_loss(pi_logp, ref_logp, reward, beta):
+    """KL-regularised policy gradient with a leave-one-out baseline (RLOO), as a surrogate loss.
+
+    The RLHF objective (Stiennon et al. 2020; Ouyang et al. 2022; BRIEF §4):
+    J(π) = E_{y~π}[r(x,y) − β·(log π(y|x) − log π_ref(y|x))]. Since E_{y~π}[∇log π(y)] = 0,
+    ∇J = E_{y~π}[R(y)·∇log π(y)] with the sequence reward R = r − β·(log π − log π_ref)
+    (the KL enters the reward, as in Ziegler et al. 2019). With k ≥ 2 samples
+    y_1..y_k ~ π per prompt, REINFORCE with the leave-one-out baseline
+    b_i = mean_{j≠i} R_j (Kool et al. 2019; Ahmadian et al. 2024, arXiv 2402.14740, Eq. 4)
+    is unbiased for ∇J and lower-variance:
+
+        loss = −(1/k)·Σ_i sg(R_i − b_i)·log π(y_i|x),   ∇loss = −ĝ, E[ĝ] = ∇J.
+
+    Shapes: pi_logp, ref_logp, reward [..., k] (the k samples of one prompt on the
+    last axis; pi_logp differentiable) -> [...] per prompt. ``beta`` broadcasts
+    against [..., 1]. The returned value is a surrogate: only its gradient means J.
+    """
+    same_shape(pi_logp=pi_logp, ref_logp=ref_logp, reward=reward)
+    k = pi_logp.shape[-1]
+    if k < 2:
+        raise ValueError(f"RLOO needs at least 2 samples per prompt on the last axis, got {k}")
+    beta = torch.as_tensor(beta, dtype=pi_logp.dtype, device=pi_logp.device)
+    with torch.no_grad():
+        R = reward - beta * (pi_logp - ref_logp)
+        advantage = R - (R.sum(-1, keepdim=True) - R) / (k - 1)
+    return -(advantage * pi_logp).mean(-1)
