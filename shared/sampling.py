@@ -15,6 +15,10 @@ both backends implement (``Policy``):
   (§4.1, H1): ``window=1`` is ordered replay (the batches exactly as logged),
   ``window >= len(stream)`` the uniform "tandem" shuffle, in between the pairs
   are permuted inside consecutive blocks of ``window`` batches.
+- ``RefreshSampler``: "semi-online" training: every ``every`` steps a fresh
+  dataset of ``every`` batches is drawn from the current policy and labelled,
+  then trained on in order; ``every=1`` is online, ``every`` = all steps is one
+  pass over a one-shot dataset from the initial policy.
 - ``policy_pair_dataset``: a dataset whose two responses come from two given
   policies (e.g. SFT vs a checkpoint), labelled by an oracle (§5).
 
@@ -39,6 +43,7 @@ __all__ = [
     "OnlineSampler",
     "OfflineSampler",
     "ReplaySampler",
+    "RefreshSampler",
     "replay_order",
     "policy_pair_dataset",
 ]
@@ -201,6 +206,34 @@ class ReplaySampler:
         idx = self.order[..., self.step, :]
         self.step += 1
         return self.data.take(idx, dim=self.dim)
+
+
+class RefreshSampler:
+    """Semi-online pairs: every ``every`` steps, ``every`` batches are drawn at once from the
+    policy as it is at that step (an ``OnlineSampler``'s draws, so with the same generator
+    ``every=1`` yields exactly the online stream), then served in order.
+
+    The iterative / semi-online DPO practice (Xu et al. 2023, arXiv 2312.16682; Xiong et
+    al. 2024, arXiv 2312.11456): the dataset is refreshed from the current policy and
+    relabelled every k steps. The pairs of one refresh are i.i.d., so their order does
+    not matter statistically; serving them in drawing order makes k = 1 bitwise online.
+    ``log`` holds every batch served, like ``OnlineSampler.log``.
+    """
+
+    def __init__(self, online: OnlineSampler, every: int):
+        if every < 1:
+            raise ValueError(f"every must be >= 1 (steps), got {every}")
+        self.online, self.every = online, every
+        self.queue: list[Batch] = []
+
+    @property
+    def log(self) -> list[Batch]:
+        return self.online.log
+
+    def next(self) -> Batch:
+        if not self.queue:
+            self.queue = [self.online.next() for _ in range(self.every)]  # the policy is frozen meanwhile
+        return self.queue.pop(0)
 
 
 def policy_pair_dataset(policy_a: Policy, policy_b: Policy, x: torch.Tensor, oracle, generator: torch.Generator | None = None) -> Batch:

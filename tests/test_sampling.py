@@ -168,3 +168,35 @@ def test_random_order_is_a_fair_consistent_shuffle():
     assert torch.equal(torch.where(first[:, None], y1, y2), y_w)  # the winner is recoverable
     assert torch.equal(torch.where(first[:, None], y2, y1), y_l)
     assert abs(first.float().mean().item() - 0.5) < 0.02
+
+
+def test_refresh_every_step_is_online_and_every_run_is_one_shot_offline():
+    """Semi-online refresh: k = 1 reproduces the online run bit for bit; k = all steps equals
+    one pass, in order, over a dataset drawn once from the initial policy and labelled."""
+    from shared.sampling import RefreshSampler, stack_batches
+
+    sft, feats, oracle = _world()
+    R, B, steps = 2, 4, 12
+    beta, lr = torch.full((R, 1), 0.1, dtype=torch.float64), torch.full((R, 1), 0.05, dtype=torch.float64)
+
+    def run(sampler_of):
+        pol = LogLinearPolicy(sft, feats, R)
+        tables = []
+        sampler = sampler_of(pol)
+        train(pol, sampler, ipo_loss, beta, lr, steps, 1, lambda t, s: tables.append(t.clone()) or {}, None)
+        return sampler, tables
+
+    online = lambda p: OnlineSampler(p, oracle, torch.arange(4), (R, B), torch.Generator().manual_seed(3))  # noqa: E731
+    _, t_online = run(online)
+    _, t_k1 = run(lambda p: RefreshSampler(online(p), every=1))
+    assert all(torch.equal(a, b) for a, b in zip(t_online, t_k1))
+    # k = steps: the whole dataset comes from π_sft before any update
+    s_all, t_all = run(lambda p: RefreshSampler(online(p), every=steps))
+    one_shot = OnlineSampler(LogLinearPolicy(sft, feats, R), oracle, torch.arange(4), (R, B), torch.Generator().manual_seed(3))
+    data = stack_batches([one_shot.next() for _ in range(steps)], dim=1)
+    assert torch.equal(stack_batches(s_all.log, dim=1).y_w, data.y_w)
+    _, t_off = run(lambda p: ReplaySampler([one_shot.log[i] for i in range(steps)], window=1))
+    assert all(torch.equal(a, b) for a, b in zip(t_all, t_off))
+    assert not torch.equal(t_all[-1], t_online[-1])
+    with pytest.raises(ValueError, match="every"):
+        RefreshSampler(online(LogLinearPolicy(sft, feats, R)), every=0)
