@@ -44,6 +44,8 @@ __all__ = [
     "OfflineSampler",
     "ReplaySampler",
     "RefreshSampler",
+    "Rollouts",
+    "RolloutSampler",
     "replay_order",
     "policy_pair_dataset",
 ]
@@ -206,6 +208,40 @@ class ReplaySampler:
         idx = self.order[..., self.step, :]
         self.step += 1
         return self.data.take(idx, dim=self.dim)
+
+
+@dataclass
+class Rollouts:
+    """k sampled responses per prompt with their rewards, for a policy-gradient loss.
+    x: [*lead, B]; y: [*lead, B, k, ...]; reward: [*lead, B, k]."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    reward: torch.Tensor
+
+
+@dataclass
+class RolloutSampler:
+    """RLHF's data: each step, prompts are drawn, k responses per prompt are sampled from
+    the current policy (stop-gradient) and scored by a pointwise ``reward(x, y)`` (a
+    Bradley–Terry reward model in classic RLHF; Stiennon et al. 2020, Ouyang et al. 2022).
+    Feeds ``shared.losses.rloo_loss``."""
+
+    policy: Policy
+    reward: object
+    prompts: torch.Tensor
+    shape: tuple[int, ...]
+    k: int
+    generator: torch.Generator
+
+    def next(self) -> Rollouts:
+        i = torch.randint(len(self.prompts), self.shape, generator=self.generator, device=self.prompts.device)
+        x = self.prompts[i]
+        with torch.no_grad():
+            y = torch.stack([self.policy.sample(x, self.generator) for _ in range(self.k)], dim=len(self.shape))
+            xk = x.reshape(x.shape + (1,)).expand(x.shape + (self.k,))
+            r = self.reward(xk, y)
+        return Rollouts(x, y, r)
 
 
 class RefreshSampler:

@@ -388,8 +388,58 @@ def _theory(results):
         f"deterministic labels: DPO max π(y1) {th['dpo_det_max_prob']:.4f}, IPO π(y1) {th['ipo_det_prob']:.4f} vs σ(0.5/β) {th['ipo_det_closed_form']:.4f}")
 
 
+def _equivalence(results):
+    e = results.get("extras", {}).get("equivalence")
+    if e is None:
+        return "not tested", "no exact computation in these results"
+    worst = max(e["tv_rlhf_vs_dpo"], e["tv_rlhf_vs_closed_form"], e["tv_dpo_vs_closed_form"])
+    return ("supported" if worst <= e["tolerance"] else "not supported"), (
+        f"TV(RLHF, DPO) {e['tv_rlhf_vs_dpo']:.1e}, TV(RLHF, closed form) {e['tv_rlhf_vs_closed_form']:.1e}, "
+        f"TV(DPO, closed form) {e['tv_dpo_vs_closed_form']:.1e} (tolerance {e['tolerance']:.0e}; TV(π_sft, closed form) "
+        f"{e['tv_sft_vs_closed_form']:.2f})")
+
+
+def _rlhf_vs_offline_dpo(results):
+    if not has(results, "rlhf", "offline-dpo"):
+        return _missing("rlhf", "offline-dpo")
+    m, h = gap(results, "rlhf", "offline-dpo")
+    parts = [f"win rate RLHF − offline DPO at matched KL: {_fmt(m, h)}"]
+    if has(results, "online-dpo"):
+        parts.append(f"online DPO − offline DPO: {_fmt(*gap(results, 'online-dpo', 'offline-dpo'))}")
+    return verdict_from_ci(m, h), "; ".join(parts)
+
+
+def _refresh(results):
+    arms = sorted((a for a in results["arms"] if a.startswith("refresh-")),
+                  key=lambda a: math.inf if a == "refresh-all" else int(a.split("-")[1]))
+    if not arms or not has(results, "online", "offline"):
+        return _missing("online", "offline", "refresh-*")
+    rec = [(a, *_recovered(results, a)) for a in arms]
+    vals = [m for _, m, _ in rec]
+    listing = ", ".join(f"{a} {_fmt(m, h)}" for a, m, h in rec)
+    if any(math.isnan(v) for v in vals):
+        return "inconclusive", "online does not beat offline at matched KL here, so no fraction of a gap is defined: " + listing
+    first, last = arms[0], arms[-1]
+
+    def spread(s):  # recovered by the most often refreshed arm minus by the one-shot arm, per seed
+        g = gap_at_matched_kl(curves(results, "online", s), curves(results, "offline", s))
+        if g <= 0:
+            return math.nan
+        return (gap_at_matched_kl(curves(results, first, s), curves(results, "offline", s))
+                - gap_at_matched_kl(curves(results, last, s), curves(results, "offline", s))) / g
+    m, h = _seed_ci(per_seed(results, (first, last, "online", "offline"), spread))
+    monotone = all(b <= a + 0.1 for a, b in zip(vals, vals[1:]))
+    v = verdict_from_ci(m, h)
+    v = "mixed" if v == "supported" and not monotone else v
+    return v, (f"fraction of the online − offline gap recovered at matched KL: {listing}; {first} − {last}: {_fmt(m, h)}"
+               f" (supported needs > 0 and no rise of more than 0.1 as k grows)")
+
+
 CLAIMS: dict[int, Claim] = {c.id: c for c in [
     Claim(1, "Win rate vs KL rises then falls, online and offline.", _rise_then_fall),
+    Claim(19, "Beyond the paper: with full coverage, RLHF (exact policy gradient) and DPO (population loss, Bradley–Terry labels) reach the same policy π_ref·exp(r/β)/Z.", _equivalence),
+    Claim(20, "Beyond the paper: with finite data, RLHF on the proxy reward ≥ offline DPO at matched KL.", _rlhf_vs_offline_dpo),
+    Claim(21, "Beyond the paper: refreshing the data more often (smaller k) recovers more of the online − offline gap.", _refresh),
     Claim(2, "At matched KL, online ≥ offline.", _online_ge_offline),
     Claim(3, "Online's peak (one config) > offline's peak (best of the sweep).", _online_peak),
     Claim(4, "Offline on D_online in original order reproduces the online run.", _ordered_replay),
@@ -450,6 +500,17 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
         Arm("4k-vs-4k", "dataset", params={"pair": (1.0, 1.0)}),
     ), (16, 17)),
     Study("theory", "Do the closed-form optima hold exactly in a full-support tabular bandit?", (), (18,)),
+    # beyond the paper: the RLHF side of DPO ≡ RLHF, and how online training must be
+    Study("equivalence", "Do RLHF (reward model + KL-regularised policy gradient) and DPO reach the same policy? Exactly with full coverage; where do they part with finite data?", (
+        Arm("rlhf", "rlhf", loss="rloo", labels="proxy", params={"k": 4}),
+        Arm("online-dpo", "online", loss="dpo", labels="proxy"),
+        Arm("offline-dpo", "offline", loss="dpo", sweep=True),
+    ), (19, 20)),
+    Study("refresh", "How online must training be? Offline IPO on a dataset refreshed from the current policy every k steps.", (
+        _ONLINE, _OFFLINE,
+        *(Arm(f"refresh-{k}", "refresh", labels="proxy", params={"every": k}) for k in (4, 16, 64)),
+        Arm("refresh-all", "refresh", labels="proxy", params={"every": 0}),
+    ), (21,)),
 ]}
 
 

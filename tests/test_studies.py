@@ -37,7 +37,21 @@ def _verdict(results, cid):
 
 def test_every_claim_is_tested_by_exactly_one_study():
     ids = [c for s in STUDIES.values() for c in s.claims]
-    assert sorted(ids) == sorted(CLAIMS) == list(range(1, 19))
+    assert sorted(ids) == sorted(CLAIMS) == list(range(1, 22))  # BRIEF §3's 1–18, then ours (19–21)
+
+
+def test_refresh_rule_reads_the_recovered_fractions():
+    """Claim 21: an arm refreshed every few steps that recovers the online − offline gap,
+    against a one-shot arm that does not, is supported; the reverse is not."""
+    def curves(wr_top):
+        return [{"seed": s, "config": {}, "series": {"step": [0, 1, 2], "kl": [0.0, 0.5, 1.0],
+                                                   "win_rate": [0.5, 0.5 + wr_top / 2 + 0.01 * s, 0.5 + wr_top + 0.01 * s]}} for s in range(3)]
+
+    base = {"online": curves(0.2), "offline": curves(0.0)}
+    good = {"arms": {**base, "refresh-4": curves(0.19), "refresh-all": curves(0.02)}, "extras": {}}
+    bad = {"arms": {**base, "refresh-4": curves(0.02), "refresh-all": curves(0.19)}, "extras": {}}
+    assert CLAIMS[21].judge(good)[0] == "supported"
+    assert CLAIMS[21].judge(bad)[0] == "not supported"
 
 
 def test_claim_2_follows_the_sign_of_the_gap():

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from shared.metrics import classifier_accuracy_exact, kl_exact, logp_shift, win_rate_exact
-from shared.sampling import Batch
+from shared.sampling import Batch, Rollouts
 
 __all__ = ["LogLinearPolicy", "sample_rows", "gather_log_softmax", "adam_init", "adam_update", "gather_logp", "train", "Evaluator"]
 
@@ -202,6 +202,10 @@ def train(policy: LogLinearPolicy, sampler, loss_fn, beta: torch.Tensor, lr: tor
         theta.requires_grad_(True)
         if batch is None:  # exact population mode: loss_fn(table, beta) -> [R]
             loss = loss_fn(policy.table(theta), beta).sum()
+        elif isinstance(batch, Rollouts):  # policy gradient: k samples per prompt, [R, B, k]
+            xk = batch.x[..., None].expand_as(batch.y)
+            pi = gather_log_softmax(policy.logits(theta), xk.reshape(xk.shape[0], -1), batch.y.reshape(xk.shape[0], -1)).reshape(batch.y.shape)
+            loss = loss_fn(pi, gather_logp(policy.sft_logp, xk, batch.y), batch.reward, beta[..., None]).mean(-1).sum()
         else:  # log π at (x, y_w) and (x, y_l) in one gather: [R, 2B] -> two [R, B]
             pi = gather_log_softmax(policy.logits(theta), torch.cat([batch.x, batch.x], -1),
                                     torch.cat([batch.y_w, batch.y_l], -1))

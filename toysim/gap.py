@@ -24,7 +24,7 @@ from typing import Literal
 
 __all__ = ["GapConfig", "main", "fail"]
 
-Hypothesis = Literal["coverage", "quality", "classification", "contrastive", "scale", "data", "theory", "all"]
+Hypothesis = Literal["coverage", "quality", "classification", "contrastive", "scale", "data", "theory", "equivalence", "refresh", "all"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class GapConfig:
     """Run a study of the online/offline gap in the exact simulator."""
 
     hypothesis: Hypothesis = "coverage"
-    """which study: coverage (H1), quality (H2), classification (H3), contrastive (H4), scale (H5), data (§5), theory, or all"""
+    """which study: coverage (H1), quality (H2), classification (H3), contrastive (H4), scale (H5), data (§5), theory, equivalence (RLHF vs DPO), refresh (semi-online k), or all"""
     preset: str = "default"
     """world and training settings: default (large gap) or arena (small gap); see toysim/presets.py"""
     seeds: int = 5

@@ -132,6 +132,25 @@ def figures(results: dict, out: Path) -> list[str]:
         fig.savefig(out / "classification.png", dpi=110)
         names.append("classification.png")
 
+    if results["study"] == "refresh" and has(results, "online", "offline"):
+        fig = _figure(figsize=(5.5, 4))
+        ax = fig.subplots()
+        steps = results["config"]["train"]["steps"]
+        ks = {"online": 1, **{a: (steps if a == "refresh-all" else int(a.split("-")[1])) for a in results["arms"] if a.startswith("refresh-")}}
+        ci = {a: seed_ci([peak(results, a, s) for s in seeds_of(results, a)]) for a in ks}
+        order = sorted(ks, key=ks.get)
+        ax.errorbar([ks[a] for a in order], [ci[a][0] for a in order], yerr=[0 if math.isnan(ci[a][1]) else ci[a][1] for a in order],
+                    marker="o", capsize=3, label="refresh every k steps (k = 1: online)")
+        off = seed_ci([peak(results, "offline", s) for s in seeds_of(results, "offline")])
+        ax.axhline(off[0], color="grey", ls="--", label="offline on D_golden (best of sweep)")
+        ax.set_xscale("log")
+        ax.set_xlabel("k: steps between dataset refreshes")
+        ax.set_ylabel("peak win rate")
+        ax.set_title(f"refresh: how online must it be? ({results['preset']})")
+        ax.legend(fontsize=8)
+        fig.savefig(out / "refresh.png", dpi=110)
+        names.append("refresh.png")
+
     if results["study"] == "scale":
         fig = _figure(figsize=(5.6, 3.8))
         ax = fig.subplots()

@@ -20,7 +20,7 @@ from dataclasses import asdict
 import torch
 
 from shared import losses
-from shared.sampling import Batch, OfflineSampler, OnlineSampler, ReplaySampler
+from shared.sampling import Batch, OfflineSampler, OnlineSampler, RefreshSampler, ReplaySampler, RolloutSampler
 from shared.studies import STUDIES, Arm, Study, judge
 from toysim.engine import Evaluator, LogLinearPolicy, sample_rows, train
 from toysim.env import TableOracle, World, golden_training_oracle, make_world
@@ -32,7 +32,8 @@ __all__ = ["LOSSES", "Runner", "run_study"]
 # checkpoint fractions the "dataset" arms read from the online run (0 = SFT)
 STUDIES_PAIRS = [a.params["pair"] for s in STUDIES.values() for a in s.arms if a.source == "dataset"]
 
-LOSSES = {"ipo": losses.ipo_loss, "dpo": losses.dpo_loss, "slic": losses.slic_loss, "bo2": losses.bo2_loss}
+LOSSES = {"ipo": losses.ipo_loss, "dpo": losses.dpo_loss, "slic": losses.slic_loss, "bo2": losses.bo2_loss,
+          "rloo": losses.rloo_loss}
 
 
 def _gen(seed: int, name: str) -> torch.Generator:
@@ -137,6 +138,13 @@ class Runner:
             return OnlineSampler(policy, oracle, torch.arange(w.cfg.prompts), (R, B), g)
         if arm.source == "offline":
             return OfflineSampler(w.d_golden, B, g, lead=(R,))
+        if arm.source == "refresh":  # every = 0: one dataset for the whole run
+            every = arm.params["every"] or steps
+            return RefreshSampler(OnlineSampler(policy, oracle, torch.arange(w.cfg.prompts), (R, B), g), every)
+        if arm.source == "rlhf":  # k samples per prompt; as many sampled responses per step as online's 2B
+            k = arm.params.get("k", 4)
+            table = w.golden_reward if arm.labels == "golden" else w.proxy_reward
+            return RolloutSampler(policy, lambda x, y: table[x, y], torch.arange(w.cfg.prompts), (R, max(1, 2 * B // k)), k, g)
         if arm.source == "replay":
             stream = self.online_state[arm.params["stream"]]["log"]
             window = arm.params["window"] or len(stream)
@@ -170,16 +178,22 @@ class Runner:
     def population(self, arm: Arm, policy, loss_fn, oracle):
         """Exact mode: the loss is the population loss over μ⊗μ (μ = π_sft's D_golden
         distribution offline, sg(π) online); the 'sampler' yields nothing."""
-        if arm.source not in ("online", "offline"):
+        if arm.source not in ("online", "offline", "rlhf"):
             raise ValueError(f"arm {arm.name!r} ({arm.source}) has no population form; use mode='sgd'")
         w = self.world
-        eps = w.cfg.label_noise
-        # golden training labels are flipped at label_noise, so their expected preference is (1 − 2ε)P + ε
-        pref = (1 - 2 * eps) * w.golden_pref + eps if arm.labels == "golden" else self.proxy_pref
 
         class _Null:
             def next(self):
                 return None
+
+        if arm.source == "rlhf":  # the exact policy gradient of J = E_π[r] − β KL(π‖π_sft)
+            from toysim.theory import rlhf_objective
+
+            table = w.golden_reward if arm.labels == "golden" else w.proxy_reward
+            return (lambda logp, beta: -rlhf_objective(logp, w.sft_logp, table, beta[..., None])), _Null()
+        eps = w.cfg.label_noise
+        # golden training labels are flipped at label_noise, so their expected preference is (1 − 2ε)P + ε
+        pref = (1 - 2 * eps) * w.golden_pref + eps if arm.labels == "golden" else self.proxy_pref
 
         def pop_loss(table, beta):
             mu = w.mu_logp.exp() if arm.source == "offline" else table.detach().exp()
@@ -203,10 +217,14 @@ def run_study(study: Study, preset: Preset, seeds: int, mode: str = "sgd", progr
         out["extras"]["theory"] = theory_checks(seed=preset.world.seed)
         out["claims"] = judge(study, out)
         return out
+    if study.name == "equivalence":
+        from toysim.theory import equivalence_checks
+
+        out["extras"]["equivalence"] = equivalence_checks(seed=preset.world.seed)
     runner = runner or Runner(preset, seeds, mode, progress_factory)
     runner.run_arm(Arm("golden", "online", labels="golden"), reference=True)
     for arm in sorted(study.arms, key=lambda a: a.source != "online"):  # streams and checkpoints first
-        if mode == "population" and arm.source not in ("online", "offline"):
+        if mode == "population" and arm.source not in ("online", "offline", "rlhf"):
             out["extras"].setdefault("skipped", []).append(f"{arm.name}: no population form")
             continue
         out["arms"][arm.name] = runner.run_arm(arm)

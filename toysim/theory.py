@@ -153,3 +153,26 @@ def theory_checks(seed: int = 0, beta: float = 0.5, num_prompts: int = 4, num_re
         "dpo_det_max_prob": dpo_two.exp()[0, 0].item(),
         "beta": beta,
     }
+
+
+def equivalence_checks(seed: int = 0, beta: float = 0.5, num_prompts: int = 4, num_responses: int = 8) -> dict:
+    """RLHF and DPO reach the same policy from different procedures (the DPO ≡ RLHF
+    derivation of Rafailov et al. 2023, §4, shown end to end on a full-coverage bandit).
+
+    RLHF: maximise J(π) = E_π[r] − β·KL(π‖π_ref) by its exact gradient (L-BFGS on
+    −J). DPO: minimise the population DPO loss over μ⊗μ, μ = π_ref (full support),
+    labels from the Bradley–Terry model of the same r. Both should equal
+    π_ref·exp(r/β)/Z; returns the total variations between the three.
+    """
+    from shared.losses import dpo_loss
+    from shared.preferences import bt_probability
+
+    ref_logp, reward, _ = random_bandit(num_prompts, num_responses, seed)
+    init = torch.zeros_like(ref_logp)
+    rlhf = minimise(lambda th: -rlhf_objective(th, ref_logp, reward, beta), init)
+    bt = bt_probability(reward[..., :, None], reward[..., None, :])
+    dpo = minimise(lambda th: population_loss(dpo_loss, th, ref_logp, ref_logp.exp(), bt, beta), init)
+    star = rlhf_optimum(ref_logp, reward, beta)
+    return {"tolerance": 1e-4, "beta": beta, "tv_rlhf_vs_dpo": total_variation(rlhf, dpo),
+            "tv_rlhf_vs_closed_form": total_variation(rlhf, star), "tv_dpo_vs_closed_form": total_variation(dpo, star),
+            "tv_sft_vs_closed_form": total_variation(ref_logp, star)}
