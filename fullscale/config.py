@@ -21,7 +21,7 @@ from fullscale.task import TaskSpec
 
 __all__ = ["DataConfig", "ModelsConfig", "TrainConfig", "EvalConfig", "RunConfig", "PRESETS", "preset", "apply_file"]
 
-StudyName = Literal["coverage", "quality", "classification", "contrastive", "scale", "data"]
+StudyName = Literal["coverage", "quality", "classification", "contrastive", "scale", "data", "equivalence", "refresh"]
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from fullscale.models import build_model, load_model, save_model, special_ids, w
 from fullscale.train import atomic_save, fit_pm, optimise, safe_load, supervised
 from shared.metrics import classifier_accuracy, logp_shift, policy_margin
 from shared.preferences import label_pairs
-from shared.sampling import Batch, OfflineSampler, OnlineSampler, ReplaySampler, policy_pair_dataset
+from shared.sampling import Batch, OfflineSampler, OnlineSampler, RefreshSampler, ReplaySampler, RolloutSampler, policy_pair_dataset
 from shared.studies import STUDIES, Arm, judge
 
 __all__ = ["Pipeline", "run_study", "config_hash"]
@@ -193,9 +193,10 @@ class Pipeline:
         self.extras.setdefault("models", {})[f"sft@{capacity:g}"] = json.loads((d / "info.json").read_text())
         return load_model(d / "model", device=self.device)[0]
 
-    def _pm(self, name, spec, path, x, y_w, y_l, extra=None):
+    def _pm(self, name, spec, path, x, y_w, y_l, extra=None, kind=None):
         m, t = self.cfg.models, self.t
-        d, done = self._stage(name, self.data_key, asdict(spec), str(path), m.pm_kind, t.pm_epochs, t.pm_lr, t.batch_size,
+        kind = kind or m.pm_kind
+        d, done = self._stage(name, self.data_key, asdict(spec), str(path), kind, t.pm_epochs, t.pm_lr, t.batch_size,
                               self.cfg.seed, extra)
         if not done:
             pm = (load_model(path, head=True, device=self.device)[0] if path is not None else
@@ -203,13 +204,13 @@ class Pipeline:
             g = torch.Generator().manual_seed(self.cfg.seed + 2)
             steps = t.pm_epochs * math.ceil(len(x) / t.batch_size)
             with self.progress(steps, name) as bar:
-                hist = fit_pm(pm, self.prompts, x, y_w, y_l, m.pm_kind, self.ids["eos"], self.ids["pad"], self.ids["cls"],
+                hist = fit_pm(pm, self.prompts, x, y_w, y_l, kind, self.ids["eos"], self.ids["pad"], self.ids["cls"],
                               t.pm_lr, t.pm_epochs, t.batch_size, g, bar)
             save_model(pm, self.tokenizer, d / "model")
             self._done(d, {"loss_per_epoch": hist, "params": sum(q.numel() for q in pm.parameters()), "train_pairs": len(x)})
         if name == "golden_pm":
             self.golden_key = d.name
-        else:
+        elif name == "proxy_pm":
             self.world_key = config_hash(self.data_key, self.golden_key, d.name, self.t.sft_epochs, self.t.sft_lr)
         self.extras.setdefault("models", {})[name] = json.loads((d / "info.json").read_text())
         return load_model(d / "model", head=True, device=self.device)[0]
@@ -312,8 +313,8 @@ class Pipeline:
         model.load_state_dict(ref.state_dict())
         g = _gen(seed, f"{arm.name}/{c}", self.device)
         policy = LMPolicy(model, self.prompts, self.cfg.data.max_response_tokens, self.ids["eos"], self.ids["pad"], t.temperature)
-        sampler = self._sampler(arm, policy, seed, g)
         steps = c["steps"]
+        sampler = self._sampler(arm, policy, seed, g, steps)
         online_pairs: dict[int, dict] = {}
 
         def run_eval(step):
@@ -344,13 +345,43 @@ class Pipeline:
         self._done(d, record)
         return {**record, "series": series}
 
-    def _sampler(self, arm: Arm, policy, seed: int, g):
+    def _reward_model(self):
+        """The RLHF arm's proxy: a pointwise Bradley–Terry reward model with the proxy PM's size
+        and data (Stiennon et al. 2020; Ouyang et al. 2022), as a reward function r(x, y)."""
+        if not hasattr(self, "_rm"):
+            from fullscale.lm import pm_scores
+
+            tr = torch.nonzero(self.split).squeeze(-1)
+            tr = tr[: max(1, int(round(self.t.proxy_fraction * len(tr))))]
+            cfg = self.cfg.models
+            rm = self._pm("proxy_rm", cfg.proxy_pm, cfg.proxy_pm_path, self.d_golden.x[tr], self.d_golden.y_w[tr],
+                          self.d_golden.y_l[tr], extra=(self.golden_key, "bt"), kind="bt")
+            ops = (self.ids["eos"], self.ids["pad"], self.ids["cls"])
+
+            @torch.no_grad()
+            def reward(x, y):  # x [B, k], y [B, k, T] -> [B, k]
+                return pm_scores(rm, self.prompts, x.reshape(-1), [y.reshape(-1, y.shape[-1])], *ops).reshape(x.shape)
+
+            self._rm = reward
+        return self._rm
+
+    def _sampler(self, arm: Arm, policy, seed: int, g, steps: int = 0):
         B = self.t.batch_size
         if arm.source == "online":
             oracle = self.golden_oracle if arm.labels == "golden" else self.proxy_oracle
             return OnlineSampler(policy, oracle, torch.arange(len(self.prompts.ids), device=self.device), (B,), g)
         if arm.source == "offline":
             return OfflineSampler(self.d_golden, B, g)
+        prompts = torch.arange(len(self.prompts.ids), device=self.device)
+        if arm.source == "refresh":  # every = 0: one dataset for the whole run
+            oracle = self.golden_oracle if arm.labels == "golden" else self.proxy_oracle
+            return RefreshSampler(OnlineSampler(policy, oracle, prompts, (B,), g), arm.params["every"] or steps)
+        if arm.source == "rlhf":  # k samples per prompt, as many responses per step as online's 2B
+            k = arm.params.get("k", 4)
+            rm = self._reward_model() if arm.labels == "proxy" else None
+            if rm is None:
+                raise ValueError("fullscale's RLHF arm scores with the proxy Bradley–Terry reward model (labels='proxy')")
+            return RolloutSampler(policy, rm, prompts, (max(1, 2 * B // k),), k, g)
         if arm.source == "replay":
             s = safe_load(self._stream_dir(arm.params["stream"], seed) / "stream.pt")
             stream = [Batch(s["x"][i].to(self.device), s["y_w"][i].to(self.device), s["y_l"][i].to(self.device), s["tie"][i].to(self.device))

@@ -30,11 +30,12 @@ import torch
 from fullscale.lm import Prompts, pm_scores, sequence_logp
 from shared import losses
 from shared.preferences import random_order
-from shared.sampling import Batch, OfflineSampler, OnlineSampler, ReplaySampler
+from shared.sampling import Batch, OfflineSampler, OnlineSampler, RefreshSampler, ReplaySampler, RolloutSampler, Rollouts
 
 __all__ = ["LOSSES", "supervised", "fit_pm", "optimise", "atomic_save", "safe_load", "fault_point"]
 
-LOSSES = {"ipo": losses.ipo_loss, "dpo": losses.dpo_loss, "slic": losses.slic_loss, "bo2": losses.bo2_loss}
+LOSSES = {"ipo": losses.ipo_loss, "dpo": losses.dpo_loss, "slic": losses.slic_loss, "bo2": losses.bo2_loss,
+          "rloo": losses.rloo_loss}
 
 _steps_done = 0
 
@@ -139,6 +140,10 @@ def sampler_state(sampler) -> dict:
         return {"order": sampler._order, "pos": sampler._pos, "gen": sampler.generator.get_state()}
     if isinstance(sampler, ReplaySampler):
         return {"step": sampler.step}
+    if isinstance(sampler, RefreshSampler):
+        return {"online": sampler_state(sampler.online), "queue": _batch_state(sampler.queue)}
+    if isinstance(sampler, RolloutSampler):
+        return {"gen": sampler.generator.get_state()}
     raise TypeError(f"cannot save the state of {type(sampler).__name__}")
 
 
@@ -148,6 +153,11 @@ def restore_sampler(sampler, state: dict) -> None:
         sampler.generator.set_state(state["gen"])
     elif isinstance(sampler, OfflineSampler):
         sampler._order, sampler._pos = state["order"], state["pos"]
+        sampler.generator.set_state(state["gen"])
+    elif isinstance(sampler, RefreshSampler):
+        restore_sampler(sampler.online, state["online"])
+        sampler.queue = _batches(state["queue"])
+    elif isinstance(sampler, RolloutSampler):
         sampler.generator.set_state(state["gen"])
     else:
         sampler.step = state["step"]
@@ -193,11 +203,19 @@ def optimise(model, ref_model, prompts: Prompts, sampler, loss_name: str, beta: 
         if step == steps:
             break
         batch = sampler.next()
-        B = batch.x.shape[0]
-        pi = sequence_logp(model, prompts, torch.cat([batch.x, batch.x]), torch.cat([batch.y_w, batch.y_l]), eos, pad)
-        with torch.no_grad():
-            ref = sequence_logp(ref_model, prompts, torch.cat([batch.x, batch.x]), torch.cat([batch.y_w, batch.y_l]), eos, pad)
-        loss = loss_fn(pi[:B], pi[B:], ref[:B], ref[B:], beta).mean()
+        if isinstance(batch, Rollouts):  # RLHF: k responses per prompt, y [B, k, T]
+            B, k = batch.y.shape[:2]
+            x, y = batch.x[:, None].expand(B, k).reshape(-1), batch.y.reshape(B * k, -1)
+            pi = sequence_logp(model, prompts, x, y, eos, pad).reshape(B, k)
+            with torch.no_grad():
+                ref = sequence_logp(ref_model, prompts, x, y, eos, pad).reshape(B, k)
+            loss = loss_fn(pi, ref, batch.reward, beta).mean()
+        else:
+            B = batch.x.shape[0]
+            pi = sequence_logp(model, prompts, torch.cat([batch.x, batch.x]), torch.cat([batch.y_w, batch.y_l]), eos, pad)
+            with torch.no_grad():
+                ref = sequence_logp(ref_model, prompts, torch.cat([batch.x, batch.x]), torch.cat([batch.y_w, batch.y_l]), eos, pad)
+            loss = loss_fn(pi[:B], pi[B:], ref[:B], ref[B:], beta).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

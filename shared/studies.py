@@ -391,7 +391,7 @@ def _theory(results):
 def _equivalence(results):
     e = results.get("extras", {}).get("equivalence")
     if e is None:
-        return "not tested", "no exact computation in these results"
+        return "not tested", "the exact full-coverage check runs in toysim: python -m toysim.gap --hypothesis equivalence"
     worst = max(e["tv_rlhf_vs_dpo"], e["tv_rlhf_vs_closed_form"], e["tv_dpo_vs_closed_form"])
     return ("supported" if worst <= e["tolerance"] else "not supported"), (
         f"TV(RLHF, DPO) {e['tv_rlhf_vs_dpo']:.1e}, TV(RLHF, closed form) {e['tv_rlhf_vs_closed_form']:.1e}, "

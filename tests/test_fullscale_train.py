@@ -12,7 +12,7 @@ import torch
 from fullscale.lm import LMPolicy, PMOracle, Prompts
 from fullscale.models import ModelSpec, build_model, special_ids, word_tokenizer
 from fullscale.train import optimise, supervised
-from shared.sampling import OfflineSampler, OnlineSampler, ReplaySampler
+from shared.sampling import OfflineSampler, OnlineSampler, RefreshSampler, ReplaySampler, RolloutSampler
 
 TOK = word_tokenizer(["a", "b", "c"])
 IDS = special_ids(TOK)
@@ -54,13 +54,19 @@ def test_ordered_replay_reproduces_the_online_run_exactly():
     assert not all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), shuffled.state_dict().values()))
 
 
-@pytest.mark.parametrize("source", ["online", "offline"])
+@pytest.mark.parametrize("source", ["online", "offline", "refresh", "rlhf"])
 def test_resume_from_saved_state_reproduces_the_uninterrupted_run(tmp_path, source, monkeypatch):
     def run(state_path, stop_after=None):
         model, ref, oracle = world()
         g = torch.Generator().manual_seed(0)
+        loss = "ipo"
         if source == "online":
             sampler = OnlineSampler(LMPolicy(model, PROMPTS, 4, EOS, PAD), oracle, torch.arange(4), (8,), g)
+        elif source == "refresh":
+            sampler = RefreshSampler(OnlineSampler(LMPolicy(model, PROMPTS, 4, EOS, PAD), oracle, torch.arange(4), (8,), g), every=3)
+        elif source == "rlhf":
+            reward = lambda x, y: (y == 5).sum(-1).float() - 0.1 * x.float()  # noqa: E731  (any pointwise reward)
+            sampler, loss = RolloutSampler(LMPolicy(model, PROMPTS, 4, EOS, PAD), reward, torch.arange(4), (4,), 3, g), "rloo"
         else:
             from shared.preferences import label_pairs
             from shared.sampling import Batch
@@ -81,7 +87,7 @@ def test_resume_from_saved_state_reproduces_the_uninterrupted_run(tmp_path, sour
         else:
             monkeypatch.setattr("fullscale.train.fault_point", lambda: None)
         evaluate = lambda step: {"p0": float(next(model.parameters()).detach().sum())}  # noqa: E731
-        series = optimise(model, ref, PROMPTS, sampler, "ipo", 0.1, 1e-2, 9, {3, 9}, evaluate, EOS, PAD,
+        series = optimise(model, ref, PROMPTS, sampler, loss, 0.1, 1e-2, 9, {3, 9}, evaluate, EOS, PAD,
                           state_path=state_path, save_every=2)
         return series, model
 
@@ -102,3 +108,33 @@ def test_sft_raises_the_likelihood_of_its_data():
     y = torch.tensor([[5, EOS, PAD, PAD], [6, 6, EOS, PAD], [7, EOS, PAD, PAD], [5, 7, EOS, PAD]])
     hist = supervised(model, PROMPTS, x, y, EOS, PAD, lr=1e-2, epochs=30, batch_size=4, generator=torch.Generator().manual_seed(0))
     assert hist[-1] < 0.5 * hist[0]
+
+
+def test_refresh_every_step_is_the_online_run_for_a_language_model():
+    model, ref, oracle = world()
+    start = copy.deepcopy(model.state_dict())
+    series, _ = online_run(model, ref, oracle)
+    again = build_model(SPEC, len(TOK), IDS, 0)
+    again.load_state_dict(start)
+    sampler = RefreshSampler(OnlineSampler(LMPolicy(again, PROMPTS, 4, EOS, PAD), oracle, torch.arange(4), (8,), torch.Generator().manual_seed(0)), 1)
+    rs = optimise(again, ref, PROMPTS, sampler, "ipo", 0.1, 1e-2, 6, {2, 4, 6},
+                  lambda step: {"p0": float(next(again.parameters()).detach().sum())}, EOS, PAD)
+    assert rs == series
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_rlhf_raises_the_reward_it_is_trained_on():
+    """RLOO with a reward for emitting token 5: after training, the policy emits it more."""
+    from fullscale.lm import sample_responses
+
+    model, ref, _ = world()
+    reward = lambda x, y: (y == 5).sum(-1).float()  # noqa: E731
+    sampler = RolloutSampler(LMPolicy(model, PROMPTS, 4, EOS, PAD), reward, torch.arange(4), (8,), 4, torch.Generator().manual_seed(0))
+
+    def mean_reward():
+        y = sample_responses(model, PROMPTS, torch.arange(4).repeat(64), 4, EOS, PAD, torch.Generator().manual_seed(9))
+        return float((y == 5).sum(-1).float().mean())
+
+    before = mean_reward()
+    optimise(model, ref, PROMPTS, sampler, "rloo", 0.01, 3e-2, 40, set(), lambda s: {}, EOS, PAD)
+    assert mean_reward() > before + 0.5
