@@ -150,7 +150,8 @@ PRESETS: dict[str, RunConfig] = {
         preset="small", seeds=3,
         data=DataConfig(task=TaskSpec(prompts=512, pairs=4096)),
         models=ModelsConfig(golden_pm=ModelSpec(width=64, layers=2, heads=4)),
-        train=TrainConfig(pm_epochs=20, pm_lr=5e-4),
+        train=TrainConfig(pm_epochs=20, pm_lr=5e-4, lr=1e-3),
+        eval=EvalConfig(win_prompts=512, kl_prompts=128, acc_pairs=256),
     ),
     "paper": RunConfig(
         preset="paper", seeds=3,
