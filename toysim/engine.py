@@ -34,6 +34,9 @@ class LogLinearPolicy:
         # Φ as a contiguous [d, X·N] matrix: θ [R, d] @ Φᵀ is then one GEMM whose output is already
         # laid out as [R, X, N] (an einsum over [X, N, d] would transpose a full table copy each step)
         self._feats_t = feats.reshape(-1, feats.shape[-1]).T.contiguous() if feats is not None else None
+        # Φ_x [X, N, d] and Φ_xᵀ [X, d, N], contiguous per prompt: the training step's batched GEMMs
+        self._feats_x = feats.contiguous() if feats is not None else None
+        self._feats_xt = feats.transpose(-1, -2).contiguous() if feats is not None else None
         shape = (runs, feats.shape[-1]) if feats is not None else (runs,) + tuple(sft_logp.shape)
         self.theta = torch.zeros(shape, dtype=sft_logp.dtype)
         self._probs = None
@@ -60,6 +63,16 @@ class LogLinearPolicy:
 
     def logp(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return gather_logp(self.table(), x, y)
+
+    def pair_logp(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """log π_θ(y|x) at pairs x/y [R, K] -> [R, K], differentiable in θ; what a training step needs.
+
+        Log-linear: ``_GroupedLogLinearLogp``, on only the (prompt, run) rows the pairs read;
+        tabular: ``gather_log_softmax`` over the logits table.
+        """
+        if self.feats is None:
+            return gather_log_softmax(self.logits(theta), x, y)
+        return _GroupedLogLinearLogp.apply(theta, self._feats_x, self._feats_xt, self.sft_logp, x, y)
 
 
 def sample_rows(probs: torch.Tensor, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -110,6 +123,64 @@ class _GatherLogSoftmax(torch.autograd.Function):
 def gather_log_softmax(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """log_softmax(logits, -1)[r, x[r, k], y[r, k]]: logits [R, X, N], x/y [R, K] -> [R, K]."""
     return _GatherLogSoftmax.apply(logits, x, y)
+
+
+def prompt_groups(x: torch.Tensor, prompts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group a step's rows by prompt: x [R, K] -> (members [X, C], col [R, K]).
+
+    Row x of ``members`` lists, in order, the runs whose pairs include prompt x (C is the
+    largest such count; shorter rows are padded with run 0), and (r, x[r, k]) is column
+    col[r, k] of row x[r, k]. The pairs read only these rows of the log π table: with 32
+    pairs a run over 64 prompts, C is about 35 of 64 runs. One run is its own group.
+    """
+    runs = x.shape[0]
+    if runs == 1:
+        return x.new_zeros(prompts, 1), torch.zeros_like(x)
+    r = torch.arange(runs, device=x.device)[:, None].expand_as(x)
+    active = torch.zeros(prompts, runs, dtype=torch.long, device=x.device).index_put_((x, r), torch.ones((), dtype=torch.long))
+    rank = active.cumsum(1) - 1  # at an active (x, r): how many active runs precede r
+    width = int(rank[:, -1].max()) + 1
+    slot = torch.where(active.bool(), rank, width)  # inactive runs go to a spare column, dropped below
+    members = x.new_zeros(prompts, width + 1).scatter_(1, slot, torch.arange(runs, device=x.device).expand(prompts, runs))
+    return members[:, :width].contiguous(), rank[x, r]
+
+
+class _GroupedLogLinearLogp(torch.autograd.Function):
+    """log π_θ(y|x) at pairs for log-linear policies (logits = sft + Φ·θ), on the rows the pairs read.
+
+    Forward: with ``prompt_groups``, one batched GEMM gives the logits of prompt x's group,
+    θ[members[x]]·Φ_xᵀ + sft_x, [X, C, N] (C of R rows per prompt); then the log-sum-exp of
+    each row in place (as ``_GatherLogSoftmax``), e = exp(l − max) kept for backward.
+    Backward: a log-linear policy's score, ∇_θ log π(y|x) = φ(x, y) − E_{π(·|x)}[φ(x, ·)]
+    (exponential family), so with upstream g the logits gradient of each row is
+    G = Σ_k g_k (1[n = y_k] − π(n|x)) over its pairs (as ``_GatherLogSoftmax``),
+    and ∇_θ[r] = Σ over r's rows of G·Φ_x: one batched GEMM [X, C, d], summed per run.
+    Same values as autograd through ``LogLinearPolicy.logits`` + ``gather_log_softmax`` up to
+    float rounding (tests/test_toysim_engine.py).
+    """
+
+    @staticmethod
+    def forward(ctx, theta, feats_x, feats_xt, sft_logp, x, y):
+        members, col = prompt_groups(x, sft_logp.shape[0])
+        logits = torch.bmm(theta[members], feats_xt).add_(sft_logp[:, None, :])  # [X, C, N]
+        picked = logits[x, col, y]  # read before the table is overwritten
+        m = logits.amax(-1, keepdim=True)
+        e = logits.sub_(m).exp_()  # unnormalised softmax, in the logits' buffer
+        z = e.sum(-1)  # [X, C]
+        ctx.save_for_backward(e, z, x, y, col, members, feats_x)
+        ctx.runs = theta.shape[0]
+        return picked - (m.squeeze(-1) + torch.log(z))[x, col]
+
+    @staticmethod
+    def backward(ctx, g):
+        e, z, x, y, col, members, feats_x = ctx.saved_tensors
+        row_mass = torch.zeros_like(z).index_put_((x, col), g, accumulate=True)  # Σ_k g_k on each row
+        grad_logits = e * (-row_mass / z)[..., None]  # −(Σ_k g_k)·π(·|x)
+        grad_logits.index_put_((x, col, y), g, accumulate=True)
+        per_row = torch.bmm(grad_logits, feats_x)  # [X, C, d]
+        d = per_row.shape[-1]
+        grad = per_row.new_zeros(ctx.runs, d).index_add_(0, members.reshape(-1), per_row.reshape(-1, d))
+        return grad, None, None, None, None, None
 
 
 def adam_init(theta: torch.Tensor):
@@ -207,8 +278,7 @@ def train(policy: LogLinearPolicy, sampler, loss_fn, beta: torch.Tensor, lr: tor
             pi = gather_log_softmax(policy.logits(theta), xk.reshape(xk.shape[0], -1), batch.y.reshape(xk.shape[0], -1)).reshape(batch.y.shape)
             loss = loss_fn(pi, gather_logp(policy.sft_logp, xk, batch.y), batch.reward, beta[..., None]).mean(-1).sum()
         else:  # log π at (x, y_w) and (x, y_l) in one gather: [R, 2B] -> two [R, B]
-            pi = gather_log_softmax(policy.logits(theta), torch.cat([batch.x, batch.x], -1),
-                                    torch.cat([batch.y_w, batch.y_l], -1))
+            pi = policy.pair_logp(theta, torch.cat([batch.x, batch.x], -1), torch.cat([batch.y_w, batch.y_l], -1))
             pi_w, pi_l = pi.split(batch.x.shape[-1], -1)
             loss = loss_fn(pi_w, pi_l, gather_logp(policy.sft_logp, batch.x, batch.y_w),
                            gather_logp(policy.sft_logp, batch.x, batch.y_l), beta).mean(-1).sum()
