@@ -8,6 +8,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
 FAST = {"toysim.gap": ["--quick", "--seeds", "1"],
         "toysim.figures": ["--quick"],
-        "fullscale.run": ["--config", "tests/fixtures/fullscale-tiny.json", "--seeds", "1"],
+        # one stage cache for every fullscale command: the world (data, SFT, PMs, golden policy) is built once
+        "fullscale.run": ["--config", "tests/fixtures/fullscale-tiny.json", "--seeds", "1", "--cache", tempfile.mkdtemp(prefix="fs-doc-cache-")],
         "toysim.sweep": ["--quick", "--seeds", "1", "--x-values", "0.3", "--y-values", "8"]}
 
 
