@@ -66,18 +66,17 @@ def _adam(model, lr: float):
     return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
 
 
-def supervised(model, prompts: Prompts, x, y, eos: int, pad: int, lr: float, epochs: int, batch_size: int,
-               generator: torch.Generator, progress=None) -> list[float]:
-    """SFT: maximise Σ log π(y|x) over (x, y) pairs (mean over the batch), shuffled
-    each epoch. Returns the mean loss per epoch."""
+def _fit(model, n: int, batch_loss, lr: float, epochs: int, batch_size: int, generator: torch.Generator, progress=None) -> list[float]:
+    """Adam over ``epochs`` shuffled passes of ``n`` examples; ``batch_loss(idx)`` gives a
+    minibatch's mean loss. Returns the mean loss per epoch."""
     opt = _adam(model, lr)
     hist = []
     for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
+        order = torch.randperm(n, generator=generator)
         tot = 0.0
-        for i in range(0, len(x), batch_size):
+        for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
-            loss = -sequence_logp(model, prompts, x[idx], y[idx], eos, pad).mean()
+            loss = batch_loss(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -85,8 +84,16 @@ def supervised(model, prompts: Prompts, x, y, eos: int, pad: int, lr: float, epo
             if progress is not None:
                 progress.update(1)
             fault_point()
-        hist.append(tot / len(x))
+        hist.append(tot / n)
     return hist
+
+
+def supervised(model, prompts: Prompts, x, y, eos: int, pad: int, lr: float, epochs: int, batch_size: int,
+               generator: torch.Generator, progress=None) -> list[float]:
+    """SFT: maximise Σ log π(y|x) over (x, y) pairs (mean over the batch), shuffled
+    each epoch. Returns the mean loss per epoch."""
+    return _fit(model, len(x), lambda idx: -sequence_logp(model, prompts, x[idx], y[idx], eos, pad).mean(),
+                lr, epochs, batch_size, generator, progress)
 
 
 def fit_pm(pm, prompts: Prompts, x, y_w, y_l, kind: str, eos: int, pad: int, cls: int, lr: float, epochs: int,
@@ -97,28 +104,14 @@ def fit_pm(pm, prompts: Prompts, x, y_w, y_l, kind: str, eos: int, pad: int, cls
     responses randomised each time (Tang et al. 2024, §3; ``shared.losses.pairwise_pm_loss``);
     bt: a pointwise reward with the Bradley–Terry loss −log σ(r_w − r_l) (``bt_loss``).
     """
-    opt = _adam(pm, lr)
-    hist = []
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        tot = 0.0
-        for i in range(0, len(x), batch_size):
-            idx = order[i : i + batch_size]
-            xs, yw, yl = x[idx], y_w[idx], y_l[idx]
-            if kind == "pairwise":
-                y1, y2, first = random_order(yw, yl, generator)
-                loss = losses.pairwise_pm_loss(pm_scores(pm, prompts, xs, [y1, y2], eos, pad, cls), first).mean()
-            else:
-                loss = losses.bt_loss(pm_scores(pm, prompts, xs, [yw], eos, pad, cls), pm_scores(pm, prompts, xs, [yl], eos, pad, cls)).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot += float(loss.detach()) * len(idx)
-            if progress is not None:
-                progress.update(1)
-            fault_point()
-        hist.append(tot / len(x))
-    return hist
+    def batch_loss(idx):
+        xs, yw, yl = x[idx], y_w[idx], y_l[idx]
+        if kind == "pairwise":
+            y1, y2, first = random_order(yw, yl, generator)
+            return losses.pairwise_pm_loss(pm_scores(pm, prompts, xs, [y1, y2], eos, pad, cls), first).mean()
+        return losses.bt_loss(pm_scores(pm, prompts, xs, [yw], eos, pad, cls), pm_scores(pm, prompts, xs, [yl], eos, pad, cls)).mean()
+
+    return _fit(pm, len(x), batch_loss, lr, epochs, batch_size, generator, progress)
 
 
 # ---------------------------------------------------------------- run state
