@@ -3,6 +3,8 @@ silent broadcast. Internal; every public function calls these on entry."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -30,6 +32,10 @@ def same_shape(**tensors: torch.Tensor) -> torch.Size:
 def positive(name: str, value, like: torch.Tensor) -> torch.Tensor:
     """Return ``value`` (float or tensor) as a tensor on ``like``'s device and
     dtype, checking it is finite and > 0 and broadcasts against ``like``."""
+    if isinstance(value, (int, float)):  # a plain number: check it without tensor ops
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+        return torch.as_tensor(value, dtype=like.dtype, device=like.device)
     v = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     if not bool(torch.all(torch.isfinite(v) & (v > 0))):
         raise ValueError(f"{name} must be finite and > 0, got {value!r}")

@@ -83,7 +83,7 @@ class Batch:
 
 def _take(t: torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:
     if dim == 0:
-        return t[idx]
+        return t.take(idx) if t.ndim == 1 else t[idx]
     # idx: [*lead, M] with lead == t.shape[:dim]; keep trailing dims of t.
     extra = t.ndim - idx.ndim
     i = idx.reshape(idx.shape + (1,) * extra).expand(idx.shape + t.shape[dim + 1 :])

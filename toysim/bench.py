@@ -8,7 +8,7 @@ engine trains ``runs`` runs at once as one tensor program; the loop trains the
 same runs one after another. The loop is timed on ``loop_runs`` of them (its
 cost per run-step does not depend on how many runs follow) and both are
 reported in run-steps per second, with their ratio. Timings are medians over
-``repeats`` measurements in this one process. Docs: docs/tutorial.md (§ speed).
+``repeats`` measurements in this one process, batched and loop interleaved. Docs: docs/tutorial.md (§ speed).
 """
 
 from __future__ import annotations
@@ -66,17 +66,24 @@ def _setup(cfg: BenchConfig, runs: int, policy: str):
     return pol, sampler, beta, lr
 
 
-def _time(cfg: BenchConfig, runs: int, repeats: int, policy: str, steps: int) -> float:
+def _time_once(cfg: BenchConfig, runs: int, policy: str, steps: int) -> float:
     from shared.losses import ipo_loss
     from toysim.engine import train
 
-    times = []
-    for _ in range(repeats):
-        pol, sampler, beta, lr = _setup(cfg, runs, policy)
-        t = time.perf_counter()
-        train(pol, sampler, ipo_loss, beta, lr, steps, steps + 1, lambda table, step: {}, None)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    pol, sampler, beta, lr = _setup(cfg, runs, policy)
+    t = time.perf_counter()
+    train(pol, sampler, ipo_loss, beta, lr, steps, steps + 1, lambda table, step: {}, None)
+    return time.perf_counter() - t
+
+
+def _measure(cfg: BenchConfig, policy: str) -> tuple[list[float], list[float]]:
+    """Interleaved timings: each repeat times one batched training and then ``loop_runs``
+    single runs, so that a change in machine load during the benchmark hits both sides."""
+    batched, looped = [], []
+    for _ in range(cfg.repeats):
+        batched.append(_time_once(cfg, cfg.runs, policy, cfg.steps))
+        looped += [_time_once(cfg, 1, policy, cfg.steps) for _ in range(cfg.loop_runs)]
+    return batched, looped
 
 
 def main(argv=None) -> int:
@@ -93,13 +100,14 @@ def main(argv=None) -> int:
     print(f"config: {cfg}")
     policies = ("loglinear", "tabular") if cfg.policy == "both" else (cfg.policy,)
     for policy in policies:
-        _time(cfg, cfg.runs, 1, policy, min(cfg.steps, 20))  # warm-up
-        batched = _time(cfg, cfg.runs, cfg.repeats, policy, cfg.steps)
-        looped = _time(cfg, 1, cfg.repeats * cfg.loop_runs, policy, cfg.steps)  # median time of one run alone
-        b_rate = cfg.runs * cfg.steps / batched
-        l_rate = cfg.steps / looped
-        print(f"[{policy}] batched: {b_rate:,.0f} run-steps/s ({batched:.2f} s for {cfg.runs} runs × {cfg.steps} steps)  "
-              f"loop: {l_rate:,.0f} run-steps/s ({looped:.2f} s per run)  ratio: {b_rate / l_rate:.1f}x")
+        _time_once(cfg, cfg.runs, policy, min(cfg.steps, 20))  # warm-up
+        batched, looped = _measure(cfg, policy)
+        b_rate = cfg.runs * cfg.steps / statistics.median(batched)
+        l_rate = cfg.steps / statistics.median(looped)  # a run alone: the loop's cost per run
+        pairs = [cfg.runs * statistics.median(looped[i * cfg.loop_runs:(i + 1) * cfg.loop_runs]) / b for i, b in enumerate(batched)]
+        print(f"[{policy}] batched: {b_rate:,.0f} run-steps/s ({statistics.median(batched):.2f} s for {cfg.runs} runs × {cfg.steps} steps)  "
+              f"loop: {l_rate:,.0f} run-steps/s ({statistics.median(looped):.2f} s per run)  ratio: {b_rate / l_rate:.1f}x  "
+              f"(per repeat {min(pairs):.1f}–{max(pairs):.1f}x)")
     return 0
 
 

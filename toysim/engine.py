@@ -136,25 +136,26 @@ def prompt_groups(x: torch.Tensor, prompts: int) -> tuple[torch.Tensor, torch.Te
     runs = x.shape[0]
     if runs == 1:
         return x.new_zeros(prompts, 1), torch.zeros_like(x)
-    r = torch.arange(runs, device=x.device)[:, None].expand_as(x)
-    active = torch.zeros(prompts, runs, dtype=torch.long, device=x.device).index_put_((x, r), torch.ones((), dtype=torch.long))
-    rank = active.cumsum(1) - 1  # at an active (x, r): how many active runs precede r
-    width = int(rank[:, -1].max()) + 1
-    slot = torch.where(active.bool(), rank, width)  # inactive runs go to a spare column, dropped below
-    members = x.new_zeros(prompts, width + 1).scatter_(1, slot, torch.arange(runs, device=x.device).expand(prompts, runs))
-    return members[:, :width].contiguous(), rank[x, r]
+    run_ids = torch.arange(runs, device=x.device)
+    cell = (x * runs).add_(run_ids[:, None])  # (x, r) as a flat index into [X, R]
+    active = x.new_zeros(prompts * runs).index_fill_(0, cell.view(-1), 1).view(prompts, runs)
+    rank = active.cumsum(1)  # at an active (x, r): 1 + how many active runs precede r
+    width = int(rank[:, -1].max())
+    slot = rank.sub_(1).masked_fill(active == 0, width)  # inactive runs go to a spare column, dropped below
+    members = x.new_zeros(prompts, width + 1).scatter_(1, slot, run_ids.expand(prompts, runs))
+    return members[:, :width].contiguous(), rank.view(-1).take(cell)
 
 
 class _GroupedLogLinearLogp(torch.autograd.Function):
     """log π_θ(y|x) at pairs for log-linear policies (logits = sft + Φ·θ), on the rows the pairs read.
 
     Forward: with ``prompt_groups``, one batched GEMM gives the logits of prompt x's group,
-    θ[members[x]]·Φ_xᵀ + sft_x, [X, C, N] (C of R rows per prompt); then the log-sum-exp of
-    each row in place (as ``_GatherLogSoftmax``), e = exp(l − max) kept for backward.
-    Backward: a log-linear policy's score, ∇_θ log π(y|x) = φ(x, y) − E_{π(·|x)}[φ(x, ·)]
-    (exponential family), so with upstream g the logits gradient of each row is
-    G = Σ_k g_k (1[n = y_k] − π(n|x)) over its pairs (as ``_GatherLogSoftmax``),
-    and ∇_θ[r] = Σ over r's rows of G·Φ_x: one batched GEMM [X, C, d], summed per run.
+    θ[members[x]]·Φ_xᵀ + sft_x, [X, C, N] (C of R rows per prompt), then each row's log-sum-exp,
+    keeping e = exp(l − max) in place for backward; the picked logit is sft(x, y) + θ_r·φ(x, y).
+    Backward: a log-linear policy's score is ∇_θ log π(y|x) = φ(x, y) − E_{π(·|x)}[φ(x, ·)]
+    (exponential family), so with upstream g, ∇_θ[r] = Σ_k g_k (φ(x_k, y_k) − E_k), where
+    E_k = Σ_n π(n|x_k) φ(x_k, n) is row (x_k, r)'s expected feature: one batched GEMM
+    e·Φ_x / Σe [X, C, d], then gathers of size [R, K, d]; no [X, C, N] gradient table.
     Same values as autograd through ``LogLinearPolicy.logits`` + ``gather_log_softmax`` up to
     float rounding (tests/test_toysim_engine.py).
     """
@@ -163,24 +164,22 @@ class _GroupedLogLinearLogp(torch.autograd.Function):
     def forward(ctx, theta, feats_x, feats_xt, sft_logp, x, y):
         members, col = prompt_groups(x, sft_logp.shape[0])
         logits = torch.bmm(theta[members], feats_xt).add_(sft_logp[:, None, :])  # [X, C, N]
-        picked = logits[x, col, y]  # read before the table is overwritten
         m = logits.amax(-1, keepdim=True)
         e = logits.sub_(m).exp_()  # unnormalised softmax, in the logits' buffer
         z = e.sum(-1)  # [X, C]
-        ctx.save_for_backward(e, z, x, y, col, members, feats_x)
-        ctx.runs = theta.shape[0]
+        n, d = sft_logp.shape[-1], theta.shape[-1]
+        xy = x * n + y  # (x_k, y_k) as a flat index into [X, N]
+        phi = feats_x.view(-1, d).index_select(0, xy.view(-1)).view(*xy.shape, d)  # φ(x_k, y_k), [R, K, d]
+        picked = sft_logp.view(-1).take(xy) + (phi @ theta[:, :, None]).squeeze(-1)
+        ctx.save_for_backward(e, z, x, col, feats_x, phi)
         return picked - (m.squeeze(-1) + torch.log(z))[x, col]
 
     @staticmethod
     def backward(ctx, g):
-        e, z, x, y, col, members, feats_x = ctx.saved_tensors
-        row_mass = torch.zeros_like(z).index_put_((x, col), g, accumulate=True)  # Σ_k g_k on each row
-        grad_logits = e * (-row_mass / z)[..., None]  # −(Σ_k g_k)·π(·|x)
-        grad_logits.index_put_((x, col, y), g, accumulate=True)
-        per_row = torch.bmm(grad_logits, feats_x)  # [X, C, d]
-        d = per_row.shape[-1]
-        grad = per_row.new_zeros(ctx.runs, d).index_add_(0, members.reshape(-1), per_row.reshape(-1, d))
-        return grad, None, None, None, None, None
+        e, z, x, col, feats_x, phi = ctx.saved_tensors
+        expected = torch.bmm(e, feats_x).div_(z[..., None])  # E_π[φ(x, ·)] per row, [X, C, d]
+        score = phi - expected[x, col]  # ∇_θ log π(y_k|x_k) for run r, [R, K, d]
+        return (g[:, None, :] @ score).squeeze(1), None, None, None, None, None
 
 
 def adam_init(theta: torch.Tensor):
