@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from shared.sampling import geometric_mixture
+
 __all__ = [
     "Prompts",
     "response_mask",
@@ -113,38 +115,52 @@ def sequence_logp(model, prompts: Prompts, x: torch.Tensor, y: torch.Tensor, eos
 
 @torch.no_grad()
 def sample_responses(model, prompts: Prompts, x: torch.Tensor, length: int, eos: int, pad: int,
-                     generator: torch.Generator | None = None, temperature: float = 1.0, return_logits: bool = False):
+                     generator: torch.Generator | None = None, temperature: float = 1.0, return_logits: bool = False,
+                     mix: tuple | None = None):
     """Sample one response per prompt row, batched, with a KV cache (stop-gradient).
 
     Ancestral sampling from softmax(logits / temperature) for ``length`` steps;
     after a row emits EOS the rest of it is ``pad``. x: [B] -> y [B, length]
     (and, with ``return_logits``, the logits each token was drawn from,
-    [B, length, V], for checking against ``response_logits``).
+    [B, length, V], for checking against ``response_logits``). With
+    ``mix=(ref_model, alpha)`` every token is drawn from the per-token geometric
+    mixture of the two models' next-token distributions,
+    ``shared.sampling.geometric_mixture`` (IPO-MD's sampler), and the logits
+    returned are the mixture's log-probabilities.
     """
     p_ids, p_mask = prompts.ids[x], prompts.mask[x].long()
     B = p_ids.shape[0]
     dev = p_ids.device
     mask = p_mask
-    with _autocast(dev):
-        out = model(input_ids=p_ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True)
-    cache, logits = out.past_key_values, _no_pad(out.logits[:, -1].float(), pad, eos)
+    models = [model] if mix is None else [model, mix[0]]
+    caches = [None] * len(models)
+
+    def next_logits(tokens, position_ids):
+        out = []
+        for i, m in enumerate(models):
+            with _autocast(dev):
+                o = m(input_ids=tokens, attention_mask=mask, position_ids=position_ids, past_key_values=caches[i], use_cache=True)
+            caches[i] = o.past_key_values
+            out.append(_no_pad(o.logits[:, -1].float(), pad, eos) / temperature)
+        if mix is None:
+            return out[0]
+        return geometric_mixture(torch.log_softmax(out[0], -1), torch.log_softmax(out[1], -1), mix[1])
+
+    logits = next_logits(p_ids, _positions(mask))
     pos = mask.sum(-1, keepdim=True)  # next position id per row
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     ys, all_logits = [], []
     for t in range(length):
         if return_logits:
-            all_logits.append(logits)
-        probs = torch.softmax(logits / temperature, -1)
-        tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            all_logits.append(logits * temperature if mix is None else logits)
+        tok = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1)
         tok = torch.where(done, torch.full_like(tok, pad), tok)
         ys.append(tok)
         done = done | (tok == eos)
         if t + 1 == length:
             break
         mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=dev)], -1)
-        with _autocast(dev):
-            out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, _no_pad(out.logits[:, -1].float(), pad, eos)
+        logits = next_logits(tok[:, None], pos)
         pos = pos + 1
     y = torch.stack(ys, -1)
     return (y, torch.stack(all_logits, 1)) if return_logits else y
@@ -168,13 +184,15 @@ def tokenwise_kl(model, ref_model, prompts: Prompts, x: torch.Tensor, y: torch.T
 
 
 class LMPolicy:
-    """A causal LM as a ``shared.sampling.Policy`` over prompt rows."""
+    """A causal LM as a ``shared.sampling.Policy`` over prompt rows; with ``mix=(ref_model,
+    alpha)`` it samples from the per-token geometric mixture with ``ref_model`` (IPO-MD)."""
 
-    def __init__(self, model, prompts: Prompts, length: int, eos: int, pad: int, temperature: float = 1.0):
+    def __init__(self, model, prompts: Prompts, length: int, eos: int, pad: int, temperature: float = 1.0, mix: tuple | None = None):
         self.model, self.prompts, self.length, self.eos, self.pad, self.temperature = model, prompts, length, eos, pad, temperature
+        self.mix = mix
 
     def sample(self, x, generator=None):
-        return sample_responses(self.model, self.prompts, x, self.length, self.eos, self.pad, generator, self.temperature)
+        return sample_responses(self.model, self.prompts, x, self.length, self.eos, self.pad, generator, self.temperature, mix=self.mix)
 
     def logp(self, x, y):
         return sequence_logp(self.model, self.prompts, x, y, self.eos, self.pad)

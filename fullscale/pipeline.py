@@ -376,6 +376,11 @@ class Pipeline:
         if arm.source == "refresh":  # every = 0: one dataset for the whole run
             oracle = self.golden_oracle if arm.labels == "golden" else self.proxy_oracle
             return RefreshSampler(OnlineSampler(policy, oracle, prompts, (B,), g), arm.params["every"] or steps)
+        if arm.source == "mixture":  # IPO-MD: online pairs from the per-token mixture π^{1−α}·π_sft^α
+            oracle = self.golden_oracle if arm.labels == "golden" else self.proxy_oracle
+            mixed = LMPolicy(policy.model, policy.prompts, policy.length, policy.eos, policy.pad, policy.temperature,
+                             mix=(self.sft[arm.capacity], arm.params["alpha"]))
+            return OnlineSampler(mixed, oracle, prompts, (B,), g)
         if arm.source == "rlhf":  # k samples per prompt, as many responses per step as online's 2B
             k = arm.params.get("k", 4)
             rm = self._reward_model() if arm.labels == "proxy" else None

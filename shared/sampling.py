@@ -21,6 +21,8 @@ both backends implement (``Policy``):
   pass over a one-shot dataset from the initial policy.
 - ``policy_pair_dataset``: a dataset whose two responses come from two given
   policies (e.g. SFT vs a checkpoint), labelled by an oracle (§5).
+- ``geometric_mixture``: IPO-MD's sampling distribution π^{1−α}·π_ref^α/Z; an
+  ``OnlineSampler`` over a policy that samples from it is the ``ipo-md`` arm.
 
 Shapes: a ``Batch`` holds tensors whose leading dims ``[*lead, B]`` are the
 batch (``lead`` is empty, or ``(R,)`` when one program trains R runs at once);
@@ -48,6 +50,7 @@ __all__ = [
     "RolloutSampler",
     "replay_order",
     "policy_pair_dataset",
+    "geometric_mixture",
 ]
 
 
@@ -283,3 +286,25 @@ def policy_pair_dataset(policy_a: Policy, policy_b: Policy, x: torch.Tensor, ora
         y2 = policy_b.sample(x, generator)
         y_w, y_l, tie = label_pairs(oracle, x, y1, y2, generator)
     return Batch(x, y_w, y_l, tie)
+
+
+def geometric_mixture(logp: torch.Tensor, ref_logp: torch.Tensor, alpha: float) -> torch.Tensor:
+    """log π_α over the last axis, where π_α(y) = π(y)^{1−α}·π_ref(y)^α / Z.
+
+    The regularised sampling policy of Nash-MD (Munos et al. 2023, arXiv 2312.00886,
+    §6) that IPO-MD samples its pairs from (Calandriello et al. 2024, arXiv
+    2403.08635, §5): α = 0 is online IPO's π, α = 1 samples from π_ref. For an
+    autoregressive policy the mixture is taken per token, over the next-token
+    distributions, as those papers do for LLMs (the sequence-level mixture is not
+    autoregressive). logp, ref_logp: log-probabilities [..., N], broadcastable -> [..., N].
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    try:
+        torch.broadcast_shapes(logp.shape, ref_logp.shape)
+    except RuntimeError as e:
+        raise ValueError(f"logp{tuple(logp.shape)} and ref_logp{tuple(ref_logp.shape)} do not broadcast") from e
+    if alpha in (0.0, 1.0):  # exactly π or π_ref (0·(−inf) would be nan where a response is impossible)
+        out = ref_logp if alpha == 1.0 else logp
+        return torch.log_softmax(out.expand(torch.broadcast_shapes(logp.shape, ref_logp.shape)), -1)
+    return torch.log_softmax((1.0 - alpha) * logp + alpha * ref_logp, -1)

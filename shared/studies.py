@@ -8,15 +8,9 @@ fullscale) runs every arm and fills a *results* dict of the schema below;
 ``judge`` then computes each claim's verdict from those results alone, so both
 backends reach verdicts by the same rules.
 
-Results schema (what ``judge`` reads; docs/results-schema.md has all fields):
-
-    results["arms"][arm_name] = [run, ...]
-    run = {"seed": int, "config": {...},
-           "series": {"step": [...], "kl": [...], "win_rate": [...], ...}}
-
-An arm with a hyper-parameter sweep has several runs per seed; its curves are
-pooled by their upper envelope (``shared.metrics.envelope_on_grid``).
-``results["extras"]`` holds study-level numbers (e.g. theory deviations).
+The results schema and its accessors are in ``shared.results`` (all fields:
+docs/results-schema.md). ``results["extras"]`` holds study-level numbers
+(e.g. theory deviations).
 """
 
 from __future__ import annotations
@@ -27,9 +21,10 @@ from typing import Callable
 
 import numpy as np
 
-from shared.metrics import gap_at_matched_kl, seed_ci
+from shared.metrics import gap_at_matched_kl
+from shared.results import ci_over_seeds, curves, final, fmt, gap, has, peak, per_seed, runs_of, seeds_of, verdict_from_ci
 
-__all__ = ["Arm", "Claim", "Study", "STUDIES", "CLAIMS", "judge", "verdict_from_ci"]
+__all__ = ["Arm", "Claim", "Study", "STUDIES", "CLAIMS", "judge"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +35,10 @@ class Arm:
     "replay" (the logged stream of arm ``params['stream']``, shuffle window
     ``params['window']`` batches; 0 means the whole stream), "dataset" (pairs
     from two checkpoints, ``params['pair']`` = (a, b) as fractions of the
-    online run, 0 = SFT). loss: a name in the backend's loss table. labels:
+    online run, 0 = SFT), "refresh" (online pairs drawn ``params['every']``
+    steps at a time; 0 means once), "rlhf" (``params['k']`` samples per prompt
+    scored by a reward model), "mixture" (online pairs sampled from the
+    geometric mixture π^{1−α}·π_sft^α, α = ``params['alpha']``: IPO-MD). loss: a name in the backend's loss table. labels:
     "proxy" or "golden". sweep: offline gets the pooled sweep (lr × β).
     capacity: policy-width multiplier of the default width (scale study).
     """
@@ -71,73 +69,6 @@ class Study:
     claims: tuple[int, ...]
 
 
-# ---------------------------------------------------------------- helpers
-def _seed_ci(values) -> tuple[float, float]:
-    """``seed_ci`` over the seeds where the quantity is defined, or (nan, nan) when
-    fewer than half of them are (a verdict must not rest on a selected minority)."""
-    vals = [v for v in values if not math.isnan(v)]
-    if not vals or len(vals) < len(values) / 2:
-        return math.nan, math.nan
-    return seed_ci(vals)
-
-
-def verdict_from_ci(mean: float, half: float, tol: float = 0.0) -> str:
-    """'supported' if the CI lies above ``tol``, 'not supported' if below it,
-    else 'mixed'. With one seed (half = nan) the sign of mean − tol decides.
-    'inconclusive' when the quantity is undefined (nan: e.g. no KL overlap)."""
-    if math.isnan(mean):
-        return "inconclusive"
-    if math.isnan(half):
-        return "supported" if mean > tol else "not supported"
-    if mean - half > tol:
-        return "supported"
-    if mean + half < tol:
-        return "not supported"
-    return "mixed"
-
-
-def _fmt(mean: float, half: float) -> str:
-    if math.isnan(mean):
-        return "undefined"
-    return f"{mean:+.3f} ± {half:.3f}" if not math.isnan(half) else f"{mean:+.3f}"
-
-
-def seeds_of(results: dict, arm: str) -> list[int]:
-    return sorted({r["seed"] for r in results["arms"][arm]})
-
-
-def runs_of(results: dict, arm: str, seed: int) -> list[dict]:
-    return [r for r in results["arms"][arm] if r["seed"] == seed]
-
-
-def curves(results: dict, arm: str, seed: int):
-    return [(r["series"]["kl"], r["series"]["win_rate"]) for r in runs_of(results, arm, seed)]
-
-
-def peak(results: dict, arm: str, seed: int) -> float:
-    return max(max(r["series"]["win_rate"]) for r in runs_of(results, arm, seed))
-
-
-def final(results: dict, arm: str, seed: int, key: str) -> float:
-    """Last checkpoint's value of ``key``, best over a sweep's runs by win rate."""
-    best = max(runs_of(results, arm, seed), key=lambda r: max(r["series"]["win_rate"]))
-    return best["series"][key][-1]
-
-
-def per_seed(results: dict, arms: tuple[str, ...], fn) -> list[float]:
-    common = set.intersection(*(set(seeds_of(results, a)) for a in arms))
-    return [fn(s) for s in sorted(common)]
-
-
-def gap(results: dict, a: str, b: str) -> tuple[float, float]:
-    """Win rate of a minus b at matched KL, mean and CI half-width over seeds."""
-    return _seed_ci(per_seed(results, (a, b), lambda s: gap_at_matched_kl(curves(results, a, s), curves(results, b, s))))
-
-
-def has(results: dict, *arms: str) -> bool:
-    return all(a in results.get("arms", {}) and results["arms"][a] for a in arms)
-
-
 def _missing(*arms: str) -> tuple[str, str]:
     return "not tested", "arms missing: " + ", ".join(arms)
 
@@ -165,14 +96,14 @@ def _online_ge_offline(results):
     if not has(results, "online", "offline"):
         return _missing("online", "offline")
     m, h = gap(results, "online", "offline")
-    return verdict_from_ci(m, h), f"win rate online − offline at matched KL: {_fmt(m, h)}"
+    return verdict_from_ci(m, h), f"win rate online − offline at matched KL: {fmt(m, h)}"
 
 
 def _online_peak(results):
     if not has(results, "online", "offline"):
         return _missing("online", "offline")
-    m, h = _seed_ci(per_seed(results, ("online", "offline"), lambda s: peak(results, "online", s) - peak(results, "offline", s)))
-    return verdict_from_ci(m, h), f"peak win rate online − best-of-sweep offline: {_fmt(m, h)}"
+    m, h = ci_over_seeds(per_seed(results, ("online", "offline"), lambda s: peak(results, "online", s) - peak(results, "offline", s)))
+    return verdict_from_ci(m, h), f"peak win rate online − best-of-sweep offline: {fmt(m, h)}"
 
 
 def _ordered_replay(results):
@@ -191,7 +122,7 @@ def _recovered(results, arm, lo="offline", hi="online"):
     def f(s):
         g = gap_at_matched_kl(curves(results, hi, s), curves(results, lo, s))
         return gap_at_matched_kl(curves(results, arm, s), curves(results, lo, s)) / g if g > 0 else math.nan
-    return _seed_ci(per_seed(results, (arm, lo, hi), f))
+    return ci_over_seeds(per_seed(results, (arm, lo, hi), f))
 
 
 def _tandem(results):
@@ -199,7 +130,7 @@ def _tandem(results):
         return _missing("online", "offline", "tandem")
     m_t, h_t = gap(results, "online", "tandem")
     r, hr = _recovered(results, "tandem")
-    evidence = (f"online − tandem at matched KL: {_fmt(m_t, h_t)}; tandem recovers {_fmt(r, hr)} "
+    evidence = (f"online − tandem at matched KL: {fmt(m_t, h_t)}; tandem recovers {fmt(r, hr)} "
                 "of the online − offline gap (supported needs < 0.5)")
     if math.isnan(r):
         return "inconclusive", evidence + "; online does not beat offline here, so no gap is defined"
@@ -217,11 +148,11 @@ def _windows(results):
     vals = [m for _, m, _ in rec]
     if any(math.isnan(v) for v in vals):
         return "inconclusive", "online does not beat offline at matched KL here, so no fraction of a gap is defined: " + ", ".join(
-            f"{a} {_fmt(m, h)}" for a, m, h in rec)
+            f"{a} {fmt(m, h)}" for a, m, h in rec)
     small_ok = rec[0][1] > 0.8
     degrades = all(b <= a + 0.1 for a, b in zip(vals, vals[1:])) and vals[-1] < vals[0]
     v = "supported" if small_ok and degrades else "mixed" if small_ok or degrades else "not supported"
-    return v, "fraction of the online − offline gap recovered: " + ", ".join(f"{a} {_fmt(m, h)}" for a, m, h in rec)
+    return v, "fraction of the online − offline gap recovered: " + ", ".join(f"{a} {fmt(m, h)}" for a, m, h in rec)
 
 
 def _quality(results):
@@ -231,8 +162,8 @@ def _quality(results):
         wr0 = runs_of(results, "online", s)[0]["series"]["win_rate"][0]
         top = runs_of(results, "online", s)[0]["series"]["win_rate"][-1]
         return (peak(results, "self-final", s) - wr0) / (top - wr0) if top > wr0 else math.nan
-    m, h = _seed_ci(per_seed(results, ("online", "self-final"), f))
-    return verdict_from_ci(0.25 - m, h), f"self-final's peak gain over SFT as a fraction of the final online policy's gain: {_fmt(m, h)} (supported needs < 0.25)"
+    m, h = ci_over_seeds(per_seed(results, ("online", "self-final"), f))
+    return verdict_from_ci(0.25 - m, h), f"self-final's peak gain over SFT as a fraction of the final online policy's gain: {fmt(m, h)} (supported needs < 0.25)"
 
 
 def _proxy_beats_policies(results):
@@ -245,20 +176,20 @@ def _proxy_beats_policies(results):
         off = [a for st, a in zip(best_off["step"], best_off["acc_online_pairs"]) if 0 < st <= last]
         proxy = float(np.mean(on["proxy_acc_online_pairs"][1:]))
         return proxy - max(float(np.mean(on["acc_online_pairs"][1:])), float(np.mean(off)))
-    m, h = _seed_ci(per_seed(results, ("online", "offline"), margin))
-    decay = _seed_ci(per_seed(results, ("online",), lambda s: runs_of(results, "online", s)[0]["series"]["proxy_acc_online_pairs"][1]
+    m, h = ci_over_seeds(per_seed(results, ("online", "offline"), margin))
+    decay = ci_over_seeds(per_seed(results, ("online",), lambda s: runs_of(results, "online", s)[0]["series"]["proxy_acc_online_pairs"][1]
                                  - runs_of(results, "online", s)[0]["series"]["proxy_acc_online_pairs"][-1]))
     v1, v2 = verdict_from_ci(m, h), verdict_from_ci(*decay)
     v = v1 if v1 == v2 else "mixed"
     return v, (f"proxy accuracy on online pairs − the better policy's (online: mean over its trained checkpoints; offline: mean over "
-               f"its checkpoints within the online run's steps): {_fmt(m, h)}; proxy accuracy first trained − last checkpoint: {_fmt(*decay)}")
+               f"its checkpoints within the online run's steps): {fmt(m, h)}; proxy accuracy first trained − last checkpoint: {fmt(*decay)}")
 
 
 def _offline_classifies_better(results):
     if not has(results, "online", "offline"):
         return _missing("online", "offline")
-    m, h = _seed_ci(per_seed(results, ("online", "offline"), lambda s: final(results, "offline", s, "acc_golden") - final(results, "online", s, "acc_golden")))
-    return verdict_from_ci(m, h), f"accuracy on D_golden, offline − online (final checkpoints): {_fmt(m, h)}"
+    m, h = ci_over_seeds(per_seed(results, ("online", "offline"), lambda s: final(results, "offline", s, "acc_golden") - final(results, "online", s, "acc_golden")))
+    return verdict_from_ci(m, h), f"accuracy on D_golden, offline − online (final checkpoints): {fmt(m, h)}"
 
 
 def _acc_uncorrelated(results):
@@ -269,22 +200,22 @@ def _acc_uncorrelated(results):
         acc = [r["series"]["acc_golden"][int(np.argmax(r["series"]["win_rate"]))] for r in rs]
         wr = [max(r["series"]["win_rate"]) for r in rs]
         return abs(float(np.corrcoef(acc, wr)[0, 1])) if np.std(acc) > 0 and np.std(wr) > 0 else math.nan
-    m, h = _seed_ci(per_seed(results, ("offline",), f))
+    m, h = ci_over_seeds(per_seed(results, ("offline",), f))
     if math.isnan(m):
         return "not tested", "the sweep has fewer than two distinct runs per seed"
-    return verdict_from_ci(0.5 - m, h), f"|Pearson r|(accuracy on D_golden, peak win rate) across the offline sweep, per seed: {_fmt(m, h)} (supported needs < 0.5)"
+    return verdict_from_ci(0.5 - m, h), f"|Pearson r|(accuracy on D_golden, peak win rate) across the offline sweep, per seed: {fmt(m, h)} (supported needs < 0.5)"
 
 
 def _chosen_falls(results):
     arms = [a for a in ("online", "offline") if has(results, a)]
     if len(arms) < 2:
         return _missing("online", "offline")
-    shifts = {a: _seed_ci(per_seed(results, (a,), lambda s, a=a: final(results, a, s, "chosen_logp_shift"))) for a in arms}
+    shifts = {a: ci_over_seeds(per_seed(results, (a,), lambda s, a=a: final(results, a, s, "chosen_logp_shift"))) for a in arms}
     all_fall = all(verdict_from_ci(-m, h) == "supported" for m, h in shifts.values())
-    m, h = _seed_ci(per_seed(results, ("online", "offline"), lambda s: final(results, "online", s, "chosen_logp_shift") - final(results, "offline", s, "chosen_logp_shift")))
+    m, h = ci_over_seeds(per_seed(results, ("online", "offline"), lambda s: final(results, "online", s, "chosen_logp_shift") - final(results, "offline", s, "chosen_logp_shift")))
     most = verdict_from_ci(m, h)
     v = "supported" if all_fall and most == "supported" else "mixed" if all_fall or most == "supported" else "not supported"
-    return v, "chosen log-likelihood shift (D_golden): " + ", ".join(f"{a} {_fmt(*shifts[a])}" for a in arms) + f"; online − offline {_fmt(m, h)}"
+    return v, "chosen log-likelihood shift (D_golden): " + ", ".join(f"{a} {fmt(*shifts[a])}" for a in arms) + f"; online − offline {fmt(m, h)}"
 
 
 def _self_chance(results):
@@ -293,10 +224,10 @@ def _self_chance(results):
         return _missing("online", "offline")
     parts, ok = [], True
     for a in arms:
-        m, h = _seed_ci(per_seed(results, (a,), lambda s, a=a: float(np.max(
+        m, h = ci_over_seeds(per_seed(results, (a,), lambda s, a=a: float(np.max(
             max(runs_of(results, a, s), key=lambda r: max(r["series"]["win_rate"]))["series"]["acc_self"][1:]))))
         ok &= verdict_from_ci(0.55 - m, h) == "supported"
-        parts.append(f"{a} best accuracy on its own samples {_fmt(m, h)}")
+        parts.append(f"{a} best accuracy on its own samples {fmt(m, h)}")
     return ("supported" if ok else "not supported"), "; ".join(parts) + " (supported needs < 0.55)"
 
 
@@ -305,15 +236,15 @@ def _bo2(results):
     need not share a KL range; the paper compares them by their best win rate."""
     if not has(results, "online-bo2", "offline-bo2", "tandem-bo2"):
         return _missing("online-bo2", "offline-bo2", "tandem-bo2")
-    m, h = _seed_ci(per_seed(results, ("online-bo2", "offline-bo2"), lambda s: peak(results, "online-bo2", s) - peak(results, "offline-bo2", s)))
+    m, h = ci_over_seeds(per_seed(results, ("online-bo2", "offline-bo2"), lambda s: peak(results, "online-bo2", s) - peak(results, "offline-bo2", s)))
     def rec(s):
         g = peak(results, "online-bo2", s) - peak(results, "offline-bo2", s)
         return (peak(results, "tandem-bo2", s) - peak(results, "offline-bo2", s)) / g if g > 0 else math.nan
-    r, hr = _seed_ci(per_seed(results, ("online-bo2", "offline-bo2", "tandem-bo2"), rec))
+    r, hr = ci_over_seeds(per_seed(results, ("online-bo2", "offline-bo2", "tandem-bo2"), rec))
     v1 = verdict_from_ci(m, h)
     v2 = verdict_from_ci(r - 0.8, hr)
     v = "supported" if v1 == v2 == "supported" else "not supported" if "supported" not in (v1, v2) else "mixed"
-    return v, f"peak win rate Bo2 online − offline: {_fmt(m, h)}; tandem-Bo2 recovers {_fmt(r, hr)} of that peak gap (supported needs > 0.8)"
+    return v, f"peak win rate Bo2 online − offline: {fmt(m, h)}; tandem-Bo2 recovers {fmt(r, hr)} of that peak gap (supported needs > 0.8)"
 
 
 def _scale_arms(results, prefix):
@@ -325,10 +256,10 @@ def _scale_peaks(results):
     arms = _scale_arms(results, "online")
     if len(arms) < 2:
         return _missing("online@*")
-    peaks = [_seed_ci(per_seed(results, (a,), lambda s, a=a: peak(results, a, s))) for a in arms]
-    gain = _seed_ci(per_seed(results, (arms[0], arms[-1]), lambda s: peak(results, arms[-1], s) - peak(results, arms[0], s)))
+    peaks = [ci_over_seeds(per_seed(results, (a,), lambda s, a=a: peak(results, a, s))) for a in arms]
+    gain = ci_over_seeds(per_seed(results, (arms[0], arms[-1]), lambda s: peak(results, arms[-1], s) - peak(results, arms[0], s)))
     def overopt(a):
-        return _seed_ci(per_seed(results, (a,), lambda s: peak(results, a, s) - runs_of(results, a, s)[0]["series"]["win_rate"][-1]))
+        return ci_over_seeds(per_seed(results, (a,), lambda s: peak(results, a, s) - runs_of(results, a, s)[0]["series"]["win_rate"][-1]))
     still = all(verdict_from_ci(*overopt(a)) == "supported" for a in arms)
     def kl_at_peak(a, s):
         r = runs_of(results, a, s)[0]["series"]
@@ -336,11 +267,11 @@ def _scale_peaks(results):
     def log_ratio(s):  # undefined when a peak sits at π_sft itself (KL 0)
         a, b = kl_at_peak(arms[-1], s), kl_at_peak(arms[0], s)
         return math.log(a / b) if a > 0 and b > 0 else math.nan
-    ratio = _seed_ci(per_seed(results, (arms[0], arms[-1]), log_ratio))
+    ratio = ci_over_seeds(per_seed(results, (arms[0], arms[-1]), log_ratio))
     similar = not math.isnan(ratio[0]) and abs(ratio[0]) < math.log(3)
     v = "supported" if verdict_from_ci(*gain) == "supported" and still and similar else "mixed" if verdict_from_ci(*gain) == "supported" else "not supported"
-    return v, ("peak win rate " + ", ".join(f"{a} {_fmt(*p)}" for a, p in zip(arms, peaks))
-               + f"; largest − smallest {_fmt(*gain)}; all over-optimise (peak > final): {still}; log KL-at-peak ratio {_fmt(*ratio)} (similar needs |·| < log 3)")
+    return v, ("peak win rate " + ", ".join(f"{a} {fmt(*p)}" for a, p in zip(arms, peaks))
+               + f"; largest − smallest {fmt(*gain)}; all over-optimise (peak > final): {still}; log KL-at-peak ratio {fmt(*ratio)} (similar needs |·| < log 3)")
 
 
 def _scale_tandem(results):
@@ -349,30 +280,30 @@ def _scale_tandem(results):
         return _missing("online@*", "tandem@*", "offline@*")
     def norm(arm, ref, s):  # 90th percentile over runs would need many runs; we use the peak (documented)
         return peak(results, arm, s) / peak(results, ref, s)
-    t_gain = _seed_ci(per_seed(results, (ta[0], ta[-1], on[0], on[-1]), lambda s: norm(ta[-1], on[-1], s) - norm(ta[0], on[0], s)))
-    o_gain = _seed_ci(per_seed(results, (of[0], of[-1], on[0], on[-1]), lambda s: norm(of[-1], on[-1], s) - norm(of[0], on[0], s)))
-    d = _seed_ci(per_seed(results, (ta[0], ta[-1], of[0], of[-1], on[0], on[-1]),
+    t_gain = ci_over_seeds(per_seed(results, (ta[0], ta[-1], on[0], on[-1]), lambda s: norm(ta[-1], on[-1], s) - norm(ta[0], on[0], s)))
+    o_gain = ci_over_seeds(per_seed(results, (of[0], of[-1], on[0], on[-1]), lambda s: norm(of[-1], on[-1], s) - norm(of[0], on[0], s)))
+    d = ci_over_seeds(per_seed(results, (ta[0], ta[-1], of[0], of[-1], on[0], on[-1]),
                          lambda s: (norm(ta[-1], on[-1], s) - norm(ta[0], on[0], s)) - (norm(of[-1], on[-1], s) - norm(of[0], on[0], s))))
-    return verdict_from_ci(*d), (f"change in peak/online-peak from smallest to largest: tandem {_fmt(*t_gain)}, offline {_fmt(*o_gain)};"
-                                 f" tandem − offline {_fmt(*d)}")
+    return verdict_from_ci(*d), (f"change in peak/online-peak from smallest to largest: tandem {fmt(*t_gain)}, offline {fmt(*o_gain)};"
+                                 f" tandem − offline {fmt(*d)}")
 
 
 def _separation(results):
     if not has(results, "sft-vs-800", "sft-vs-4k"):
         return _missing("sft-vs-800", "sft-vs-4k")
-    m, h = _seed_ci(per_seed(results, ("sft-vs-800", "sft-vs-4k"), lambda s: peak(results, "sft-vs-800", s) - peak(results, "sft-vs-4k", s)))
-    return verdict_from_ci(m + 0.01, h), f"peak win rate sft-vs-800 − sft-vs-4k (wider pair): {_fmt(m, h)} (supported unless the wider pair is better by > 0.01)"
+    m, h = ci_over_seeds(per_seed(results, ("sft-vs-800", "sft-vs-4k"), lambda s: peak(results, "sft-vs-800", s) - peak(results, "sft-vs-4k", s)))
+    return verdict_from_ci(m + 0.01, h), f"peak win rate sft-vs-800 − sft-vs-4k (wider pair): {fmt(m, h)} (supported unless the wider pair is better by > 0.01)"
 
 
 def _proximity(results):
     if not has(results, "sft-vs-800", "800-vs-4k", "offline"):
         return _missing("sft-vs-800", "800-vs-4k", "offline")
-    m, h = _seed_ci(per_seed(results, ("sft-vs-800", "800-vs-4k"), lambda s: peak(results, "sft-vs-800", s) - peak(results, "800-vs-4k", s)))
+    m, h = ci_over_seeds(per_seed(results, ("sft-vs-800", "800-vs-4k"), lambda s: peak(results, "sft-vs-800", s) - peak(results, "800-vs-4k", s)))
     others = [a for a in ("sft-vs-800", "800-vs-4k", "sft-vs-4k", "4k-vs-4k") if has(results, a)]
-    g, hg = _seed_ci(per_seed(results, ("offline", *others), lambda s: peak(results, "offline", s) - max(peak(results, a, s) for a in others)))
+    g, hg = ci_over_seeds(per_seed(results, ("offline", *others), lambda s: peak(results, "offline", s) - max(peak(results, a, s) for a in others)))
     v1, v2 = verdict_from_ci(m, h), verdict_from_ci(g + 0.01, hg)
     v = "supported" if v1 == v2 == "supported" else "mixed" if "supported" in (v1, v2) else "not supported"
-    return v, f"peak sft-vs-800 − 800-vs-4k: {_fmt(m, h)}; D_golden − best checkpoint dataset: {_fmt(g, hg)}"
+    return v, f"peak sft-vs-800 − 800-vs-4k: {fmt(m, h)}; D_golden − best checkpoint dataset: {fmt(g, hg)}"
 
 
 def _theory(results):
@@ -403,9 +334,9 @@ def _rlhf_vs_offline_dpo(results):
     if not has(results, "rlhf", "offline-dpo"):
         return _missing("rlhf", "offline-dpo")
     m, h = gap(results, "rlhf", "offline-dpo")
-    parts = [f"win rate RLHF − offline DPO at matched KL: {_fmt(m, h)}"]
+    parts = [f"win rate RLHF − offline DPO at matched KL: {fmt(m, h)}"]
     if has(results, "online-dpo"):
-        parts.append(f"online DPO − offline DPO: {_fmt(*gap(results, 'online-dpo', 'offline-dpo'))}")
+        parts.append(f"online DPO − offline DPO: {fmt(*gap(results, 'online-dpo', 'offline-dpo'))}")
     return verdict_from_ci(m, h), "; ".join(parts)
 
 
@@ -416,7 +347,7 @@ def _refresh(results):
         return _missing("online", "offline", "refresh-*")
     rec = [(a, *_recovered(results, a)) for a in arms]
     vals = [m for _, m, _ in rec]
-    listing = ", ".join(f"{a} {_fmt(m, h)}" for a, m, h in rec)
+    listing = ", ".join(f"{a} {fmt(m, h)}" for a, m, h in rec)
     if any(math.isnan(v) for v in vals):
         return "inconclusive", "online does not beat offline at matched KL here, so no fraction of a gap is defined: " + listing
     first, last = arms[0], arms[-1]
@@ -427,11 +358,11 @@ def _refresh(results):
             return math.nan
         return (gap_at_matched_kl(curves(results, first, s), curves(results, "offline", s))
                 - gap_at_matched_kl(curves(results, last, s), curves(results, "offline", s))) / g
-    m, h = _seed_ci(per_seed(results, (first, last, "online", "offline"), spread))
+    m, h = ci_over_seeds(per_seed(results, (first, last, "online", "offline"), spread))
     monotone = all(b <= a + 0.1 for a, b in zip(vals, vals[1:]))
     v = verdict_from_ci(m, h)
     v = "mixed" if v == "supported" and not monotone else v
-    return v, (f"fraction of the online − offline gap recovered at matched KL: {listing}; {first} − {last}: {_fmt(m, h)}"
+    return v, (f"fraction of the online − offline gap recovered at matched KL: {listing}; {first} − {last}: {fmt(m, h)}"
                f" (supported needs > 0 and no rise of more than 0.1 as k grows)")
 
 
@@ -510,6 +441,8 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
         _ONLINE, _OFFLINE,
         *(Arm(f"refresh-{k}", "refresh", labels="proxy", params={"every": k}) for k in (4, 16, 64)),
         Arm("refresh-all", "refresh", labels="proxy", params={"every": 0}),
+        # IPO-MD (Calandriello et al. 2024, §5): online, but sampling pulled towards π_sft (α = 0.25, our choice)
+        Arm("ipo-md", "mixture", labels="proxy", params={"alpha": 0.25}),
     ), (21,)),
 ]}
 

@@ -3,11 +3,9 @@ docs cannot drift from the code. Substitutions: --seeds 1, --quick added (fullsc
 tiny config of tests/fixtures/fullscale-tiny.json), --out in a
 temporary folder, a 1×1 sweep grid; install lines (venv, pip) are skipped."""
 
-import os
+import importlib
 import re
 import shlex
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -53,8 +51,10 @@ def test_docs_have_commands():
 
 
 @pytest.mark.parametrize("label, module, args", COMMANDS, ids=[c[0] for c in COMMANDS])
-def test_doc_command_runs(label, module, args, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", module, *_fast(module, args, tmp_path / "out")]
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, f"{label}\n{p.stderr[-2000:]}"
+def test_doc_command_runs(label, module, args, tmp_path, monkeypatch, capsys):
+    """In this process, through the module's ``main`` (what ``python -m`` calls), so the
+    commands share one import of torch and transformers; tests/test_toysim_gap.py and
+    tests/test_fullscale_run.py run the entry points as subprocesses."""
+    monkeypatch.chdir(ROOT)
+    code = importlib.import_module(module).main(_fast(module, args, tmp_path / "out"))
+    assert code == 0, f"{label}\n{capsys.readouterr().err[-2000:]}"

@@ -6,10 +6,12 @@ import re
 
 import pytest
 
-MODULES = ["shared.losses", "shared.preferences", "shared.sampling", "shared.metrics", "shared.studies", "fullscale.lm"]
+MODULES = ["shared.losses", "shared.preferences", "shared.sampling", "shared.metrics", "shared.studies", "shared.results", "fullscale.lm"]
 SOURCE = re.compile(r"et al\.|arXiv|BRIEF|Algorithm|Bradley|Student|§")
 # plumbing, not formulas: each carries a docstring but has no equation to cite
-PLUMBING = {"shared.sampling.stack_batches", "shared.studies.judge", "shared.studies.verdict_from_ci",
+PLUMBING = {"shared.sampling.stack_batches", "shared.studies.judge", "shared.results.verdict_from_ci", "shared.results.fmt",
+            "shared.results.seeds_of", "shared.results.runs_of", "shared.results.curves", "shared.results.final",
+            "shared.results.per_seed", "shared.results.has",
             "fullscale.lm.response_mask", "fullscale.lm.response_logits", "fullscale.lm.sample_responses", "fullscale.lm.pm_inputs"}
 
 

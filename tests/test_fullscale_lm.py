@@ -101,6 +101,21 @@ def test_kv_cache_sampler_matches_full_forward(arch):
     assert not ((y == PAD) & response_mask(y, EOS, PAD)).any()
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_mixture_sampler_draws_each_token_from_the_geometric_mixture(alpha):
+    """IPO-MD's sampler: each token from log-softmax of (1−α)·log π + α·log π_ref, per prefix,
+    checked against full forwards of both models along the sampled responses."""
+    from shared.sampling import geometric_mixture
+
+    pol, ref = tiny(0), tiny(1)
+    x = torch.tensor([0, 1, 2, 0, 1, 2])
+    y, mixed = sample_responses(pol, PROMPTS, x, 5, EOS, PAD, torch.Generator().manual_seed(0), return_logits=True, mix=(ref, alpha))
+    lp, mask = response_logits(pol, PROMPTS, x, y, EOS, PAD)
+    lr, _ = response_logits(ref, PROMPTS, x, y, EOS, PAD)
+    want = geometric_mixture(torch.log_softmax(lp, -1), torch.log_softmax(lr, -1), alpha)
+    torch.testing.assert_close(mixed[mask], want[mask], atol=1e-4, rtol=0)
+
+
 def test_sampler_draws_from_the_scored_distribution():
     m = tiny()
     lp = table(m)[0]

@@ -54,6 +54,26 @@ def test_tiny_run_writes_results_figures_and_verdicts(uninterrupted):
     assert json.loads((out / "config.json").read_text())["train"]["steps"] == 4
 
 
+def test_smoke_preset_runs_the_rlhf_refresh_and_ipo_md_arms(tmp_path):
+    """The arms beyond the paper at ``--preset smoke``, as the README runs it: RLOO on the
+    proxy Bradley–Terry reward model (equivalence), refresh every k steps and IPO-MD's
+    mixture sampler (refresh); the two studies share one stage cache."""
+    cache = tmp_path / "cache"
+    want = {"refresh": {"online", "offline", "refresh-4", "refresh-16", "refresh-64", "refresh-all", "ipo-md"},
+            "equivalence": {"rlhf", "online-dpo", "offline-dpo"}}
+    for study, arms in want.items():
+        out = tmp_path / study
+        r = run("--preset", "smoke", "--study", study, "--cache", cache, "--out", out)
+        assert r.returncode == 0, r.stderr[-2000:]
+        res = json.loads((out / "results.json").read_text())
+        assert res["preset"] == "smoke" and set(res["arms"]) == arms
+        for arm in arms:
+            series = res["arms"][arm][0]["series"]
+            assert series["step"][-1] == res["arms"][arm][0]["config"]["steps"] and all(k >= 0 for k in series["kl"]), arm
+            assert series["kl"][-1] > 0, f"{arm} never moved from SFT"
+        assert {c["verdict"] for c in res["claims"]} <= {"supported", "not supported", "mixed", "inconclusive", "not tested"}
+
+
 # each number: optimiser steps (of any stage) before the process dies; the tiny run has ~60.
 # [3]: inside SFT. [13, 19, 30]: inside the golden PM, then (resumed) inside the first offline
 # run, then (resumed again, that run continuing from its saved state) further on in the arms.

@@ -200,3 +200,39 @@ def test_refresh_every_step_is_online_and_every_run_is_one_shot_offline():
     assert not torch.equal(t_all[-1], t_online[-1])
     with pytest.raises(ValueError, match="every"):
         RefreshSampler(online(LogLinearPolicy(sft, feats, R)), every=0)
+
+
+@given(st.integers(1, 6), st.floats(0.0, 1.0), st.integers(0, 10_000))
+def test_geometric_mixture_matches_a_plain_loop(n, alpha, seed):
+    """π_α(y) = π(y)^{1−α} π_ref(y)^α / Z, against a loop over responses; zero-probability
+    responses of either policy stay impossible (for 0 < α < 1)."""
+    from shared.sampling import geometric_mixture
+
+    g = torch.Generator().manual_seed(seed)
+    logp = torch.log_softmax(3 * torch.randn(2, n + 1, generator=g, dtype=torch.float64), -1)
+    ref = torch.log_softmax(3 * torch.randn(n + 1, generator=g, dtype=torch.float64), -1)
+    got = geometric_mixture(logp, ref, alpha).exp()
+    for row in range(2):
+        w = [logp[row, y].exp().item() ** (1 - alpha) * ref[y].exp().item() ** alpha for y in range(n + 1)]
+        want = torch.tensor([v / sum(w) for v in w], dtype=torch.float64)
+        torch.testing.assert_close(got[row], want, rtol=1e-9, atol=1e-12)
+    masked = logp.clone()
+    masked[:, 0] = -torch.inf
+    out = geometric_mixture(masked, ref, alpha).exp()
+    assert torch.isfinite(out).all() and torch.allclose(out.sum(-1), torch.ones(2, dtype=torch.float64))
+    if alpha < 1:
+        assert (out[:, 0] == 0).all()
+
+
+def test_geometric_mixture_ends_and_bad_alpha():
+    from shared.sampling import geometric_mixture
+
+    logp = torch.log_softmax(torch.randn(3, 5), -1)
+    ref = torch.log_softmax(torch.randn(5), -1)
+    torch.testing.assert_close(geometric_mixture(logp, ref, 0.0), logp)
+    torch.testing.assert_close(geometric_mixture(logp, ref, 1.0), ref.expand(3, 5))
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="alpha"):
+            geometric_mixture(logp, ref, bad)
+    with pytest.raises(ValueError, match="broadcast"):
+        geometric_mixture(logp, torch.zeros(4), 0.5)

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from shared.studies import CLAIMS, STUDIES, judge, verdict_from_ci
+from shared.results import verdict_from_ci
+from shared.studies import CLAIMS, STUDIES, judge
 
 
 def _run(seed, kl, wr, **extra):

@@ -163,7 +163,7 @@ class _GroupedLogLinearLogp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, theta, feats_x, feats_xt, sft_logp, x, y):
         members, col = prompt_groups(x, sft_logp.shape[0])
-        logits = torch.bmm(theta[members], feats_xt).add_(sft_logp[:, None, :])  # [X, C, N]
+        logits = torch.baddbmm(sft_logp[:, None, :], theta[members], feats_xt)  # [X, C, N]
         m = logits.amax(-1, keepdim=True)
         e = logits.sub_(m).exp_()  # unnormalised softmax, in the logits' buffer
         z = e.sum(-1)  # [X, C]

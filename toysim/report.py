@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.metrics import seed_ci
-from shared.studies import gap, has, peak, per_seed, runs_of, seeds_of
+from shared.results import gap, has, peak, per_seed, runs_of, seeds_of
 
 __all__ = ["summary_rows", "format_table", "figures", "write_report"]
 

@@ -20,7 +20,7 @@ from dataclasses import asdict
 import torch
 
 from shared import losses
-from shared.sampling import Batch, OfflineSampler, OnlineSampler, RefreshSampler, ReplaySampler, RolloutSampler
+from shared.sampling import Batch, OfflineSampler, OnlineSampler, RefreshSampler, ReplaySampler, RolloutSampler, geometric_mixture
 from shared.studies import STUDIES, Arm, Study, judge
 from toysim.engine import Evaluator, LogLinearPolicy, sample_rows, train
 from toysim.env import TableOracle, World, golden_training_oracle, make_world
@@ -141,6 +141,8 @@ class Runner:
         if arm.source == "refresh":  # every = 0: one dataset for the whole run
             every = arm.params["every"] or steps
             return RefreshSampler(OnlineSampler(policy, oracle, torch.arange(w.cfg.prompts), (R, B), g), every)
+        if arm.source == "mixture":  # IPO-MD: online pairs from π^{1−α}·π_sft^α
+            return OnlineSampler(_Mixture(policy, w.sft_logp, arm.params["alpha"]), oracle, torch.arange(w.cfg.prompts), (R, B), g)
         if arm.source == "rlhf":  # k samples per prompt; as many sampled responses per step as online's 2B
             k = arm.params.get("k", 4)
             table = w.golden_reward if arm.labels == "golden" else w.proxy_reward
@@ -178,7 +180,7 @@ class Runner:
     def population(self, arm: Arm, policy, loss_fn, oracle):
         """Exact mode: the loss is the population loss over μ⊗μ (μ = π_sft's D_golden
         distribution offline, sg(π) online); the 'sampler' yields nothing."""
-        if arm.source not in ("online", "offline", "rlhf"):
+        if arm.source not in ("online", "offline", "rlhf", "mixture"):
             raise ValueError(f"arm {arm.name!r} ({arm.source}) has no population form; use mode='sgd'")
         w = self.world
 
@@ -196,10 +198,29 @@ class Runner:
         pref = (1 - 2 * eps) * w.golden_pref + eps if arm.labels == "golden" else self.proxy_pref
 
         def pop_loss(table, beta):
-            mu = w.mu_logp.exp() if arm.source == "offline" else table.detach().exp()
+            if arm.source == "mixture":
+                mu = geometric_mixture(table.detach(), w.sft_logp, arm.params["alpha"]).exp()
+            else:
+                mu = w.mu_logp.exp() if arm.source == "offline" else table.detach().exp()
             return population_loss(loss_fn, table, w.sft_logp, mu, pref, beta[..., None, None])
 
         return pop_loss, _Null()
+
+
+class _Mixture:
+    """A ``shared.sampling.Policy`` that samples from the geometric mixture of the policy's
+    current table and π_sft (``shared.sampling.geometric_mixture``), recomputed when θ changes."""
+
+    def __init__(self, policy: LogLinearPolicy, sft_logp: torch.Tensor, alpha: float):
+        self.policy, self.sft_logp, self.alpha = policy, sft_logp, alpha
+        self._theta, self._probs = None, None
+
+    def sample(self, x, generator=None):
+        if self._theta is not self.policy.theta:
+            with torch.no_grad():
+                self._probs = geometric_mixture(self.policy.table(), self.sft_logp, self.alpha).exp()
+            self._theta = self.policy.theta
+        return sample_rows(self._probs, x, generator)
 
 
 def run_study(study: Study, preset: Preset, seeds: int, mode: str = "sgd", progress_factory=None,
@@ -224,7 +245,7 @@ def run_study(study: Study, preset: Preset, seeds: int, mode: str = "sgd", progr
     runner = runner or Runner(preset, seeds, mode, progress_factory)
     runner.run_arm(Arm("golden", "online", labels="golden"), reference=True)
     for arm in sorted(study.arms, key=lambda a: a.source != "online"):  # streams and checkpoints first
-        if mode == "population" and arm.source not in ("online", "offline", "rlhf"):
+        if mode == "population" and arm.source not in ("online", "offline", "rlhf", "mixture"):
             out["extras"].setdefault("skipped", []).append(f"{arm.name}: no population form")
             continue
         out["arms"][arm.name] = runner.run_arm(arm)

@@ -6,7 +6,7 @@
 For each cell (a world with the two knobs set, everything else from the
 preset) it runs online, offline (pooled sweep) and tandem over ``--seeds``
 seeds and records the win-rate gaps at matched KL and the peak gaps
-(``shared.studies.gap``). It writes ``sweep.json`` and ``phase.png``: a phase
+(``shared.results.gap``). It writes ``sweep.json`` and ``phase.png``: a phase
 diagram of where the gap lives. The paper has no such map (Tang et al. 2024
 compare four fixed tasks); it tells a user which properties of a task create
 the gap. Docs: docs/studies/coverage.md (§ the map).
@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from shared.metrics import seed_ci
-from shared.studies import Arm, Study, gap, peak, per_seed
+from shared.results import gap, peak, per_seed
+from shared.studies import Arm, Study
 
 __all__ = ["SweepConfig", "sweep", "main"]
 

@@ -1,0 +1,95 @@
+"""Reading a results dict: the accessors the claim rules and the reports share.
+
+Docs: docs/results-schema.md. Tests: tests/test_studies.py.
+
+Schema (what the rules read):
+
+    results["arms"][arm_name] = [run, ...]
+    run = {"seed": int, "config": {...},
+           "series": {"step": [...], "kl": [...], "win_rate": [...], ...}}
+
+An arm with a hyper-parameter sweep has several runs per seed; ``curves`` returns
+them all and ``gap`` pools them by their upper envelope (Tang et al. 2024, §3).
+"""
+
+from __future__ import annotations
+
+import math
+
+from shared.metrics import gap_at_matched_kl, seed_ci
+
+__all__ = ["seeds_of", "runs_of", "curves", "peak", "final", "per_seed", "gap", "has", "ci_over_seeds", "verdict_from_ci", "fmt"]
+
+
+def ci_over_seeds(values) -> tuple[float, float]:
+    """``shared.metrics.seed_ci`` (Student 1908) over the seeds where the quantity is defined,
+    or (nan, nan) when fewer than half of them are (a verdict must not rest on a selected minority)."""
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals or len(vals) < len(values) / 2:
+        return math.nan, math.nan
+    return seed_ci(vals)
+
+
+def verdict_from_ci(mean: float, half: float, tol: float = 0.0) -> str:
+    """'supported' if the CI lies above ``tol``, 'not supported' if below it,
+    else 'mixed'. With one seed (half = nan) the sign of mean − tol decides.
+    'inconclusive' when the quantity is undefined (nan: e.g. no KL overlap)."""
+    if math.isnan(mean):
+        return "inconclusive"
+    if math.isnan(half):
+        return "supported" if mean > tol else "not supported"
+    if mean - half > tol:
+        return "supported"
+    if mean + half < tol:
+        return "not supported"
+    return "mixed"
+
+
+def fmt(mean: float, half: float) -> str:
+    """A mean ± CI half-width as evidence text ("undefined" for nan)."""
+    if math.isnan(mean):
+        return "undefined"
+    return f"{mean:+.3f} ± {half:.3f}" if not math.isnan(half) else f"{mean:+.3f}"
+
+
+def seeds_of(results: dict, arm: str) -> list[int]:
+    """The seeds an arm ran, sorted."""
+    return sorted({r["seed"] for r in results["arms"][arm]})
+
+
+def runs_of(results: dict, arm: str, seed: int) -> list[dict]:
+    """An arm's runs for one seed (several for a sweep)."""
+    return [r for r in results["arms"][arm] if r["seed"] == seed]
+
+
+def curves(results: dict, arm: str, seed: int):
+    """(kl, win_rate) series of each of an arm's runs for one seed."""
+    return [(r["series"]["kl"], r["series"]["win_rate"]) for r in runs_of(results, arm, seed)]
+
+
+def peak(results: dict, arm: str, seed: int) -> float:
+    """Peak win rate over checkpoints, best over a sweep's runs (Tang et al. 2024, §3 and Fig. 2)."""
+    return max(max(r["series"]["win_rate"]) for r in runs_of(results, arm, seed))
+
+
+def final(results: dict, arm: str, seed: int, key: str) -> float:
+    """Last checkpoint's value of ``key``, best over a sweep's runs by win rate."""
+    best = max(runs_of(results, arm, seed), key=lambda r: max(r["series"]["win_rate"]))
+    return best["series"][key][-1]
+
+
+def per_seed(results: dict, arms: tuple[str, ...], fn) -> list[float]:
+    """``fn(seed)`` for every seed all of ``arms`` ran."""
+    common = set.intersection(*(set(seeds_of(results, a)) for a in arms))
+    return [fn(s) for s in sorted(common)]
+
+
+def gap(results: dict, a: str, b: str) -> tuple[float, float]:
+    """Win rate of a minus b at matched KL (Tang et al. 2024, Fig. 2; ``shared.metrics.gap_at_matched_kl``),
+    mean and CI half-width over seeds."""
+    return ci_over_seeds(per_seed(results, (a, b), lambda s: gap_at_matched_kl(curves(results, a, s), curves(results, b, s))))
+
+
+def has(results: dict, *arms: str) -> bool:
+    """Whether the results hold runs of every one of ``arms``."""
+    return all(a in results.get("arms", {}) and results["arms"][a] for a in arms)
