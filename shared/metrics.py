@@ -28,6 +28,7 @@ __all__ = [
     "classifier_accuracy_exact",
     "logp_shift",
     "envelope_on_grid",
+    "gap_curve_at_matched_kl",
     "gap_at_matched_kl",
     "seed_ci",
 ]
@@ -186,14 +187,14 @@ def envelope_on_grid(curves, grid):
     return out
 
 
-def gap_at_matched_kl(curves_a, curves_b, num: int = 64):
-    """Mean win-rate difference a − b at matched KL.
+def gap_curve_at_matched_kl(curves_a, curves_b, num: int = 64):
+    """Win-rate difference a − b along KL: (log-KL grid, difference on it).
 
     ``curves_a``/``curves_b``: lists of (kl, win_rate) curves; each side is
     reduced to its upper envelope (``envelope_on_grid``) on a grid of ``num``
-    log-KL points spanning the range both sides cover, and the vertical gap is
-    averaged over grid points where both are defined (Tang et al. 2024 compare
-    at matched KL, Fig. 2). Returns ``nan`` when the ranges do not overlap.
+    log-KL points spanning the range both sides cover (Tang et al. 2024 compare
+    at matched KL, Fig. 2); the difference is ``nan`` where a side is undefined.
+    Returns ``None`` when the ranges do not overlap.
     """
     def span(curves):
         kls = np.concatenate([_positive_kl(kl, wr)[0] for kl, wr in curves])
@@ -202,10 +203,20 @@ def gap_at_matched_kl(curves_a, curves_b, num: int = 64):
     (a_lo, a_hi), (b_lo, b_hi) = span(curves_a), span(curves_b)
     lo, hi = max(a_lo, b_lo), min(a_hi, b_hi)
     if not hi > lo:
-        return math.nan
+        return None
     grid = np.linspace(lo, hi, num)
-    d = envelope_on_grid(curves_a, grid) - envelope_on_grid(curves_b, grid)
-    d = d[np.isfinite(d)]
+    return grid, envelope_on_grid(curves_a, grid) - envelope_on_grid(curves_b, grid)
+
+
+def gap_at_matched_kl(curves_a, curves_b, num: int = 64):
+    """Mean win-rate difference a − b at matched KL (Tang et al. 2024, Fig. 2):
+    ``gap_curve_at_matched_kl`` averaged over the grid points where both sides are
+    defined. Returns ``nan`` when the ranges do not overlap.
+    """
+    curve = gap_curve_at_matched_kl(curves_a, curves_b, num)
+    if curve is None:
+        return math.nan
+    d = curve[1][np.isfinite(curve[1])]
     return float(d.mean()) if d.size else math.nan
 
 
