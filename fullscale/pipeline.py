@@ -367,17 +367,15 @@ class Pipeline:
 
     def _sampler(self, arm: Arm, policy, seed: int, g, steps: int = 0):
         B = self.t.batch_size
+        oracle = self.golden_oracle if arm.labels == "golden" else self.proxy_oracle
+        prompts = torch.arange(len(self.prompts.ids), device=self.device)
         if arm.source == "online":
-            oracle = self.golden_oracle if arm.labels == "golden" else self.proxy_oracle
-            return OnlineSampler(policy, oracle, torch.arange(len(self.prompts.ids), device=self.device), (B,), g)
+            return OnlineSampler(policy, oracle, prompts, (B,), g)
         if arm.source == "offline":
             return OfflineSampler(self.d_golden, B, g)
-        prompts = torch.arange(len(self.prompts.ids), device=self.device)
         if arm.source == "refresh":  # every = 0: one dataset for the whole run
-            oracle = self.golden_oracle if arm.labels == "golden" else self.proxy_oracle
             return RefreshSampler(OnlineSampler(policy, oracle, prompts, (B,), g), arm.params["every"] or steps)
         if arm.source == "mixture":  # IPO-MD: online pairs from the per-token mixture π^{1−α}·π_sft^α
-            oracle = self.golden_oracle if arm.labels == "golden" else self.proxy_oracle
             mixed = LMPolicy(policy.model, policy.prompts, policy.length, policy.eos, policy.pad, policy.temperature,
                              mix=(self.sft[arm.capacity], arm.params["alpha"]))
             return OnlineSampler(mixed, oracle, prompts, (B,), g)

@@ -50,6 +50,7 @@ def test_every_study_writes_results_figures_and_verdicts(quick_all):
     assert seen == set(CLAIMS)  # every claim of BRIEF §3 gets a verdict somewhere
     assert (out / "classification" / "classification.png").exists()
     assert (out / "scale" / "scaling.png").exists()
+    assert (out / "coverage" / "gap_vs_kl.png").stat().st_size > 1000  # claim 2's curve
     report = (out / "report.md").read_text()
     assert all(f"## {n}" in report for n in STUDIES)
 

@@ -112,16 +112,19 @@ def figures(results: dict, out: Path) -> list[str]:
         # claim 2's number is the mean of these curves: where along KL does online win?
         fig = _figure(figsize=(6.4, 3.6))
         ax = fig.subplots()
+        drawn = 0
         for s in per_seed(results, ("online", "offline"), lambda s: s):
             curve = gap_curve_at_matched_kl(curves(results, "online", s), curves(results, "offline", s))
             if curve is not None:
-                ax.plot(np.exp(curve[0]), curve[1], color=colors[0], lw=1, alpha=0.8, label="each line: one seed" if s == seeds_of(results, "online")[0] else None)
+                ax.plot(np.exp(curve[0]), curve[1], color=colors[0], lw=1, alpha=0.8, label=None if drawn else "each line: one seed")
+                drawn += 1
         ax.axhline(0.0, color="k", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("KL(π ‖ π_sft)")
         ax.set_ylabel("online − offline (best of sweep)")
         ax.set_title(f"win rate online − offline at matched KL ({results['preset']})")
-        ax.legend(fontsize=8)
+        if drawn:
+            ax.legend(fontsize=8)
         fig.savefig(out / "gap_vs_kl.png", dpi=110)
         names.append("gap_vs_kl.png")
 
