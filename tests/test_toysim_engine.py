@@ -124,6 +124,22 @@ def test_gather_log_softmax_matches_autograd_reference():
     assert torch.autograd.gradcheck(lambda t: gather_log_softmax(t, x, y), (logits.clone().requires_grad_(True),))
 
 
+def test_prompt_groups_match_a_plain_loop():
+    """members[x] starts with the runs that read prompt x, in order; col is each pair's place there."""
+    from toysim.engine import prompt_groups
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        runs, prompts, k = (int(v) for v in torch.randint(2, 12, (3,), generator=g))
+        x = torch.randint(0, prompts, (runs, k), generator=g)
+        members, col = prompt_groups(x, prompts)
+        groups = [[r for r in range(runs) if (x[r] == p).any()] for p in range(prompts)]
+        assert members.shape == (prompts, max(map(len, groups)))
+        for p, grp in enumerate(groups):
+            assert members[p, : len(grp)].tolist() == grp
+        assert all(col[r, j] == groups[x[r, j]].index(r) for r in range(runs) for j in range(k))
+
+
 @pytest.mark.parametrize("runs", [1, 3])
 def test_pair_logp_matches_logits_table_reference(runs):
     """The log-linear training step's grouped rows and closed-form gradient equal autograd through the full table."""

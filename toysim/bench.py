@@ -43,8 +43,8 @@ class BenchConfig:
     """log-linear policy width (WorldConfig's default); the batched engine's work grows linearly with it"""
     loop_runs: int = 2
     """runs timed in the one-at-a-time loop"""
-    repeats: int = 3
-    """timed repetitions (the median is reported)"""
+    repeats: int = 5
+    """timed repetitions (the median is reported); this shared 2-core VM varies ±15% run to run"""
     threads: int = 0
     """torch threads (0: torch's default)"""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from shared.metrics import classifier_accuracy_exact, kl_exact, logp_shift, win_rate_exact
@@ -126,24 +127,26 @@ def gather_log_softmax(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -
 
 
 def prompt_groups(x: torch.Tensor, prompts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Group a step's rows by prompt: x [R, K] -> (members [X, C], col [R, K]).
+    """Group a step's rows by prompt: x [R, K] (CPU) -> (members [X, C], col [R, K]).
 
-    Row x of ``members`` lists, in order, the runs whose pairs include prompt x (C is the
-    largest such count; shorter rows are padded with run 0), and (r, x[r, k]) is column
-    col[r, k] of row x[r, k]. The pairs read only these rows of the log π table: with 32
-    pairs a run over 64 prompts, C is about 35 of 64 runs. One run is its own group.
+    Row x of ``members`` lists, in increasing order, the runs whose pairs include prompt x
+    (C is the largest such count; shorter rows are padded with runs outside the group, whose
+    rows are computed and never read), and (r, x[r, k]) is column col[r, k] of row x[r, k].
+    The pairs read only these rows of the log π table: with 32 pairs a run over 64 prompts,
+    C is about 35 of 64 runs. One run is its own group. Index bookkeeping on a few thousand
+    integers, done in numpy: a dozen torch calls would cost more than the numbers they move.
     """
     runs = x.shape[0]
     if runs == 1:
         return x.new_zeros(prompts, 1), torch.zeros_like(x)
-    run_ids = torch.arange(runs, device=x.device)
-    cell = (x * runs).add_(run_ids[:, None])  # (x, r) as a flat index into [X, R]
-    active = x.new_zeros(prompts * runs).index_fill_(0, cell.view(-1), 1).view(prompts, runs)
-    rank = active.cumsum(1)  # at an active (x, r): 1 + how many active runs precede r
+    cell = x.numpy() * runs + np.arange(runs)[:, None]  # (x, r) as a flat index into [X, R]
+    active = np.zeros(prompts * runs, dtype=np.int8)
+    active[cell.ravel()] = 1
+    active = active.reshape(prompts, runs)
+    rank = np.cumsum(active, 1, dtype=np.int64)  # at an active (x, r): 1 + how many active runs precede r
     width = int(rank[:, -1].max())
-    slot = rank.sub_(1).masked_fill(active == 0, width)  # inactive runs go to a spare column, dropped below
-    members = x.new_zeros(prompts, width + 1).scatter_(1, slot, run_ids.expand(prompts, runs))
-    return members[:, :width].contiguous(), rank.view(-1).take(cell)
+    members = np.argsort(1 - active, axis=1, kind="stable")[:, :width]  # active runs first, in order
+    return torch.from_numpy(np.ascontiguousarray(members)), torch.from_numpy(rank.ravel()[cell] - 1)
 
 
 class _GroupedLogLinearLogp(torch.autograd.Function):
