@@ -56,7 +56,9 @@ class BenchConfig:
     peak_tflops: float = 0.0
     """the device's peak TFLOP/s for MFU (e.g. 989 for an H100's dense bf16); 0: no MFU"""
     lr: float = 1e-5
+    """AdamW learning rate"""
     beta: float = 0.1
+    """IPO's β"""
 
 
 def _sync(device):

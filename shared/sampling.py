@@ -291,9 +291,9 @@ def policy_pair_dataset(policy_a: Policy, policy_b: Policy, x: torch.Tensor, ora
 def geometric_mixture(logp: torch.Tensor, ref_logp: torch.Tensor, alpha: float) -> torch.Tensor:
     """log π_α over the last axis, where π_α(y) = π(y)^{1−α}·π_ref(y)^α / Z.
 
-    The regularised sampling policy of Nash-MD (Munos et al. 2023, arXiv 2312.00886,
-    §6) that IPO-MD samples its pairs from (Calandriello et al. 2024, arXiv
-    2403.08635, §5): α = 0 is online IPO's π, α = 1 samples from π_ref. For an
+    The regularised sampling policy of Nash-MD (Munos et al. 2023, arXiv
+    2312.00886) that IPO-MD samples its pairs from (Calandriello et al. 2024,
+    arXiv 2403.08635): α = 0 is online IPO's π, α = 1 samples from π_ref. For an
     autoregressive policy the mixture is taken per token, over the next-token
     distributions, as those papers do for LLMs (the sequence-level mixture is not
     autoregressive). logp, ref_logp: log-probabilities [..., N], broadcastable -> [..., N].

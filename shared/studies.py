@@ -441,7 +441,7 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
         _ONLINE, _OFFLINE,
         *(Arm(f"refresh-{k}", "refresh", labels="proxy", params={"every": k}) for k in (4, 16, 64)),
         Arm("refresh-all", "refresh", labels="proxy", params={"every": 0}),
-        # IPO-MD (Calandriello et al. 2024, §5): online, but sampling pulled towards π_sft (α = 0.25, our choice)
+        # IPO-MD (Calandriello et al. 2024, arXiv 2403.08635): online, but sampling pulled towards π_sft (α = 0.25, our choice)
         Arm("ipo-md", "mixture", labels="proxy", params={"alpha": 0.25}),
     ), (21,)),
 ]}
