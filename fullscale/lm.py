@@ -21,6 +21,7 @@ log-softmax and every sum are taken in float32.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -80,6 +81,12 @@ def _no_pad(logits: torch.Tensor, pad: int, eos: int) -> torch.Tensor:
     return logits.index_fill(-1, torch.tensor([pad], device=logits.device), float("-inf"))
 
 
+def _cache_arg(model) -> str:
+    """The KV cache's name in ``forward`` and its output: ``cache`` from transformers 5.24
+    (``past_key_values`` is deprecated there, to be removed in 5.40), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids that count only attended tokens (pads get 0, never attended)."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -134,13 +141,14 @@ def sample_responses(model, prompts: Prompts, x: torch.Tensor, length: int, eos:
     mask = p_mask
     models = [model] if mix is None else [model, mix[0]]
     caches = [None] * len(models)
+    cache_args = [_cache_arg(m) for m in models]
 
     def next_logits(tokens, position_ids):
         out = []
         for i, m in enumerate(models):
             with _autocast(dev):
-                o = m(input_ids=tokens, attention_mask=mask, position_ids=position_ids, past_key_values=caches[i], use_cache=True)
-            caches[i] = o.past_key_values
+                o = m(input_ids=tokens, attention_mask=mask, position_ids=position_ids, use_cache=True, **{cache_args[i]: caches[i]})
+            caches[i] = o[cache_args[i]]
             out.append(_no_pad(o.logits[:, -1].float(), pad, eos) / temperature)
         if mix is None:
             return out[0]
