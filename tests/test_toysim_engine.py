@@ -140,10 +140,15 @@ def test_prompt_groups_match_a_plain_loop():
         assert all(col[r, j] == groups[x[r, j]].index(r) for r in range(runs) for j in range(k))
 
 
+@pytest.mark.parametrize("path", ["rows", "pairs"])
 @pytest.mark.parametrize("runs", [1, 3])
-def test_pair_logp_matches_logits_table_reference(runs):
-    """The log-linear training step's grouped rows and closed-form gradient equal autograd through the full table."""
+def test_pair_logp_matches_logits_table_reference(runs, path, monkeypatch):
+    """The log-linear training step's grouped rows and closed-form gradient equal autograd through the
+    full table, by either backward path (each forced in turn)."""
+    from toysim import engine
     from toysim.engine import gather_log_softmax, prompt_groups
+
+    monkeypatch.setattr(engine, "_FORCE_PATH", path)
 
     w = make_world(WorldConfig(prompts=5, responses=7, golden_pairs=20, policy_features=4))
     pol = LogLinearPolicy(w.sft_logp, w.policy_features(1), runs)

@@ -153,36 +153,48 @@ class _GroupedLogLinearLogp(torch.autograd.Function):
     """log π_θ(y|x) at pairs for log-linear policies (logits = sft + Φ·θ), on the rows the pairs read.
 
     Forward: with ``prompt_groups``, one batched GEMM gives the logits of prompt x's group,
-    θ[members[x]]·Φ_xᵀ + sft_x, [X, C, N] (C of R rows per prompt), then each row's log-sum-exp,
-    keeping e = exp(l − max) in place for backward; the picked logit is sft(x, y) + θ_r·φ(x, y).
+    θ[members[x]]·Φ_xᵀ + sft_x, [X, C, N] (C of R rows per prompt); the pairs' logits are read
+    off, then each row's log-sum-exp, keeping e = exp(l − max) in place for backward.
     Backward: a log-linear policy's score is ∇_θ log π(y|x) = φ(x, y) − E_{π(·|x)}[φ(x, ·)]
-    (exponential family), so with upstream g, ∇_θ[r] = Σ_k g_k (φ(x_k, y_k) − E_k), where
-    E_k = Σ_n π(n|x_k) φ(x_k, n) is row (x_k, r)'s expected feature: one batched GEMM
-    e·Φ_x / Σe [X, C, d], then gathers of size [R, K, d]; no [X, C, N] gradient table.
+    (exponential family), so with upstream g, ∇_θ[r] = Σ_k g_k (φ(x_k, y_k) − E_k). Two exact
+    ways to form it; the cheaper for the sizes runs:
+    - rows: the logits gradient of each row, G = Σ_k g_k (1[n = y_k] − π(n|x)) (as
+      ``_GatherLogSoftmax``), then G·Φ_x [X, C, d] summed per run: passes over [X, C, N];
+    - pairs: E_k = e·Φ_x / Σe per row [X, C, d], then φ(x_k, y_k) − E_k gathered per pair and
+      weighted by g: passes over [R, K, d] instead, cheaper when the features are few.
     Same values as autograd through ``LogLinearPolicy.logits`` + ``gather_log_softmax`` up to
-    float rounding (tests/test_toysim_engine.py).
+    float rounding, either way (tests/test_toysim_engine.py).
     """
 
     @staticmethod
     def forward(ctx, theta, feats_x, feats_xt, sft_logp, x, y):
         members, col = prompt_groups(x, sft_logp.shape[0])
         logits = torch.baddbmm(sft_logp[:, None, :], theta[members], feats_xt)  # [X, C, N]
+        picked = logits[x, col, y]  # read before the table is overwritten
         m = logits.amax(-1, keepdim=True)
         e = logits.sub_(m).exp_()  # unnormalised softmax, in the logits' buffer
         z = e.sum(-1)  # [X, C]
-        n, d = sft_logp.shape[-1], theta.shape[-1]
-        xy = x * n + y  # (x_k, y_k) as a flat index into [X, N]
-        phi = feats_x.view(-1, d).index_select(0, xy.view(-1)).view(*xy.shape, d)  # φ(x_k, y_k), [R, K, d]
-        picked = sft_logp.view(-1).take(xy) + (phi @ theta[:, :, None]).squeeze(-1)
-        ctx.save_for_backward(e, z, x, col, feats_x, phi)
+        ctx.save_for_backward(e, z, x, y, col, members, feats_x)
+        ctx.runs = theta.shape[0]
         return picked - (m.squeeze(-1) + torch.log(z))[x, col]
 
     @staticmethod
     def backward(ctx, g):
-        e, z, x, col, feats_x, phi = ctx.saved_tensors
-        expected = torch.bmm(e, feats_x).div_(z[..., None])  # E_π[φ(x, ·)] per row, [X, C, d]
-        score = phi - expected[x, col]  # ∇_θ log π(y_k|x_k) for run r, [R, K, d]
-        return (g[:, None, :] @ score).squeeze(1), None, None, None, None, None
+        e, z, x, y, col, members, feats_x = ctx.saved_tensors
+        d = feats_x.shape[-1]
+        if _FORCE_PATH == "pairs" or (_FORCE_PATH is None and x.numel() * d < e.numel()):
+            expected = torch.bmm(e, feats_x).div_(z[..., None])  # E_π[φ(x, ·)] per row, [X, C, d]
+            phi = feats_x.view(-1, d).index_select(0, (x * feats_x.shape[1] + y).view(-1)).view(*x.shape, d)
+            return (g[:, None, :] @ (phi - expected[x, col])).squeeze(1), None, None, None, None, None
+        row_mass = torch.zeros_like(z).index_put_((x, col), g, accumulate=True)  # Σ_k g_k on each row
+        grad_logits = e * (-row_mass / z)[..., None]  # −(Σ_k g_k)·π(·|x)
+        grad_logits.index_put_((x, col, y), g, accumulate=True)
+        per_row = torch.bmm(grad_logits, feats_x)  # [X, C, d]
+        grad = per_row.new_zeros(ctx.runs, d).index_add_(0, members.reshape(-1), per_row.reshape(-1, d))
+        return grad, None, None, None, None, None
+
+
+_FORCE_PATH = None  # "rows" or "pairs": tests check each path whatever the sizes choose
 
 
 def adam_init(theta: torch.Tensor):
