@@ -301,10 +301,9 @@ def geometric_mixture(logp: torch.Tensor, ref_logp: torch.Tensor, alpha: float) 
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
     try:
-        torch.broadcast_shapes(logp.shape, ref_logp.shape)
+        logp, ref_logp = torch.broadcast_tensors(logp, ref_logp)
     except RuntimeError as e:
         raise ValueError(f"logp{tuple(logp.shape)} and ref_logp{tuple(ref_logp.shape)} do not broadcast") from e
     if alpha in (0.0, 1.0):  # exactly π or π_ref (0·(−inf) would be nan where a response is impossible)
-        out = ref_logp if alpha == 1.0 else logp
-        return torch.log_softmax(out.expand(torch.broadcast_shapes(logp.shape, ref_logp.shape)), -1)
+        return torch.log_softmax(ref_logp if alpha == 1.0 else logp, -1)
     return torch.log_softmax((1.0 - alpha) * logp + alpha * ref_logp, -1)
