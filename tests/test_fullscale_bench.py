@@ -19,13 +19,19 @@ def test_bench_times_one_online_ipo_step_on_cpu(score, capsys):
         assert text in out
 
 
-def test_bench_numbers_are_consistent():
+def test_bench_counts_parameters_and_flops_by_closed_forms():
+    """The MFU numerator against GPT-2's parameter count in closed form: per block 12d² + 13d
+    (attention 4d² + 4d, MLP 8d² + 5d, two layer norms 4d), plus the final layer norm 2d;
+    model FLOPs 2N per forward token, 6N per trained token (Kaplan et al. 2020, §2.1)."""
     cfg = bench.BenchConfig(model="tiny", vocab=64, batch=4, prompt_tokens=6, new_tokens=5, steps=2, warmup=0, device="cpu", peak_tflops=1.0)
     r = bench.run(cfg)
-    assert r["pairs_per_s"] == pytest.approx(4 / r["step_s"])
-    assert sum(r["split"].values()) == pytest.approx(1.0) and min(r["split"].values()) > 0
-    assert 0 < r["mfu"] < 1 and r["peak_memory_gib"] is None
-    assert r["non_embedding_params"] < r["params"]
+    d, layers = bench.SHAPES["tiny"][:2]
+    n = layers * (12 * d * d + 13 * d) + 2 * d
+    assert r["non_embedding_params"] == n
+    tokens = 2 * cfg.batch * (cfg.prompt_tokens + cfg.new_tokens)  # both responses of every prompt, with the prompt
+    flops = (2 + 6 + 2) * n * tokens  # generation, policy forward + backward, reference forward
+    assert r["mfu"] * r["step_s"] * 1e12 == pytest.approx(flops, rel=1e-9)
+    assert r["peak_memory_gib"] is None and min(r["split"].values()) > 0
 
 
 @pytest.mark.parametrize("args", [["--batch", "0"], ["--model", "huge"], ["--warmup", "-1"]])
