@@ -1,10 +1,10 @@
-"""The batched training engine: R runs (seeds × sweep configurations) of one arm
+"""The batched training engine: R runs (arms × seeds × sweep configurations)
 trained at once as one tensor program, with exact evaluation at checkpoints.
 
 Docs: docs/tutorial.md (§ how a run works). Tests: tests/test_toysim_engine.py.
 
 A policy is log-linear, logits[r] = sft_logits + Φ·θ[r] (or tabular θ[r, x, y]),
-so its whole table log π(·|x) [R, X, N] is one einsum and every metric is
+so its whole table log π(·|x) [R, X, N] is one GEMM and every metric is
 exact. Pairs come from ``shared.sampling``; losses from ``shared.losses``;
 metrics from ``shared.metrics``. The optimiser is Adam (Kingma & Ba 2015,
 Algorithm 1) with a per-run learning rate.
@@ -41,6 +41,7 @@ class LogLinearPolicy:
         shape = (runs, feats.shape[-1]) if feats is not None else (runs,) + tuple(sft_logp.shape)
         self.theta = torch.zeros(shape, dtype=sft_logp.dtype)
         self._probs = None
+        self.grad_mask = None  # [R, d] 0/1: runs narrower than Φ train only their first columns (``train``)
 
     def logits(self, theta: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised log π: sft_logits + Φ·θ, [R, X, N]."""
@@ -55,12 +56,16 @@ class LogLinearPolicy:
     def set_theta(self, theta: torch.Tensor) -> None:
         self.theta, self._probs = theta, None
 
-    def sample(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """One response per prompt, x [R, B] -> y [R, B], from the current θ (no gradient)."""
+    def probs(self) -> torch.Tensor:
+        """π(y|x) [R, X, N] at the current θ, computed once per θ (no gradient)."""
         if self._probs is None:
             with torch.no_grad():
                 self._probs = self.table().exp()
-        return sample_rows(self._probs, x, generator)
+        return self._probs
+
+    def sample(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One response per prompt, x [R, B] -> y [R, B], from the current θ (no gradient)."""
+        return sample_rows(self.probs(), x, generator)
 
     def logp(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return gather_logp(self.table(), x, y)
@@ -297,6 +302,8 @@ def train(policy: LogLinearPolicy, sampler, loss_fn, beta: torch.Tensor, lr: tor
             loss = loss_fn(pi_w, pi_l, gather_logp(policy.sft_logp, batch.x, batch.y_w),
                            gather_logp(policy.sft_logp, batch.x, batch.y_l), beta).mean(-1).sum()
         (grad,) = torch.autograd.grad(loss, theta)
+        if policy.grad_mask is not None:  # masked coordinates keep zero moments, so Adam leaves them at 0
+            grad = grad * policy.grad_mask
         with torch.no_grad():
             theta, state = adam_update(theta.detach(), grad, state, lr_b)
         policy.set_theta(theta)

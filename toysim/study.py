@@ -6,8 +6,8 @@ Order of work (same sections as fullscale.run):
 1. the world (golden preference, π_sft, D_golden, proxy PM) — toysim.env;
 2. the golden policy: online IPO with golden labels, baseline config, one run
    per seed; its final policy is the win-rate reference of that seed;
-3. each arm of the study, all its runs (seeds × sweep configurations) as one
-   batched program — toysim.engine.train;
+3. the study's arms, their runs (arms × seeds × sweep configurations) stacked
+   into as few batched programs as the arms allow — toysim.engine.train;
 4. the results dict of ``shared.studies`` and the claims' verdicts.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import asdict
 import torch
 
 from shared import losses
-from shared.sampling import Batch, OfflineSampler, OnlineSampler, RefreshSampler, ReplaySampler, RolloutSampler, geometric_mixture
+from shared.sampling import Batch, OfflineSampler, OnlineSampler, RefreshSampler, ReplaySampler, RolloutSampler, geometric_mixture, stack_batches
 from shared.studies import STUDIES, Arm, Study, judge
 from toysim.engine import Evaluator, LogLinearPolicy, sample_rows, train
 from toysim.env import TableOracle, World, golden_training_oracle, make_world
@@ -84,53 +84,94 @@ class Runner:
         return [{"lr": t.lr, "beta": t.beta, "steps": steps}]
 
     def run_arm(self, arm: Arm, reference: bool = False) -> list[dict]:
-        key = repr(arm)
-        if key not in self.cache:
-            self.cache[key] = self._run_arm(arm, reference)
-        return self.cache[key]
+        self.run_arms([arm], reference)
+        return self.cache[repr(arm)]
 
-    def _run_arm(self, arm: Arm, reference: bool) -> list[dict]:
+    def run_arms(self, arms, reference: bool = False) -> None:
+        """Run every arm of ``arms`` not run yet, as few tensor programs as the arms allow.
+
+        Arms that train for the same number of steps on pairs share one program: their runs
+        are stacked along the run axis of one policy (the widest arm's features; a narrower
+        run's extra coordinates get no gradient and stay 0, which is exactly the narrower
+        policy, as features of a smaller width are a prefix of a larger one). Each arm keeps
+        its own sampler, generator, loss and evaluator, so its runs see the same data as when
+        it runs alone; only float rounding in the shared GEMMs can differ. Arms that generate
+        online streams run before the arms that read them (replay, checkpoint datasets).
+        RLHF (rollouts, not pairs) and population mode run arm by arm.
+        """
+        todo = list({repr(a): a for a in arms if repr(a) not in self.cache}.values())
+        streams = [a for a in todo if a.source in _STREAM_SOURCES]
+        for wave in (streams, [a for a in todo if a.source not in _STREAM_SOURCES]):
+            groups: dict[object, list[Arm]] = {}  # key: the number of steps, or the arm if it runs alone
+            for a in wave:
+                single = self.mode == "population" or a.source == "rlhf" or reference
+                groups.setdefault(repr(a) if single else self.configs(a)[0]["steps"], []).append(a)
+            for group in groups.values():
+                for a, runs in zip(group, self._run_group(group, reference)):
+                    self.cache[repr(a)] = runs
+
+    def _run_group(self, arms: list[Arm], reference: bool) -> list[list[dict]]:
         w = self.world
-        cfgs = self.configs(arm)
-        runs = [(c, s) for c in cfgs for s in range(self.seeds)]
-        R = len(runs)
+        parts, runs = [], []  # per arm: its slice of the stacked runs
+        for arm in arms:
+            arm_runs = [(c, s) for c in self.configs(arm) for s in range(self.seeds)]
+            parts.append(slice(len(runs), len(runs) + len(arm_runs)))
+            runs += arm_runs
+        R, steps = len(runs), runs[0][0]["steps"]
         seed_idx = torch.tensor([s for _, s in runs])
-        steps = cfgs[0]["steps"]
         beta = torch.tensor([[c["beta"]] for c, _ in runs], dtype=torch.float64)
         lr = torch.tensor([[c["lr"]] for c, _ in runs], dtype=torch.float64)
-        policy = LogLinearPolicy(w.sft_logp, w.policy_features(arm.capacity), R)
-        g = _gen(self.p.world.seed, arm.name)
-        oracle = self.golden_oracle if arm.labels == "golden" else self.proxy_oracle
-        sampler = self.sampler(arm, policy, oracle, R, g, seed_idx, steps)
-
-        ref = self.golden_final[seed_idx] if self.golden_final is not None else None
-        tables: dict[int, torch.Tensor] = {}
-        # the online run whose pairs the "online pairs" accuracies use: same loss family and capacity
-        stream = "online" + ("-bo2" if arm.loss == "bo2" else "") + ("@" + arm.name.split("@")[1] if "@" in arm.name else "")
-        online = self.online_state.get(stream)
-        ev = Evaluator(w.sft_logp, ref if ref is not None else torch.full_like(w.sft_logp, 1 / w.sft_logp.shape[-1]).expand(R, -1, -1),
-                       w.golden_pref, self.proxy_margin, w.d_golden,
-                       pair_probs_at=None if arm.source == "online" or online is None else
-                       (lambda step: online["tables"][max(k for k in online["tables"] if k <= step)][seed_idx].exp()))
+        feats = w.policy_features(max(a.capacity for a in arms))
+        policy = LogLinearPolicy(w.sft_logp, feats, R)
+        widths = [w.policy_features(a.capacity).shape[-1] for a in arms]
+        if min(widths) < feats.shape[-1]:
+            policy.grad_mask = torch.cat([(torch.arange(feats.shape[-1]) < wd).to(feats.dtype).expand(sl.stop - sl.start, -1)
+                                          for wd, sl in zip(widths, parts)])
+        samplers, tables = [], [{} for _ in arms]
+        for arm, sl, tab in zip(arms, parts, tables):
+            oracle = self.golden_oracle if arm.labels == "golden" else self.proxy_oracle
+            sampler = self.sampler(arm, _Runs(policy, sl), oracle, sl.stop - sl.start, _gen(self.p.world.seed, arm.name), seed_idx[sl], steps)
+            if arm.source == "online":  # registered now: arms of this group may read its tables as they are filled
+                self.online_state[arm.name] = {"tables": tab, "log": getattr(sampler, "log", None)}
+            samplers.append(sampler)
+        evaluators = [self._evaluator(arm, seed_idx[sl]) for arm, sl in zip(arms, parts)]
 
         def evaluate(table, step):
-            tables[step] = table.detach().clone()
-            return ev(table, step)
+            for sl, tab in zip(parts, tables):
+                tab[step] = table[sl].detach().clone()
+            res = [ev(tab[step], step) for ev, tab in zip(evaluators, tables)]
+            return {k: torch.cat([r[k] for r in res]) for k in res[0]}
 
-        loss_fn = LOSSES[arm.loss]
         if self.mode == "population":
-            loss_fn, sampler = self.population(arm, policy, loss_fn, oracle)
-        with self.progress_factory(steps, arm.name) as bar:
+            loss_fn, sampler = self.population(arms[0], policy, LOSSES[arms[0].loss], self.golden_oracle if arms[0].labels == "golden" else self.proxy_oracle)
+        else:
+            loss_fn, sampler = _stacked_loss([LOSSES[a.loss] for a in arms], parts), _Stacked(samplers)
+        desc = arms[0].name if len(arms) == 1 else f"{arms[0].name} +{len(arms) - 1} arms"
+        with self.progress_factory(steps, desc) as bar:
             series = train(policy, sampler, loss_fn, beta, lr, steps, self.checkpoints(steps), evaluate, bar)
-        if arm.source == "online":
-            self.online_state[arm.name] = {"tables": tables, "log": getattr(sampler, "log", None)}
         if reference:
-            self.golden_final = tables[steps].exp()
+            self.golden_final = tables[0][steps].exp()
         out = []
-        for r, (c, s) in enumerate(runs):
-            ser = {k: ([int(x) for x in v] if k == "step" else [float(x[r]) for x in v]) for k, v in series.items()}
-            out.append({"seed": s, "config": {**c, "loss": arm.loss, "labels": arm.labels, "capacity": arm.capacity}, "series": ser})
+        for arm, sl in zip(arms, parts):
+            arm_out = []
+            for r in range(sl.start, sl.stop):
+                c, s = runs[r]
+                ser = {k: ([int(x) for x in v] if k == "step" else [float(x[r]) for x in v]) for k, v in series.items()}
+                arm_out.append({"seed": s, "config": {**c, "loss": arm.loss, "labels": arm.labels, "capacity": arm.capacity}, "series": ser})
+            out.append(arm_out)
         return out
+
+    def _evaluator(self, arm: Arm, seed_idx: torch.Tensor) -> Evaluator:
+        """Exact metrics of an arm's runs; win rates against each run's seed's golden policy, and
+        "online pairs" accuracies on the pairs of the online run of the same loss family and capacity."""
+        w, R = self.world, len(seed_idx)
+        ref = self.golden_final[seed_idx] if self.golden_final is not None else torch.full_like(w.sft_logp, 1 / w.sft_logp.shape[-1]).expand(R, -1, -1)
+        stream = "online" + ("-bo2" if arm.loss == "bo2" else "") + ("@" + arm.name.split("@")[1] if "@" in arm.name else "")
+        online = self.online_state.get(stream)
+        pair_probs_at = None
+        if arm.source != "online" and online is not None:
+            pair_probs_at = lambda step: online["tables"][max(k for k in online["tables"] if k <= step)][seed_idx].exp()  # noqa: E731
+        return Evaluator(w.sft_logp, ref, w.golden_pref, self.proxy_margin, w.d_golden, pair_probs_at=pair_probs_at)
 
     def sampler(self, arm: Arm, policy, oracle, R, g, seed_idx, steps):
         w, B = self.world, self.t.batch_size
@@ -207,11 +248,55 @@ class Runner:
         return pop_loss, _Null()
 
 
+# arms whose pairs come from the policy being trained; replay and checkpoint-dataset arms read their logs
+_STREAM_SOURCES = ("online", "refresh", "mixture", "rlhf")
+
+
+class _Runs:
+    """Runs ``sl`` of a policy that trains several arms at once, as a ``shared.sampling.Policy``
+    that samples (the table is computed once per step for all runs, then sliced)."""
+
+    def __init__(self, policy: LogLinearPolicy, sl: slice):
+        self.policy, self.sl = policy, sl
+
+    @property
+    def theta(self) -> torch.Tensor:
+        return self.policy.theta
+
+    def table(self) -> torch.Tensor:
+        return self.policy.table()[self.sl]
+
+    def sample(self, x, generator=None):
+        return sample_rows(self.policy.probs()[self.sl], x, generator)
+
+
+class _Stacked:
+    """The samplers of the arms of one program: their batches [R_i, B] stacked along runs."""
+
+    def __init__(self, samplers: list):
+        self.samplers = samplers
+
+    def next(self):
+        batches = [s.next() for s in self.samplers]
+        return batches[0] if len(batches) == 1 else stack_batches(batches, dim=0)
+
+
+def _stacked_loss(fns: list, parts: list[slice]):
+    """One pair loss over stacked runs: each arm's loss on its own rows (one call if all agree)."""
+    if all(f is fns[0] for f in fns):
+        return fns[0]
+
+    def loss(pi_w, pi_l, ref_w, ref_l, beta):
+        return torch.cat([f(pi_w[sl], pi_l[sl], ref_w[sl], ref_l[sl], beta[sl]) for f, sl in zip(fns, parts)])
+
+    return loss
+
+
 class _Mixture:
     """A ``shared.sampling.Policy`` that samples from the geometric mixture of the policy's
     current table and π_sft (``shared.sampling.geometric_mixture``), recomputed when θ changes."""
 
-    def __init__(self, policy: LogLinearPolicy, sft_logp: torch.Tensor, alpha: float):
+    def __init__(self, policy: _Runs, sft_logp: torch.Tensor, alpha: float):
         self.policy, self.sft_logp, self.alpha = policy, sft_logp, alpha
         self._theta, self._probs = None, None
 
@@ -244,10 +329,13 @@ def run_study(study: Study, preset: Preset, seeds: int, mode: str = "sgd", progr
         out["extras"]["equivalence"] = equivalence_checks(seed=preset.world.seed)
     runner = runner or Runner(preset, seeds, mode, progress_factory)
     runner.run_arm(Arm("golden", "online", labels="golden"), reference=True)
-    for arm in sorted(study.arms, key=lambda a: a.source != "online"):  # streams and checkpoints first
-        if mode == "population" and arm.source not in ("online", "offline", "rlhf", "mixture"):
-            out["extras"].setdefault("skipped", []).append(f"{arm.name}: no population form")
-            continue
+    arms = sorted(study.arms, key=lambda a: a.source != "online")
+    if mode == "population":
+        for a in [a for a in arms if a.source not in ("online", "offline", "rlhf", "mixture")]:
+            out["extras"].setdefault("skipped", []).append(f"{a.name}: no population form")
+            arms.remove(a)
+    runner.run_arms(arms)  # as few tensor programs as the arms allow
+    for arm in arms:
         out["arms"][arm.name] = runner.run_arm(arm)
     out["claims"] = judge(study, out)
     return out
