@@ -418,7 +418,9 @@ class Pipeline:
         x = self.win_x
         y = sample_responses(model, self.prompts, x, L, **ops, generator=g, temperature=temp)
         m = self.golden_oracle.margin(x, y, self.golden_y)
-        res = {"win_rate": float(((m > 0).float() + 0.5 * (m == 0).float()).mean())}
+        won = (m > 0).float() + 0.5 * (m == 0).float()
+        half = len(won) // 2  # two disjoint halves of the prompts: a sweep's envelope is cross-fitted on them (shared.results.curves)
+        res = {"win_rate": float(won.mean()), "win_rate_a": float(won[:half].mean()), "win_rate_b": float(won[half:2 * half].mean())}
         k = min(self.cfg.eval.kl_prompts, len(x))
         res["kl"] = float(tokenwise_kl(model, ref, self.prompts, x[:k], y[:k], **ops).mean())
         if arm.name == "golden":

@@ -163,6 +163,15 @@ def _positive_kl(kl, wr):
     return kl[keep], wr[keep]
 
 
+def _on_grid(kl, wr, grid):
+    """One curve linearly interpolated on log KL (points sorted by KL), ``nan`` outside its range."""
+    lk = np.log(kl)
+    order = np.argsort(lk, kind="stable")
+    f = np.interp(grid, lk[order], wr[order])
+    f[(grid < lk.min()) | (grid > lk.max())] = np.nan
+    return f
+
+
 def envelope_on_grid(curves, grid):
     """Upper envelope of several win-rate-vs-log-KL curves on a log-KL grid.
 
@@ -172,32 +181,50 @@ def envelope_on_grid(curves, grid):
     outside it; the envelope is the max over curves, ``nan`` where none covers.
     Tang et al. 2024 pool offline's sweep this way to give it its best chance
     at every KL (§3, Fig. 2).
+
+    Curves given as (kl, win_rate_a, win_rate_b), win rates measured on two disjoint
+    halves of the evaluation prompts, get a cross-fitted envelope instead: at each KL
+    the curve that is best on one half is read on the other, averaged over both
+    directions. With estimated win rates the max over curves is biased upward (the
+    best of several noisy estimates; the winner's curse), and more so the more curves
+    a sweep pools; selecting on one half and measuring on the other removes that bias
+    (cross-fitting, as in sample splitting for selection: Cox 1975; Chernozhukov et
+    al. 2018). A single curve's cross-fitted envelope is the mean of its two halves.
     """
-    out = np.full(len(grid), -np.inf)
-    for kl, wr in curves:
-        kl, wr = _positive_kl(kl, wr)
-        if kl.size == 0:
-            continue
-        lk = np.log(kl)
-        order = np.argsort(lk, kind="stable")
-        f = np.interp(grid, lk[order], wr[order])
-        f[(grid < lk.min()) | (grid > lk.max())] = -np.inf
-        out = np.maximum(out, f)
-    out[~np.isfinite(out)] = np.nan
+    rows = []
+    for c in curves:
+        kl, *wrs = c
+        kept = [_positive_kl(kl, wr) for wr in wrs]
+        if kept[0][0].size:
+            rows.append([_on_grid(k, w, grid) for k, w in kept])
+    if not rows:
+        return np.full(len(grid), np.nan)
+    if len({len(r) for r in rows}) != 1:
+        raise ValueError("curves must all have one win-rate series or all have two halves")
+    table = np.array(rows)  # [curves, 1 or 2 halves, grid]
+    if table.shape[1] == 1:
+        return np.fmax.reduce(table[:, 0], axis=0)
+    covered = ~np.isnan(table[:, 0]).all(0)
+    out = np.full(len(grid), np.nan)
+    sel = np.where(np.isnan(table), -np.inf, table)
+    best_a, best_b = sel[:, 0].argmax(0), sel[:, 1].argmax(0)  # per grid point: the best curve on each half
+    cols = np.arange(len(grid))
+    out[covered] = (0.5 * (table[best_a, 1, cols] + table[best_b, 0, cols]))[covered]
     return out
 
 
 def gap_curve_at_matched_kl(curves_a, curves_b, num: int = 64):
     """Win-rate difference a − b along KL: (log-KL grid, difference on it).
 
-    ``curves_a``/``curves_b``: lists of (kl, win_rate) curves; each side is
+    ``curves_a``/``curves_b``: lists of (kl, win_rate) curves, or of (kl, win_rate_a,
+    win_rate_b) for a cross-fitted envelope; each side is
     reduced to its upper envelope (``envelope_on_grid``) on a grid of ``num``
     log-KL points spanning the range both sides cover (Tang et al. 2024 compare
     at matched KL, Fig. 2); the difference is ``nan`` where a side is undefined.
     Returns ``None`` when the ranges do not overlap.
     """
     def span(curves):
-        kls = np.concatenate([_positive_kl(kl, wr)[0] for kl, wr in curves])
+        kls = np.concatenate([_positive_kl(c[0], c[1])[0] for c in curves])
         return (np.log(kls.min()), np.log(kls.max())) if kls.size else (np.inf, -np.inf)
 
     (a_lo, a_hi), (b_lo, b_hi) = span(curves_a), span(curves_b)

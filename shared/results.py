@@ -18,7 +18,7 @@ import math
 
 from shared.metrics import gap_at_matched_kl, seed_ci
 
-__all__ = ["seeds_of", "runs_of", "curves", "peak", "final", "per_seed", "gap", "has", "ci_over_seeds", "verdict_from_ci", "fmt"]
+__all__ = ["seeds_of", "runs_of", "curves", "peak", "final", "per_seed", "gap", "has", "has_halves", "ci_over_seeds", "verdict_from_ci", "fmt"]
 
 
 def ci_over_seeds(values) -> tuple[float, float]:
@@ -62,9 +62,16 @@ def runs_of(results: dict, arm: str, seed: int) -> list[dict]:
     return [r for r in results["arms"][arm] if r["seed"] == seed]
 
 
-def curves(results: dict, arm: str, seed: int):
-    """(kl, win_rate) series of each of an arm's runs for one seed."""
-    return [(r["series"]["kl"], r["series"]["win_rate"]) for r in runs_of(results, arm, seed)]
+def curves(results: dict, arm: str, seed: int, crossfit: bool = True):
+    """(kl, win_rate) series of each of an arm's runs for one seed, or (kl, win_rate_a,
+    win_rate_b) where the backend estimated win rates on two halves of its evaluation
+    prompts (fullscale), so that envelopes over a sweep are cross-fitted
+    (``shared.metrics.envelope_on_grid``); toysim's win rates are exact and have no halves.
+    ``crossfit=False``: the full-set win rates, for the plain envelope."""
+    runs = runs_of(results, arm, seed)
+    if crossfit and all("win_rate_a" in r["series"] for r in runs):
+        return [(r["series"]["kl"], r["series"]["win_rate_a"], r["series"]["win_rate_b"]) for r in runs]
+    return [(r["series"]["kl"], r["series"]["win_rate"]) for r in runs]
 
 
 def peak(results: dict, arm: str, seed: int) -> float:
@@ -84,10 +91,15 @@ def per_seed(results: dict, arms: tuple[str, ...], fn) -> list[float]:
     return [fn(s) for s in sorted(common)]
 
 
-def gap(results: dict, a: str, b: str) -> tuple[float, float]:
+def gap(results: dict, a: str, b: str, crossfit: bool = True) -> tuple[float, float]:
     """Win rate of a minus b at matched KL (Tang et al. 2024, Fig. 2; ``shared.metrics.gap_at_matched_kl``),
-    mean and CI half-width over seeds."""
-    return ci_over_seeds(per_seed(results, (a, b), lambda s: gap_at_matched_kl(curves(results, a, s), curves(results, b, s))))
+    mean and CI half-width over seeds; cross-fitted where the results have win-rate halves (``curves``)."""
+    return ci_over_seeds(per_seed(results, (a, b), lambda s: gap_at_matched_kl(curves(results, a, s, crossfit), curves(results, b, s, crossfit))))
+
+
+def has_halves(results: dict, arm: str) -> bool:
+    """Whether an arm's win rates were also measured on two halves of the evaluation prompts."""
+    return all("win_rate_a" in r["series"] for r in results["arms"][arm])
 
 
 def has(results: dict, *arms: str) -> bool:

@@ -44,6 +44,10 @@ def test_tiny_run_writes_results_figures_and_verdicts(uninterrupted):
     for key in ("step", "kl", "win_rate", "acc_golden", "acc_self", "acc_online_pairs", "proxy_acc_online_pairs", "chosen_logp_shift"):
         assert len(series[key]) == len(series["step"]), key
     assert series["step"][0] == 0 and series["kl"][0] == pytest.approx(0.0, abs=1e-6)
+    # win rates on two halves of the evaluation prompts, whose mean is the full win rate (an even count here)
+    for a, b, full in zip(series["win_rate_a"], series["win_rate_b"], series["win_rate"]):
+        assert (a + b) / 2 == pytest.approx(full, abs=1e-6)
+    assert "cross-fitted" in next(c for c in res["claims"] if c["id"] == 2)["evidence"]
     assert {c["id"] for c in res["claims"]} == {1, 2, 3, 4, 5, 6}
     assert all(c["verdict"] in ("supported", "not supported", "mixed", "inconclusive") for c in res["claims"])
     assert next(c for c in res["claims"] if c["id"] == 4)["verdict"] == "supported"  # ordered replay = online

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.metrics import gap_curve_at_matched_kl, seed_ci
-from shared.results import curves, gap, has, peak, per_seed, runs_of, seeds_of
+from shared.results import curves, gap, has, has_halves, peak, per_seed, runs_of, seeds_of
 
 __all__ = ["summary_rows", "format_table", "figures", "write_report"]
 
@@ -125,7 +125,8 @@ def figures(results: dict, out: Path) -> list[str]:
         ax.axhline(0.0, color="k", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("KL(π ‖ π_sft)")
-        ax.set_ylabel("online − offline (best of sweep)")
+        crossed = has_halves(results, "online") and has_halves(results, "offline")
+        ax.set_ylabel("online − offline (best of sweep" + (", cross-fitted)" if crossed else ")"))
         ax.set_title(f"win rate online − offline at matched KL ({results['preset']})")
         if drawn:
             ax.legend(fontsize=8)
