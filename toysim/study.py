@@ -111,6 +111,7 @@ class Runner:
                     self.cache[repr(a)] = runs
 
     def _run_group(self, arms: list[Arm], reference: bool) -> list[list[dict]]:
+        """Train ``arms`` as one program (``run_arms``); returns each arm's runs in the results schema."""
         w = self.world
         parts, runs = [], []  # per arm: its slice of the stacked runs
         for arm in arms:
@@ -128,8 +129,8 @@ class Runner:
             policy.grad_mask = torch.cat([(torch.arange(feats.shape[-1]) < wd).to(feats.dtype).expand(sl.stop - sl.start, -1)
                                           for wd, sl in zip(widths, parts)])
         samplers, tables = [], [{} for _ in arms]
-        for arm, sl, tab in zip(arms, parts, tables):
-            oracle = self.golden_oracle if arm.labels == "golden" else self.proxy_oracle
+        oracles = [self.golden_oracle if arm.labels == "golden" else self.proxy_oracle for arm in arms]
+        for arm, sl, tab, oracle in zip(arms, parts, tables, oracles):
             sampler = self.sampler(arm, _Runs(policy, sl), oracle, sl.stop - sl.start, _gen(self.p.world.seed, arm.name), seed_idx[sl], steps)
             if arm.source == "online":  # registered now: arms of this group may read its tables as they are filled
                 self.online_state[arm.name] = {"tables": tab, "log": getattr(sampler, "log", None)}
@@ -143,7 +144,7 @@ class Runner:
             return {k: torch.cat([r[k] for r in res]) for k in res[0]}
 
         if self.mode == "population":
-            loss_fn, sampler = self.population(arms[0], policy, LOSSES[arms[0].loss], self.golden_oracle if arms[0].labels == "golden" else self.proxy_oracle)
+            loss_fn, sampler = self.population(arms[0], policy, LOSSES[arms[0].loss], oracles[0])  # one arm per group
         else:
             loss_fn, sampler = _stacked_loss([LOSSES[a.loss] for a in arms], parts), _Stacked(samplers)
         desc = arms[0].name if len(arms) == 1 else f"{arms[0].name} +{len(arms) - 1} arms"
