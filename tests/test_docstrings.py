@@ -11,7 +11,7 @@ SOURCE = re.compile(r"et al\.|arXiv|BRIEF|Algorithm|Bradley|Student|§")
 # plumbing, not formulas: each carries a docstring but has no equation to cite
 PLUMBING = {"shared.sampling.stack_batches", "shared.studies.judge", "shared.results.verdict_from_ci", "shared.results.fmt",
             "shared.results.seeds_of", "shared.results.runs_of", "shared.results.curves", "shared.results.final",
-            "shared.results.per_seed", "shared.results.has",
+            "shared.results.per_seed", "shared.results.has", "shared.results.has_halves",
             "fullscale.lm.response_mask", "fullscale.lm.response_logits", "fullscale.lm.sample_responses", "fullscale.lm.pm_inputs"}
 
 
