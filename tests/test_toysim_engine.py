@@ -166,3 +166,25 @@ def test_pair_logp_matches_logits_table_reference(runs, path, monkeypatch):
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(a.grad, b.grad)
     assert torch.autograd.gradcheck(lambda t: pol.pair_logp(t, x, y), (theta.clone().requires_grad_(True),))
+
+
+@pytest.mark.parametrize("scale", [0.1, 1.0, 300.0])
+def test_pair_logp_in_float32_for_small_and_huge_logits(scale):
+    """The forward skips the max shift when every row sum of exp(logits) is finite and ≥ 1e-30,
+    and falls back to it otherwise (logits of ±hundreds overflow float32's exp): both give the
+    max-shifted log-softmax of the full table, values and gradients."""
+    from toysim.engine import gather_log_softmax
+
+    w = make_world(WorldConfig(prompts=5, responses=7, golden_pairs=20, policy_features=4)).to(torch.float32)
+    pol = LogLinearPolicy(w.sft_logp, w.policy_features(1), 3)
+    g = torch.Generator().manual_seed(7)
+    theta = torch.randn(3, 4, generator=g) * scale
+    x = torch.randint(0, 5, (3, 6), generator=g)
+    y = torch.randint(0, 7, (3, 6), generator=g)
+    a, b = theta.clone().requires_grad_(True), theta.clone().requires_grad_(True)
+    out, ref = pol.pair_logp(a, x, y), gather_log_softmax(pol.logits(b), x, y)
+    out.sum().backward()
+    ref.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(a.grad).all()
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * scale)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4)
