@@ -418,9 +418,8 @@ class Pipeline:
         x = self.win_x
         y = sample_responses(model, self.prompts, x, L, **ops, generator=g, temperature=temp)
         m = self.golden_oracle.margin(x, y, self.golden_y)
-        won = (m > 0).float() + 0.5 * (m == 0).float()
-        half = len(won) // 2  # two disjoint halves of the prompts: a sweep's envelope is cross-fitted on them (shared.results.curves)
-        res = {"win_rate": float(won.mean()), "win_rate_a": float(won[:half].mean()), "win_rate_b": float(won[half:2 * half].mean())}
+        won, h = (m > 0).float() + 0.5 * (m == 0).float(), len(m) // 2  # halves: a sweep's envelope is cross-fitted (shared.results.curves)
+        res = {"win_rate": float(won.mean()), "win_rate_a": float(won[:h].mean()), "win_rate_b": float(won[h:2 * h].mean())}
         k = min(self.cfg.eval.kl_prompts, len(x))
         res["kl"] = float(tokenwise_kl(model, ref, self.prompts, x[:k], y[:k], **ops).mean())
         if arm.name == "golden":
