@@ -61,8 +61,9 @@ def test_tiny_run_writes_results_figures_and_verdicts(uninterrupted):
 def test_rlhf_refresh_and_ipo_md_arms_run_end_to_end(tmp_path, tiny_config):
     """The arms beyond the paper, through the command line at the tiny config: RLOO on the
     proxy Bradley–Terry reward model (equivalence), refresh every k steps and IPO-MD's
-    mixture sampler (refresh); the two studies share one stage cache. (The smoke preset
-    itself runs in tests/test_docs.py, as docs/fullscale.md shows it.)"""
+    mixture sampler (refresh); the two studies share one stage cache. (No test runs
+    ``--preset smoke`` at its own size: tests/test_docs.py runs its command line with the
+    tiny config applied on top.)"""
     cache = tmp_path / "cache"
     want = {"refresh": {"online", "offline", "refresh-4", "refresh-16", "refresh-64", "refresh-all", "ipo-md"},
             "equivalence": {"rlhf", "online-dpo", "offline-dpo"}}
