@@ -136,8 +136,8 @@ def prompt_groups(x: torch.Tensor, prompts: int) -> tuple[torch.Tensor, torch.Te
     """Group a step's rows by prompt: x [R, K] (CPU) -> (members [X, C], col [R, K]).
 
     Row x of ``members`` lists, in increasing order, the runs whose pairs include prompt x
-    (C is the largest such count; shorter rows are padded with runs outside the group, whose
-    rows are computed and never read), and (r, x[r, k]) is column col[r, k] of row x[r, k].
+    (C is the largest such count; shorter rows are padded with run 0, whose rows are
+    computed and never read), and (r, x[r, k]) is column col[r, k] of row x[r, k].
     The pairs read only these rows of the log π table: with 32 pairs a run over 64 prompts,
     C is about 35 of 64 runs. One run is its own group. Index bookkeeping on a few thousand
     integers, done in numpy: a dozen torch calls would cost more than the numbers they move.
@@ -146,68 +146,69 @@ def prompt_groups(x: torch.Tensor, prompts: int) -> tuple[torch.Tensor, torch.Te
     if runs == 1:
         return x.new_zeros(prompts, 1), torch.zeros_like(x)
     cell = x.numpy() * runs + np.arange(runs)[:, None]  # (x, r) as a flat index into [X, R]
-    active = np.zeros(prompts * runs, dtype=np.int8)
+    active = np.zeros(prompts * runs, dtype=np.int64)
     active[cell.ravel()] = 1
-    active = active.reshape(prompts, runs)
-    rank = np.cumsum(active, 1, dtype=np.int64)  # at an active (x, r): 1 + how many active runs precede r
-    width = int(rank[:, -1].max())
-    members = np.argsort(1 - active, axis=1, kind="stable")[:, :width]  # active runs first, in order
-    return torch.from_numpy(np.ascontiguousarray(members)), torch.from_numpy(rank.ravel()[cell] - 1)
+    rank = np.cumsum(active.reshape(prompts, runs), 1).ravel()  # at an active (x, r): 1 + active runs before r
+    on = np.flatnonzero(active)  # active cells in (x, r) order
+    width = int(rank.reshape(prompts, runs)[:, -1].max())
+    members = np.zeros((prompts, width), dtype=np.int64)
+    members[on // runs, rank[on] - 1] = on % runs
+    return torch.from_numpy(members), torch.from_numpy(rank[cell] - 1)
 
 
 class _GroupedLogLinearLogp(torch.autograd.Function):
     """log π_θ(y|x) at pairs for log-linear policies (logits = sft + Φ·θ), on the rows the pairs read.
 
     Forward: with ``prompt_groups``, one batched GEMM gives the logits of prompt x's group,
-    θ[members[x]]·Φ_xᵀ + sft_x, [X, C, N] (C of R rows per prompt); the pairs' logits are read
-    off, then each row's log-sum-exp, keeping e = exp(l − max) in place for backward.
+    θ[members[x]]·Φ_xᵀ + sft_x, [X, C, N] (C of R rows per prompt); one fused, max-shifted
+    softmax over N gives π(·|x) per row, kept for backward, and the pairs read log π(y|x) off it.
     Backward: a log-linear policy's score is ∇_θ log π(y|x) = φ(x, y) − E_{π(·|x)}[φ(x, ·)]
     (exponential family), so with upstream g, ∇_θ[r] = Σ_k g_k (φ(x_k, y_k) − E_k). Two exact
     ways to form it; the cheaper for the sizes runs:
     - rows: the logits gradient of each row, G = Σ_k g_k (1[n = y_k] − π(n|x)) (as
       ``_GatherLogSoftmax``), then G·Φ_x [X, C, d] summed per run: passes over [X, C, N];
-    - pairs: E_k = e·Φ_x / Σe per row [X, C, d], then φ(x_k, y_k) − E_k gathered per pair and
+    - pairs: E_k = π·Φ_x per row [X, C, d], then φ(x_k, y_k) − E_k gathered per pair and
       weighted by g: passes over [R, K, d] instead, cheaper when the features are few.
     Same values as autograd through ``LogLinearPolicy.logits`` + ``gather_log_softmax`` up to
-    float rounding, either way (tests/test_toysim_engine.py).
+    float rounding, either way (tests/test_toysim_engine.py). Gathers go through flat
+    ``index_select``: multi-tensor indexing costs several times more on these sizes.
     """
 
     @staticmethod
     def forward(ctx, theta, feats_x, feats_xt, sft_logp, x, y):
         members, col = prompt_groups(x, sft_logp.shape[0])
-        th = theta[members]
+        (X, C), N = members.shape, sft_logp.shape[-1]
+        th = theta.index_select(0, members.view(-1)).view(X, C, -1)
         logits = torch.baddbmm(sft_logp[:, None, :], th, feats_xt)  # [X, C, N]
-        picked = logits[x, col, y]  # read before the table is overwritten
-        # log-sum-exp without the max shift when it is safe, two passes fewer over [X, C, N]:
-        # exp(l) overflows only to inf, and a row sum z ≥ 1e-30 makes every term that underflowed
-        # (< 1e-38) negligible, so a finite z ≥ 1e-30 in every row is the shifted result up to
-        # rounding; otherwise (rare: logits beyond ±70) recompute with the max subtracted
-        e = logits.exp_()  # unnormalised softmax, in the logits' buffer
-        z = e.sum(-1)  # [X, C]
-        lo, hi = torch.aminmax(z)
-        if lo >= 1e-30 and hi < math.inf:
-            lse = torch.log(z)
+        # π(·|x) per row: one fused, max-shifted kernel, in the logits' buffer (a second table-sized
+        # allocation each step costs more in page faults than the softmax itself)
+        probs = torch.softmax(logits, -1, out=logits)
+        cell = x * C + col  # row (x, r) of the flattened [X·C] table
+        at = (cell * N + y).view(-1)  # entry (x, r, y) of the flattened [X·C·N] table
+        picked = probs.view(-1).index_select(0, at).view_as(x)
+        # log π(y|x) = log of the softmax entry, exact to rounding while it is a normal float; an
+        # entry below 1e-30 (a row where y is all but excluded) is read as logit − log-sum-exp instead
+        if picked.min() >= 1e-30:
+            out = picked.log_()
         else:
             logits = torch.baddbmm(sft_logp[:, None, :], th, feats_xt)
-            m = logits.amax(-1, keepdim=True)
-            e = logits.sub_(m).exp_()
-            z = e.sum(-1)
-            lse = m.squeeze(-1) + torch.log(z)
-        ctx.save_for_backward(e, z, x, y, col, members, feats_x)
+            out = logits.view(-1).index_select(0, at).view_as(x) - torch.logsumexp(logits, -1).view(-1).index_select(0, cell.view(-1)).view_as(x)
+        ctx.save_for_backward(probs, x, y, cell, members, feats_x)
         ctx.runs = theta.shape[0]
-        return picked - lse[x, col]
+        return out
 
     @staticmethod
     def backward(ctx, g):
-        e, z, x, y, col, members, feats_x = ctx.saved_tensors
-        d = feats_x.shape[-1]
-        if _FORCE_PATH == "pairs" or (_FORCE_PATH is None and x.numel() * d < e.numel()):
-            expected = torch.bmm(e, feats_x).div_(z[..., None])  # E_π[φ(x, ·)] per row, [X, C, d]
-            phi = feats_x.view(-1, d).index_select(0, (x * feats_x.shape[1] + y).view(-1)).view(*x.shape, d)
-            return (g[:, None, :] @ (phi - expected[x, col])).squeeze(1), None, None, None, None, None
-        row_mass = torch.zeros_like(z).index_put_((x, col), g, accumulate=True)  # Σ_k g_k on each row
-        grad_logits = e * (-row_mass / z)[..., None]  # −(Σ_k g_k)·π(·|x)
-        grad_logits.index_put_((x, col, y), g, accumulate=True)
+        probs, x, y, cell, members, feats_x = ctx.saved_tensors
+        (X, C, N), d = probs.shape, feats_x.shape[-1]
+        if _FORCE_PATH == "pairs" or (_FORCE_PATH is None and x.numel() * d < probs.numel()):
+            expected = torch.bmm(probs, feats_x).view(-1, d)  # E_π[φ(x, ·)] per row, [X·C, d]
+            phi = feats_x.view(-1, d).index_select(0, (x * N + y).view(-1))
+            diff = (phi - expected.index_select(0, cell.view(-1))).view(*x.shape, d)  # [R, K, d]
+            return (g[:, None, :] @ diff).squeeze(1), None, None, None, None, None
+        row_mass = probs.new_zeros(X * C).index_add_(0, cell.view(-1), g.reshape(-1))  # Σ_k g_k on each row
+        grad_logits = probs * (-row_mass).view(X, C, 1)  # −(Σ_k g_k)·π(·|x)
+        grad_logits.view(-1).index_add_(0, (cell * N + y).view(-1), g.reshape(-1))
         per_row = torch.bmm(grad_logits, feats_x)  # [X, C, d]
         grad = per_row.new_zeros(ctx.runs, d).index_add_(0, members.reshape(-1), per_row.reshape(-1, d))
         return grad, None, None, None, None, None
