@@ -158,7 +158,7 @@ class OfflineSampler:
         if self._order is None or self._pos + self.batch_size > n:
             keys = torch.rand(self.lead + (n,), generator=self.generator, device=self.data.tie.device)
             self._order, self._pos = keys.argsort(dim=-1), 0
-        idx = self._order[..., self._pos : self._pos + self.batch_size]
+        idx = self._order[..., self._pos : self._pos + self.batch_size].contiguous()  # one copy, not one per field
         self._pos += self.batch_size
         return self.data.take(idx, dim=len(self.lead) if self.per_run else 0)
 

@@ -91,8 +91,8 @@ def sample_rows(probs: torch.Tensor, x: torch.Tensor, generator: torch.Generator
 
 def gather_logp(table: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """table [R, X, N], x/y [R, B] -> log π_r(y|x) [R, B]; table [X, N] is shared by all runs."""
-    if table.ndim == 2:
-        return table[x, y]
+    if table.ndim == 2:  # one flat gather: cheaper than two-tensor indexing at these sizes
+        return table.reshape(-1).index_select(0, (x * table.shape[1] + y).reshape(-1)).view(x.shape)
     r = torch.arange(table.shape[0])[:, None].expand_as(x)
     return table[r, x, y]
 
@@ -312,10 +312,10 @@ def train(policy: LogLinearPolicy, sampler, loss_fn, beta: torch.Tensor, lr: tor
             pi = gather_log_softmax(policy.logits(theta), xk.reshape(xk.shape[0], -1), batch.y.reshape(xk.shape[0], -1)).reshape(batch.y.shape)
             loss = loss_fn(pi, gather_logp(policy.sft_logp, xk, batch.y), batch.reward, beta[..., None]).mean(-1).sum()
         else:  # log π at (x, y_w) and (x, y_l) in one gather: [R, 2B] -> two [R, B]
-            pi = policy.pair_logp(theta, torch.cat([batch.x, batch.x], -1), torch.cat([batch.y_w, batch.y_l], -1))
-            pi_w, pi_l = pi.split(batch.x.shape[-1], -1)
-            loss = loss_fn(pi_w, pi_l, gather_logp(policy.sft_logp, batch.x, batch.y_w),
-                           gather_logp(policy.sft_logp, batch.x, batch.y_l), beta).mean(-1).sum()
+            x2, y2 = torch.cat([batch.x, batch.x], -1), torch.cat([batch.y_w, batch.y_l], -1)
+            pi_w, pi_l = policy.pair_logp(theta, x2, y2).split(batch.x.shape[-1], -1)
+            ref_w, ref_l = gather_logp(policy.sft_logp, x2, y2).split(batch.x.shape[-1], -1)
+            loss = loss_fn(pi_w, pi_l, ref_w, ref_l, beta).mean(-1).sum()
         (grad,) = torch.autograd.grad(loss, theta)
         if policy.grad_mask is not None:  # masked coordinates keep zero moments, so Adam leaves them at 0
             grad = grad * policy.grad_mask
