@@ -111,9 +111,12 @@ class Pipeline:
         self.pairs = {k: t[k].to(dev) for k in ("x", "y_a", "y_b", "a_wins", "tie")}
         self.split = t["train"].to(dev)  # bool: pair used for training (else held out)
         self.data_key = d.name
-        self.sft = {}
+        self.sft, self.sft_dir = {}, {}
         self.sft[1.0] = self._sft(1.0)
-        self.golden_pm = self._pm("golden_pm", cfg.models.golden_pm, cfg.models.golden_pm_path, *self._human_labels())
+        golden_from, golden_key = cfg.models.golden_pm_path, None
+        if golden_from is None and cfg.models.golden_pm_init == "sft":  # π_sft's weights, a new scalar head
+            golden_from, golden_key = self.sft_dir[1.0] / "model", self.sft_dir[1.0].name
+        self.golden_pm = self._pm("golden_pm", cfg.models.golden_pm, golden_from, *self._human_labels(), path_key=golden_key)
         self.golden_oracle = PMOracle(self.golden_pm, self.prompts, cfg.models.pm_kind, self.ids["eos"], self.ids["pad"], self.ids["cls"])
         self.d_golden = self._relabel()
         frac = self.t.proxy_fraction
@@ -190,14 +193,17 @@ class Pipeline:
                                   batch_size=self.t.batch_size, generator=g, progress=bar)
             save_model(model, self.tokenizer, d / "model")
             self._done(d, {"loss_per_epoch": hist, "params": sum(q.numel() for q in model.parameters())})
+        self.sft_dir[capacity] = d
         self.extras.setdefault("models", {})[f"sft@{capacity:g}"] = json.loads((d / "info.json").read_text())
         return load_model(d / "model", device=self.device)[0]
 
-    def _pm(self, name, spec, path, x, y_w, y_l, extra=None, kind=None):
+    def _pm(self, name, spec, path, x, y_w, y_l, extra=None, kind=None, path_key=None):
+        """A preference model trained on (y_w, y_l); built from ``spec``, or started from the causal LM
+        at ``path`` (cached under ``path_key`` when given, e.g. a stage's name, else under the path)."""
         m, t = self.cfg.models, self.t
         kind = kind or m.pm_kind
-        d, done = self._stage(name, self.data_key, asdict(spec), str(path), kind, t.pm_epochs, t.pm_lr, t.batch_size,
-                              self.cfg.seed, extra)
+        d, done = self._stage(name, self.data_key, asdict(spec), path_key or str(path), kind, t.pm_epochs, t.pm_lr,
+                              t.batch_size, self.cfg.seed, extra)
         if not done:
             pm = (load_model(path, head=True, device=self.device)[0] if path is not None else
                   build_model(spec, len(self.tokenizer), self.ids, self.cfg.seed + 1, head=True).to(self.device))

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 
@@ -129,3 +130,22 @@ def test_bad_config_file_key(tmp_path):
 def test_help_is_generated_from_the_config():
     r = run("--help")
     assert r.returncode == 0 and "--train.steps" in r.stdout and "offline runs" in r.stdout
+
+
+@pytest.mark.parametrize("init", ["sft", "scratch"])
+def test_golden_pm_starts_from_the_sft_policy_when_asked(tmp_path, init):
+    """models.golden_pm_init = "sft": untrained (pm_epochs 0), the golden PM's transformer is π_sft's
+    weight for weight, under a new scalar head; "scratch" builds it afresh (weights differ)."""
+    from dataclasses import replace
+
+    from fullscale.config import RunConfig, apply_file
+    from fullscale.pipeline import Pipeline
+
+    base = apply_file(RunConfig(), TINY)
+    cfg = replace(base, out=tmp_path, device="cpu", models=replace(base.models, golden_pm_init=init),
+                  train=replace(base.train, pm_epochs=0))
+    p = Pipeline(cfg)
+    pm, sft = p.golden_pm.transformer.state_dict(), p.sft[1.0].transformer.state_dict()
+    assert pm.keys() == sft.keys()
+    same = all(torch.equal(pm[k], sft[k]) for k in pm)
+    assert same == (init == "sft")
