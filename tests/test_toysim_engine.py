@@ -170,9 +170,9 @@ def test_pair_logp_matches_logits_table_reference(runs, path, monkeypatch):
 
 @pytest.mark.parametrize("scale", [0.1, 1.0, 300.0])
 def test_pair_logp_in_float32_for_small_and_huge_logits(scale):
-    """The forward skips the max shift when every row sum of exp(logits) is finite and ≥ 1e-30,
-    and falls back to it otherwise (logits of ±hundreds overflow float32's exp): both give the
-    max-shifted log-softmax of the full table, values and gradients."""
+    """The forward reads log π(y|x) off the softmax while every picked entry is ≥ 1e-30, and
+    falls back to logit − log-sum-exp otherwise (logits of ±hundreds: entries underflow float32):
+    both give the max-shifted log-softmax of the full table, values and gradients."""
     from toysim.engine import gather_log_softmax
 
     w = make_world(WorldConfig(prompts=5, responses=7, golden_pairs=20, policy_features=4)).to(torch.float32)

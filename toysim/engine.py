@@ -12,7 +12,6 @@ Algorithm 1) with a per-run learning rate.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
