@@ -61,9 +61,7 @@ class ModelsConfig:
     proxy_pm_path: Path | None = None
     """a local causal LM directory to start the proxy PM from"""
     golden_pm_init: Literal["scratch", "sft"] = "scratch"
-    """scratch: the golden PM is built from ``golden_pm`` and trained from scratch; sft: it starts from
-    π_sft's weights with a new scalar head, as reward models do in Stiennon et al. 2020 and Ouyang et
-    al. 2022 (``golden_pm`` is then unused; ``golden_pm_path``, when given, wins)"""
+    """scratch: the golden PM is built from ``golden_pm``; sft: it starts from π_sft's weights with a new scalar head, as reward models do in Stiennon et al. 2020 and Ouyang et al. 2022 (``golden_pm_path``, when given, wins)"""
     pm_kind: Literal["pairwise", "bt"] = "pairwise"
     """pairwise r(x, y1, y2) as in the paper, or a Bradley–Terry pointwise reward"""
 
@@ -153,7 +151,7 @@ PRESETS: dict[str, RunConfig] = {
     "small": RunConfig(
         preset="small", seeds=3,
         data=DataConfig(task=TaskSpec(prompts=512, pairs=4096)),
-        models=ModelsConfig(golden_pm=ModelSpec(width=64, layers=2, heads=4), golden_pm_init="sft"),
+        models=ModelsConfig(golden_pm=ModelSpec(width=64, layers=2, heads=4)),
         train=TrainConfig(pm_epochs=20, pm_lr=5e-4, lr=1e-3),
         eval=EvalConfig(win_prompts=512, kl_prompts=128, acc_pairs=256),
     ),
