@@ -148,10 +148,10 @@ def run(cfg: BenchConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import tyro
+    from shared.cli import cli
 
     try:
-        cfg = tyro.cli(BenchConfig, args=argv, prog="python -m fullscale.bench", description=__doc__.split("\n\n")[0])
+        cfg = cli(BenchConfig, argv, prog="python -m fullscale.bench", description=__doc__.split("\n\n")[0])
     except SystemExit as e:
         return 2 if e.code else 0
     if min(cfg.batch, cfg.prompt_tokens, cfg.new_tokens, cfg.steps) < 1 or cfg.warmup < 0 or cfg.vocab < 8:

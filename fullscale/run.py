@@ -40,9 +40,8 @@ def _resolve(argv: list[str] | None):
     """Preset, then config file, then flags (tyro, defaults from the first two)."""
     import argparse
 
-    import tyro
-
     from fullscale.config import RunConfig, apply_file, preset
+    from shared.cli import cli
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default="smoke")
@@ -51,7 +50,7 @@ def _resolve(argv: list[str] | None):
     base = preset(known.preset)
     if known.config:
         base = apply_file(base, Path(known.config))
-    return tyro.cli(RunConfig, args=argv, default=base, prog="python -m fullscale.run", description=__doc__.split("\n\n")[0])
+    return cli(RunConfig, argv, default=base, prog="python -m fullscale.run", description=__doc__.split("\n\n")[0])
 
 
 def _check(cfg) -> str | None:

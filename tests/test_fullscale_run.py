@@ -101,7 +101,7 @@ def test_killed_and_resumed_run_reproduces_results(tmp_path, tiny_config, uninte
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--train.beta", "-1"], "must be > 0"),
     (["--data.source", "hh"], "needs --data.path"),
-    (["--study", "nonsense"], None),
+    (["--study", "nonsense"], "invalid choice 'nonsense' for argument '--study'"),
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
     r = run(*args, "--out", tmp_path / "x")

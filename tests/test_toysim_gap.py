@@ -73,7 +73,7 @@ def test_population_mode_runs_online_and_offline(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--hypothesis", "nonsense"], None),
+    (["--hypothesis", "nonsense"], "invalid choice 'nonsense' for argument '--hypothesis'"),
     (["--beta", "0"], "--beta must be > 0"),
     (["--beta", "-1"], "--beta must be > 0"),
     (["--beta", "inf"], "--beta must be > 0"),

@@ -88,9 +88,9 @@ def _measure(cfg: BenchConfig, policy: str) -> tuple[list[float], list[float]]:
 
 def main(argv=None) -> int:
     import torch
-    import tyro
+    from shared.cli import cli
 
-    cfg = tyro.cli(BenchConfig, args=argv, prog="python -m toysim.bench", description=__doc__.split("\n\n")[0])
+    cfg = cli(BenchConfig, argv, prog="python -m toysim.bench", description=__doc__.split("\n\n")[0])
     if min(cfg.prompts, cfg.runs, cfg.steps, cfg.loop_runs, cfg.repeats) < 1 or cfg.responses < 2:
         print("error: sizes must be positive (responses ≥ 2)", file=sys.stderr)
         return 2

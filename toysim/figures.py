@@ -103,10 +103,10 @@ class _Tee(io.TextIOBase):
 def main(argv: list[str] | None = None) -> int:
     import importlib
 
-    import tyro
+    from shared.cli import cli
 
     try:
-        cfg = tyro.cli(FiguresConfig, args=argv, prog="python -m toysim.figures", description=__doc__.split("\n\n")[0])
+        cfg = cli(FiguresConfig, argv, prog="python -m toysim.figures", description=__doc__.split("\n\n")[0])
     except SystemExit as e:
         return 0 if e.code in (0, None) else 2
     try:

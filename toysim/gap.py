@@ -94,11 +94,11 @@ def _write_json(path: Path, obj) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import tyro
+    from shared.cli import cli
 
     try:
-        cfg = tyro.cli(GapConfig, args=argv, prog="python -m toysim.gap", description=__doc__.split("\n\n")[0])
-    except SystemExit as e:  # tyro prints its own message; unify the exit code for bad arguments
+        cfg = cli(GapConfig, argv, prog="python -m toysim.gap", description=__doc__.split("\n\n")[0])
+    except SystemExit as e:  # --help (0), or a bad argument reported in one line (2)
         return 0 if e.code in (0, None) else 2
     from shared.studies import STUDIES
 

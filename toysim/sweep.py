@@ -125,14 +125,14 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    import tyro
+    from shared.cli import cli
     from tqdm import tqdm
 
     from toysim.env import WorldConfig
     from toysim.gap import fail
     from toysim.presets import PRESETS
 
-    cfg = tyro.cli(SweepConfig, args=argv, prog="python -m toysim.sweep", description=__doc__.split("\n\n")[0])
+    cfg = cli(SweepConfig, argv, prog="python -m toysim.sweep", description=__doc__.split("\n\n")[0])
     fields = {f.name for f in dataclasses.fields(WorldConfig)}
     for knob in (cfg.x, cfg.y):
         if knob not in fields:

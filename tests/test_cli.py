@@ -1,0 +1,45 @@
+"""shared.cli: a bad argument is one line on stderr and exit code 2; --help is tyro's own."""
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+from shared.cli import cli, one_line
+
+
+@dataclass(frozen=True)
+class _Config:
+    """A command."""
+
+    study: Literal["coverage", "theory"] = "coverage"
+    """which study"""
+    seeds: int = 5
+    """seeds per arm"""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--study", "nope"], "invalid choice 'nope' for argument '--study'. Expected one of ('coverage', 'theory')."),
+    (["--seeds", "x"], "--seeds"),
+    (["--bogus"], "--bogus"),
+])
+def test_bad_argument_is_one_line_and_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(_Config, argv, prog="prog", description="A command.")
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert not set(err) & set("╭╮╰╯│")
+
+
+def test_good_arguments_and_help_pass_through(capsys):
+    assert cli(_Config, ["--seeds", "3"], prog="prog", description="A command.") == _Config(seeds=3)
+    with pytest.raises(SystemExit) as e:
+        cli(_Config, ["--help"], prog="prog", description="A command.")
+    assert e.value.code == 0
+    assert "seeds per arm" in capsys.readouterr().out
+
+
+def test_one_line_reads_the_text_inside_the_box_up_to_its_rule():
+    box = "╭─ Invalid choice ─╮\n│ first part       │\n│ second part.     │\n│ ──────────────── │\n│ For full help    │\n╰──────────────────╯\n"
+    assert one_line(box) == "first part second part."
