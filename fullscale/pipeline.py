@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import platform
-import shutil
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -498,9 +497,3 @@ def run_study(pipe: Pipeline, study_name: str) -> dict:
     out["config"].pop("out", None), out["config"].pop("cache", None), out["config"].pop("resume", None)
     out["claims"] = judge(study, out)
     return out
-
-
-def clear_stage_tmp(cache: Path) -> None:
-    """Remove temporary files a killed process left behind (they are never read)."""
-    for p in cache.rglob("*.tmp"):
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)

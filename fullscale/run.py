@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    from fullscale.pipeline import Pipeline, clear_stage_tmp, run_study
+    from fullscale.pipeline import Pipeline, run_study
+    from fullscale.train import clear_stage_tmp
     from toysim import report
 
     t0 = time.time()

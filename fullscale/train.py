@@ -23,6 +23,7 @@ generators whose states are saved; models have no dropout).
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -32,7 +33,7 @@ from shared import losses
 from shared.preferences import random_order
 from shared.sampling import Batch, OfflineSampler, OnlineSampler, RefreshSampler, ReplaySampler, RolloutSampler, Rollouts
 
-__all__ = ["LOSSES", "supervised", "fit_pm", "optimise", "atomic_save", "safe_load", "fault_point"]
+__all__ = ["LOSSES", "supervised", "fit_pm", "optimise", "atomic_save", "clear_stage_tmp", "safe_load", "fault_point"]
 
 LOSSES = {"ipo": losses.ipo_loss, "dpo": losses.dpo_loss, "slic": losses.slic_loss, "bo2": losses.bo2_loss,
           "rloo": losses.rloo_loss}
@@ -49,6 +50,13 @@ def fault_point() -> None:
     limit = os.environ.get("FULLSCALE_FAULT_AFTER_STEPS")
     if limit is not None and _steps_done >= int(limit):
         os._exit(75)
+
+
+def clear_stage_tmp(cache: Path) -> None:
+    """Remove the temporary files (``*.tmp``, from ``atomic_save`` and ``save_model``) that a killed
+    process left behind in a stage cache; they are never read."""
+    for p in cache.rglob("*.tmp"):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def atomic_save(obj, path: Path) -> None:
