@@ -73,3 +73,29 @@ def test_masked_coordinates_stay_exactly_zero():
     train(pol, sampler, ipo_loss, torch.full((3, 1), 0.1), torch.full((3, 1), 0.05), 20, 100, lambda t, s: {}, None)
     assert torch.all(pol.theta[0, 2:] == 0) and torch.all(pol.theta[1, 5:] == 0)
     assert torch.all(pol.theta[0, :2] != 0) and torch.all(pol.theta[2] != 0)
+
+
+def test_step_0_accuracies_are_exact_ties_whatever_the_program():
+    """At step 0 the policy is π_sft, so every implicit-reward margin is a tie (½). The fused
+    program re-rounds π_sft's table, so without engine.rounded_sign these read as rounding
+    noise (0.49 or 0.50 depending on the CPU's kernels)."""
+    r = _runner()
+    arms = [Arm("online", "online", labels="proxy"), Arm("offline", "offline", sweep=True)]
+    r.run_arms(arms)
+    for arm in arms:
+        for run in r.run_arm(arm):
+            for key in ("acc_golden", "acc_online_pairs", "acc_self"):
+                assert run["series"][key][0] == 0.5, (arm.name, key)
+            assert run["series"]["acc_golden"][-1] != 0.5  # trained, the policy decides
+
+
+def test_rounded_sign_is_sign_outside_the_rounding_band():
+    from toysim.engine import ROUNDING, rounded_sign
+
+    eps = torch.finfo(torch.float32).eps
+    scale = torch.tensor([10.0, 10.0, 10.0, 10.0, 0.0])
+    margin = torch.tensor([ROUNDING * eps * 10 * 0.9, -ROUNDING * eps * 10 * 0.9, 1e-3, -1e-3, 1e-30])
+    for m, s, got in zip(margin.tolist(), scale.tolist(), rounded_sign(margin, scale).tolist()):
+        want = 0.0 if abs(m) <= ROUNDING * eps * s else (1.0 if m > 0 else -1.0)  # plain loop reference
+        assert got == want
+    assert rounded_sign(margin, scale).tolist() == [0.0, 0.0, 1.0, -1.0, 1.0]

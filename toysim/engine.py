@@ -255,7 +255,8 @@ class Evaluator:
         probs = table.exp()
         label_sign = torch.sign(self.golden_pref - 0.5)  # the golden decision, 0 on ties
         h = table - self.sft_logp  # [R, X, N]
-        agree = torch.sign(h[..., :, None] - h[..., None, :]) * label_sign  # [R, X, N, N]
+        scale = table.abs() + self.sft_logp.abs()  # [R, X, N]: the size of the terms whose rounding h carries
+        agree = rounded_sign(h[..., :, None] - h[..., None, :], scale[..., :, None] + scale[..., None, :]) * label_sign  # [R, X, N, N]
         proxy_agree = torch.sign(self.proxy_margin) * label_sign
         g = self.d_golden
         q = probs if self.pair_probs_at is None else self.pair_probs_at(step)
@@ -263,7 +264,8 @@ class Evaluator:
         return {
             "kl": kl_exact(table, self.sft_logp.expand_as(table)),
             "win_rate": win_rate_exact(probs, self.ref_probs, self.golden_pref),
-            "acc_golden": classifier_accuracy_exact_pairs(h[:, g.x, g.y_w] - h[:, g.x, g.y_l]),
+            "acc_golden": classifier_accuracy_exact_pairs(rounded_sign(h[:, g.x, g.y_w] - h[:, g.x, g.y_l],
+                                                                       scale[:, g.x, g.y_w] + scale[:, g.x, g.y_l])),
             "acc_online_pairs": classifier_accuracy_exact(None, None, q, agreement=agree),
             "proxy_acc_online_pairs": classifier_accuracy_exact(None, None, q, agreement=proxy_agree),
             "acc_self": classifier_accuracy_exact(None, None, probs, agreement=agree),
@@ -272,9 +274,27 @@ class Evaluator:
         }
 
 
-def classifier_accuracy_exact_pairs(margin_w_minus_l: torch.Tensor) -> torch.Tensor:
-    """Accuracy on a labelled set stored as (y_w, y_l): margin > 0 is correct, 0 counts ½."""
-    return ((margin_w_minus_l > 0).to(margin_w_minus_l.dtype) + 0.5 * (margin_w_minus_l == 0)).mean(-1)
+ROUNDING = 8  # a margin within this many ulps of its terms' size is a tie (see rounded_sign)
+
+
+def rounded_sign(margin: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """sign(margin), with margins no larger than float rounding of terms of total size ``scale``
+    (|margin| ≤ ROUNDING · eps · scale) counted as 0, a tie.
+
+    The policy's implicit reward h = log π − log π_sft is a difference of two separately
+    rounded tables: at step 0 (π = π_sft) and wherever the policy has not moved, h is rounding
+    noise whose sign changes with the CPU's vector kernels. Without the dead zone the step-0
+    accuracies were such noise (0.49 on one CPU, 0.50 on another); with it they are ½, exactly
+    the tie they are. Any margin the policy learns is orders of magnitude larger.
+    Shapes: margin and scale broadcast -> margin's shape."""
+    tol = ROUNDING * torch.finfo(margin.dtype).eps * scale
+    return torch.where(margin.abs() <= tol, torch.zeros_like(margin), torch.sign(margin))
+
+
+def classifier_accuracy_exact_pairs(sign_w_minus_l: torch.Tensor) -> torch.Tensor:
+    """Accuracy on a labelled set stored as (y_w, y_l) from the sign of each pair's margin
+    (``rounded_sign``): +1 is correct, 0 (a tie) counts ½."""
+    return ((sign_w_minus_l > 0).to(sign_w_minus_l.dtype) + 0.5 * (sign_w_minus_l == 0)).mean(-1)
 
 
 def train(policy: LogLinearPolicy, sampler, loss_fn, beta: torch.Tensor, lr: torch.Tensor, steps: int,
