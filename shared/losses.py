@@ -189,7 +189,7 @@ def rloo_loss(pi_logp, ref_logp, reward, beta):
     k = pi_logp.shape[-1]
     if k < 2:
         raise ValueError(f"RLOO needs at least 2 samples per prompt on the last axis, got {k}")
-    beta = torch.as_tensor(beta, dtype=pi_logp.dtype, device=pi_logp.device)
+    beta = positive("beta", beta, pi_logp[..., :1])
     with torch.no_grad():
         R = reward - beta * (pi_logp - ref_logp)
         advantage = R - (R.sum(-1, keepdim=True) - R) / (k - 1)

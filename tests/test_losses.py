@@ -179,6 +179,14 @@ def test_rloo_matches_a_plain_loop():
         L.rloo_loss(pi[:, :1], ref[:, :1], r[:, :1], beta)
 
 
+@pytest.mark.parametrize("beta", [0.0, -1.0, float("nan"), float("inf"), torch.tensor([[0.1], [-0.1], [0.2]])])
+def test_rloo_rejects_a_bad_beta(beta):
+    pi, ref, r = (torch.zeros(3, 4) for _ in range(3))
+    with pytest.raises(ValueError, match="beta"):
+        L.rloo_loss(pi, ref, r, beta)
+    assert L.rloo_loss(pi, ref, r, torch.tensor([[0.1], [0.2], [0.3]])).shape == (3,)  # a per-prompt β broadcasts
+
+
 @pytest.mark.parametrize("k, beta", [(2, 0.1), (4, 1.0)])
 def test_rloo_is_unbiased_for_the_exact_rlhf_gradient(k, beta):
     """On an enumerable bandit (3 prompts × 5 responses), the mean RLOO gradient over many
