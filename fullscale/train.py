@@ -38,25 +38,28 @@ __all__ = ["LOSSES", "supervised", "fit_pm", "optimise", "atomic_save", "clear_s
 LOSSES = {"ipo": losses.ipo_loss, "dpo": losses.dpo_loss, "slic": losses.slic_loss, "bo2": losses.bo2_loss,
           "rloo": losses.rloo_loss}
 
-_steps_done = 0
+_FAULT_ENV = {"step": "FULLSCALE_FAULT_AFTER_STEPS", "save": "FULLSCALE_FAULT_AFTER_SAVES"}
+_events: dict[str, int] = {"step": 0, "save": 0}
 
 
-def fault_point() -> None:
-    """Test hook for the kill-and-resume test: with FULLSCALE_FAULT_AFTER_STEPS=N in the
-    environment, the process dies (like a SIGKILL: no cleanup) after N optimiser steps of
-    any stage (SFT, preference models, policies)."""
-    global _steps_done
-    _steps_done += 1
-    limit = os.environ.get("FULLSCALE_FAULT_AFTER_STEPS")
-    if limit is not None and _steps_done >= int(limit):
+def fault_point(event: str = "step") -> None:
+    """Test hook for the kill-and-resume tests: with FULLSCALE_FAULT_AFTER_STEPS=N (or
+    FULLSCALE_FAULT_AFTER_SAVES=N) in the environment, the process dies (like a SIGKILL:
+    no cleanup) right after the N-th optimiser step of any stage (SFT, preference models,
+    policies), or right after the N-th saved run state of a policy run."""
+    _events[event] += 1
+    limit = os.environ.get(_FAULT_ENV[event])
+    if limit is not None and _events[event] >= int(limit):
         os._exit(75)
 
 
-def clear_stage_tmp(cache: Path) -> None:
+def clear_stage_tmp(stage: Path) -> None:
     """Remove the temporary files (``*.tmp``, from ``atomic_save`` and ``save_model``) that a killed
-    process left behind in a stage cache; they are never read."""
-    for p in cache.rglob("*.tmp"):
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    process left directly in one stage folder; they are never read. Nothing else is touched."""
+    if not stage.is_dir():
+        return
+    for p in stage.glob("*.tmp"):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -174,13 +177,13 @@ def optimise(model, ref_model, prompts: Prompts, sampler, loss_name: str, beta: 
     loss_fn = LOSSES[loss_name]
     opt = _adam(model, lr)
     series: dict[str, list] = {"step": []}
-    start = 0
+    start, resumed = 0, False
     if state_path is not None and state_path.exists():
         st = safe_load(state_path)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         restore_sampler(sampler, st["sampler"])
-        series, start = st["series"], st["step"]
+        series, start, resumed = st["series"], st["step"], True
         if progress is not None:
             progress.update(start)
 
@@ -188,9 +191,12 @@ def optimise(model, ref_model, prompts: Prompts, sampler, loss_name: str, beta: 
         if state_path is not None:
             atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sampler": sampler_state(sampler),
                          "series": series, "step": step}, state_path)
+            fault_point("save")
 
     for step in range(start, steps + 1):
-        resumed_here = step == start and start > 0
+        # the state saved at ``start`` was written after that step's evaluation, snapshot and
+        # save, and before its training step: a resumed run skips those three there (step 0 too)
+        resumed_here = resumed and step == start
         if step in snapshot_at and snapshot is not None and not resumed_here:
             snapshot(step)
         if (step == 0 or step in eval_at) and not resumed_here:

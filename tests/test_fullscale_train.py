@@ -54,8 +54,12 @@ def test_ordered_replay_reproduces_the_online_run_exactly():
     assert not all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), shuffled.state_dict().values()))
 
 
+@pytest.mark.parametrize("kill_at", [("step", 5), ("save", 1), ("save", 3)])
 @pytest.mark.parametrize("source", ["online", "offline", "refresh", "rlhf"])
-def test_resume_from_saved_state_reproduces_the_uninterrupted_run(tmp_path, source, monkeypatch):
+def test_resume_from_saved_state_reproduces_the_uninterrupted_run(tmp_path, source, kill_at, monkeypatch):
+    """Killed after 5 optimiser steps, right after the step-0 save (evaluated, not yet
+    trained), or right after the save at step 3's checkpoint: the resumed run evaluates
+    every checkpoint once and ends with the uninterrupted run's series and weights."""
     def run(state_path, stop_after=None):
         model, ref, oracle = world()
         g = torch.Generator().manual_seed(0)
@@ -78,14 +82,14 @@ def test_resume_from_saved_state_reproduces_the_uninterrupted_run(tmp_path, sour
         if stop_after is not None:  # simulate a kill: the loop raises after this many optimiser steps
             calls = {"n": 0}
 
-            def fault():
-                calls["n"] += 1
-                if calls["n"] >= stop_after:
+            def fault(event="step"):
+                calls["n"] += event == stop_after[0]
+                if calls["n"] >= stop_after[1]:
                     raise KeyboardInterrupt
 
             monkeypatch.setattr("fullscale.train.fault_point", fault)
         else:
-            monkeypatch.setattr("fullscale.train.fault_point", lambda: None)
+            monkeypatch.setattr("fullscale.train.fault_point", lambda event="step": None)
         evaluate = lambda step: {"p0": float(next(model.parameters()).detach().sum())}  # noqa: E731
         series = optimise(model, ref, PROMPTS, sampler, loss, 0.1, 1e-2, 9, {3, 9}, evaluate, EOS, PAD,
                           state_path=state_path, save_every=2)
@@ -94,7 +98,7 @@ def test_resume_from_saved_state_reproduces_the_uninterrupted_run(tmp_path, sour
     full, m_full = run(None)
     path = tmp_path / "state.pt"
     with pytest.raises(KeyboardInterrupt):
-        run(path, stop_after=5)
+        run(path, stop_after=kill_at)
     assert path.exists()
     resumed, m_res = run(path)
     assert resumed == full
