@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -19,7 +22,8 @@ from typing import Literal
 from fullscale.models import ModelSpec
 from fullscale.task import TaskSpec
 
-__all__ = ["DataConfig", "ModelsConfig", "TrainConfig", "EvalConfig", "RunConfig", "PRESETS", "preset", "apply_file"]
+__all__ = ["DataConfig", "ModelsConfig", "TrainConfig", "EvalConfig", "RunConfig", "PRESETS", "preset", "apply_file",
+           "LIMITS", "Range", "out_of_range", "flag", "ConfigFileError"]
 
 StudyName = Literal["coverage", "quality", "classification", "contrastive", "scale", "data", "equivalence", "refresh"]
 
@@ -130,6 +134,8 @@ class RunConfig:
     """stage cache directory (default DIR/cache); point several runs at one to share stages"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: cuda when available"""
+    threads: int = 0
+    """CPU threads for torch (0: torch's default). Recorded in config.json; --resume restores it, since results depend on it in their last digits"""
     seed: int = 0
     """seed of model initialisation and of the golden policy"""
     data: DataConfig = field(default_factory=DataConfig)
@@ -173,34 +179,157 @@ def preset(name: str) -> RunConfig:
     return PRESETS[name]
 
 
-def _merge(obj, overrides: dict, where: str):
-    """A copy of dataclass ``obj`` with ``overrides`` (nested dicts) applied; unknown keys are errors."""
-    names = {f.name: f for f in dataclasses.fields(obj)}
+# ---------------------------------------------------------------- the allowed values
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a number (of each element, for a tuple); ``open_lo``: lo itself is excluded."""
+
+    lo: float
+    hi: float
+    open_lo: bool = False
+
+    def check(self, value) -> str | None:
+        """None when ``value`` is allowed, else what is wrong (the end of a one-line message)."""
+        values = value if isinstance(value, tuple) else (value,)
+        if isinstance(value, tuple) and not value:
+            return "needs at least one value"
+        for v in values:
+            ok = math.isfinite(v) and (v > self.lo if self.open_lo else v >= self.lo) and v <= self.hi
+            if not ok:
+                kind = "an integer" if isinstance(v, int) else "a number"
+                low = f"> {self.lo:g}" if self.open_lo else f"≥ {self.lo:g}"
+                return f"must be {kind} {low} and ≤ {self.hi:g}, got {v!r}" + (f" in {value!r}" if isinstance(value, tuple) else "")
+        return None
+
+
+_MODEL = {"width": Range(1, 65536), "layers": Range(1, 1024), "heads": Range(1, 1024), "max_len": Range(2, 1 << 20)}
+LIMITS: dict[str, Range] = {
+    # upper bounds keep a typo from allocating gigabytes or running for days before it fails
+    "seeds": Range(1, 100), "seed": Range(0, 2**31 - 1), "threads": Range(0, 4096),
+    "data.max_pairs": Range(1, 10**8), "data.max_prompt_tokens": Range(1, 1 << 16),
+    "data.max_response_tokens": Range(2, 1 << 14), "data.vocab_words": Range(1, 10**7),
+    "data.task.prompts": Range(1, 10**6), "data.task.pairs": Range(1, 10**7), "data.task.words": Range(1, 10**5),
+    "data.task.doc_words": Range(1, 10**4), "data.task.label_noise": Range(0, 0.4999),
+    "data.task.seed": Range(0, 2**31 - 1),
+    **{f"models.{m}.{k}": r for m in ("policy", "golden_pm", "proxy_pm") for k, r in _MODEL.items()},
+    "train.sft_epochs": Range(0, 10**4), "train.sft_lr": Range(0, 10, True), "train.pm_epochs": Range(0, 10**4),
+    "train.pm_lr": Range(0, 10, True), "train.proxy_fraction": Range(0, 1, True), "train.steps": Range(1, 10**7),
+    "train.offline_mult": Range(1, 1000), "train.batch_size": Range(1, 1 << 16), "train.lr": Range(0, 10, True),
+    "train.beta": Range(0, 1e3, True), "train.sweep_lr": Range(0, 1e3, True), "train.sweep_beta": Range(0, 1e3, True),
+    "train.temperature": Range(0, 1e3, True), "train.checkpoints": Range(1, 1000), "train.save_every": Range(1, 10**7),
+    "eval.win_prompts": Range(2, 10**6), "eval.kl_prompts": Range(1, 10**6), "eval.acc_pairs": Range(1, 10**6),
+}
+"""The allowed range of every number of ``RunConfig``, by its dotted name (``--train.lr`` is "train.lr")."""
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a dotted field name: "train.max_len" -> "--train.max-len"."""
+    return "--" + name.replace("_", "-")
+
+
+def out_of_range(cfg: RunConfig) -> str | None:
+    """The first number of ``cfg`` outside ``LIMITS``, as a one-line message naming its flag."""
+    for name, rng in LIMITS.items():
+        value = cfg
+        for part in name.split("."):
+            value = getattr(value, part)
+        problem = None if value is None else rng.check(value)
+        if problem:
+            return f"{flag(name)} {problem}"
+    return None
+
+
+# ---------------------------------------------------------------- config files
+class ConfigFileError(ValueError):
+    """A config file that cannot be applied: the message names the file and the key."""
+
+
+def _typed(value, tp, where: str):
+    """``value`` (parsed from JSON or TOML) as the field type ``tp``, or ConfigFileError."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigFileError(f"{where} must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _typed(value, inner, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigFileError(f"{where} must be a list, got {value!r}")
+        return tuple(_typed(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigFileError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigFileError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigFileError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp is Path or tp is str:
+        if not isinstance(value, str) or not value:
+            raise ConfigFileError(f"{where} must be a non-empty string, got {value!r}")
+        return Path(value) if tp is Path else value
+    raise TypeError(f"no config-file rule for {where}'s type {tp!r}")  # a new field type: add a rule
+
+
+def _merge(obj, overrides, file: Path, prefix: str = ""):
+    """A copy of dataclass ``obj`` with ``overrides`` (nested tables) applied, each value checked
+    by type (``_typed``) and range (``LIMITS``); an unknown key or a bad value is a ConfigFileError."""
+    if not isinstance(overrides, dict):
+        what = f"key {prefix[:-1]!r}" if prefix else "the top level"
+        raise ConfigFileError(f"{file}: {what} must be a table of {type(obj).__name__} fields, got {type(overrides).__name__}")
+    names = {f.name for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
     changes = {}
     for k, v in overrides.items():
+        name = prefix + k
         if k not in names:
-            raise ValueError(f"{where}: unknown key {k!r}; expected one of {', '.join(names)}")
-        cur = getattr(obj, k)
-        if dataclasses.is_dataclass(cur):
-            if not isinstance(v, dict):
-                raise ValueError(f"{where}: {k!r} must be a table of {type(cur).__name__} fields")
-            changes[k] = _merge(cur, v, f"{where}.{k}")
-        elif isinstance(cur, Path) or (cur is None and k.endswith(("path", "cache", "config", "out"))):
-            changes[k] = None if v is None else Path(v)
-        elif isinstance(cur, tuple):
-            changes[k] = tuple(v)
-        else:
-            changes[k] = v
+            raise ConfigFileError(f"{file}: unknown key {name!r}; expected one of {', '.join(sorted(names))}")
+        if dataclasses.is_dataclass(getattr(obj, k)):
+            changes[k] = _merge(getattr(obj, k), v, file, name + ".")
+            continue
+        if name == "config" and v is not None:
+            raise ConfigFileError(f"{file}: key 'config' cannot name another config file")
+        if name == "preset" and v != obj.preset:
+            raise ConfigFileError(f"{file}: key 'preset' is {v!r}, but the preset in use is {obj.preset!r}; pass --preset {v}")
+        value = _typed(v, hints[k], f"{file}: key {name!r}")
+        problem = LIMITS[name].check(value) if name in LIMITS and value is not None else None
+        if problem:
+            raise ConfigFileError(f"{file}: key {name!r} {problem}")
+        changes[k] = value
     return replace(obj, **changes)
 
 
 def apply_file(cfg: RunConfig, path: Path) -> RunConfig:
-    """Apply a JSON (.json) or TOML (.toml) file of overrides."""
-    text = Path(path).read_text()
-    if str(path).endswith(".toml"):
+    """Apply a JSON (.json) or TOML (.toml) file of overrides (every value checked: ``_merge``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigFileError(f"--config {path} is a directory, not a JSON or TOML file")
+    if not path.is_file():
+        raise ConfigFileError(f"--config {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigFileError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise ConfigFileError(f"--config {path}: {e.strerror or e}") from None
+    if path.suffix == ".toml":
         import tomllib
 
-        data = tomllib.loads(text)
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigFileError(f"{path}: invalid TOML: {str(e).splitlines()[0]}") from None
     else:
-        data = json.loads(text)
-    return _merge(cfg, data, str(path))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigFileError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    return _merge(cfg, data, path)

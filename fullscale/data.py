@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Pair", "Loaded", "DataError", "FORMATS", "load_pairs", "Encoded", "encode_pairs"]
+__all__ = ["Pair", "Loaded", "DataError", "FORMATS", "load_pairs", "Encoded", "encode_pairs", "Prepared", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -223,3 +223,45 @@ def encode_pairs(pairs: list[Pair], tokenizer, max_prompt: int, max_response: in
     return Encoded(texts, prompt_ids, prompt_mask, torch.tensor([row[p.prompt] for p in pairs]),
                    torch.tensor([resp(p.a) for p in pairs]), torch.tensor([resp(p.b) for p in pairs]),
                    torch.tensor([bool(p.a_wins) for p in pairs]), torch.tensor([p.a_wins is None for p in pairs]))
+
+
+# ---------------------------------------------------------------- a run's data, read and encoded in memory
+@dataclass
+class Prepared:
+    """A run's data before anything is written: the tokenizer, the tensors of the data stage
+    (prompt_ids, prompt_mask, x, y_a, y_b, a_wins, tie, train), its info record, and the
+    synthetic task's prompt texts (None for a data file)."""
+
+    tokenizer: object
+    tensors: dict
+    info: dict
+    prompt_texts: list[str] | None
+
+
+def prepare(cfg) -> Prepared:
+    """Build the synthetic task or read ``cfg.data.path``; tokenise with the policy's tokenizer
+    (``--models.policy-path``) or a word tokenizer of the data; hold out 10% of the pairs
+    (seeded by ``cfg.seed``) to measure the preference models. Writes nothing."""
+    from fullscale.models import load_tokenizer, special_ids, word_tokenizer
+
+    skipped: Counter = Counter()
+    if cfg.data.source == "synthetic":
+        from fullscale.task import END, FILLERS, make_task
+
+        task = make_task(cfg.data.task, cfg.data.max_response_tokens - 1)
+        pairs, words = task.pairs, task.words + FILLERS + [END]
+    else:
+        loaded = load_pairs(cfg.data.path, cfg.data.source)
+        pairs, skipped = loaded.pairs[: cfg.data.max_pairs], loaded.skipped
+        counts = Counter(w for p in pairs for t in (p.prompt, p.a, p.b) for w in t.split())
+        words = [w for w, _ in counts.most_common(cfg.data.vocab_words)]
+    tok = load_tokenizer(cfg.models.policy_path) if cfg.models.policy_path is not None else word_tokenizer(words)
+    ids = special_ids(tok)
+    enc = encode_pairs(pairs, tok, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens, ids["eos"], ids["pad"])
+    g = torch.Generator().manual_seed(cfg.seed)
+    train = torch.rand(len(enc.x), generator=g) >= 0.1  # 10% held out to measure the preference models
+    tensors = {"prompt_ids": enc.prompt_ids, "prompt_mask": enc.prompt_mask, "x": enc.x, "y_a": enc.y_a,
+               "y_b": enc.y_b, "a_wins": enc.a_wins, "tie": enc.tie, "train": train}
+    info = {"pairs": len(pairs), "prompts": len(enc.prompt_texts), "ties": int(enc.tie.sum()),
+            "skipped": dict(skipped), "vocab": len(tok), "source": cfg.data.source}
+    return Prepared(tok, tensors, info, enc.prompt_texts if cfg.data.source == "synthetic" else None)

@@ -25,11 +25,12 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
-__all__ = ["SPECIALS", "ModelSpec", "word_tokenizer", "special_ids", "build_model", "load_model", "save_model", "width_for_capacity", "param_count"]
+__all__ = ["SPECIALS", "ModelSpec", "word_tokenizer", "special_ids", "build_model", "load_model", "load_tokenizer", "save_model", "width_for_capacity", "param_count"]
 
 SPECIALS = ["<pad>", "<eos>", "<sep>", "<cls>", "<unk>"]
 
@@ -38,7 +39,7 @@ SPECIALS = ["<pad>", "<eos>", "<sep>", "<cls>", "<unk>"]
 class ModelSpec:
     """A model built from a config: architecture and size."""
 
-    arch: str = "gpt2"
+    arch: Literal["gpt2", "llama"] = "gpt2"
     """gpt2 or llama"""
     width: int = 64
     """hidden size (a multiple of ``heads``)"""
@@ -128,18 +129,32 @@ def build_model(spec: ModelSpec, vocab: int, ids: dict[str, int], seed: int, hea
 
 def load_model(path: str | Path, head: bool = False, device: str = "cpu"):
     """Load (model, tokenizer) from a local directory; no download, no remote code."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a model directory (no config.json); models load from local paths only")
     cls = AutoModelForSequenceClassification if head else AutoModelForCausalLM
     kw = {"num_labels": 1} if head else {}
-    model = cls.from_pretrained(path, local_files_only=True, trust_remote_code=False, **kw)
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    try:
+        model = cls.from_pretrained(path, local_files_only=True, trust_remote_code=False, **kw)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:  # corrupt weights, an unknown architecture
+        raise ValueError(f"{path}: the model cannot be loaded ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    tok = load_tokenizer(path)
     if head and model.config.pad_token_id is None:
         model.config.pad_token_id = special_ids(tok)["pad"]
     return model.to(device).eval(), tok
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a local model directory (no download, no remote code); a ValueError
+    naming the directory when it has none that loads."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(Path(path), local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: its tokenizer cannot be loaded ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 def save_model(model, tokenizer, path: str | Path) -> None:

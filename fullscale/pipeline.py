@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import platform
-from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -32,18 +31,29 @@ import numpy as np
 import torch
 
 from fullscale.config import RunConfig
-from fullscale.data import Encoded, encode_pairs, load_pairs
+from fullscale.data import Prepared, prepare
 from fullscale.lm import LMPolicy, PMOracle, Prompts, sample_responses, sequence_logp, tokenwise_kl
-from fullscale.models import build_model, load_model, save_model, special_ids, width_for_capacity, word_tokenizer
-from fullscale.train import atomic_save, fit_pm, optimise, safe_load, supervised
+from fullscale.models import build_model, load_model, save_model, special_ids, width_for_capacity
+from fullscale.train import atomic_save, clear_stage_tmp, fit_pm, optimise, safe_load, supervised
 from shared.metrics import classifier_accuracy, logp_shift, policy_margin
 from shared.preferences import label_pairs
 from shared.sampling import Batch, OfflineSampler, OnlineSampler, RefreshSampler, ReplaySampler, RolloutSampler, policy_pair_dataset
 from shared.studies import STUDIES, Arm, judge
 
-__all__ = ["Pipeline", "run_study", "config_hash"]
+__all__ = ["Pipeline", "run_study", "config_hash", "data_stage_dir"]
 
 DATASET_FRACS = sorted({f for s in STUDIES.values() for a in s.arms if a.source == "dataset" for f in a.params["pair"]})
+
+
+def data_stage_deps(cfg: RunConfig) -> tuple:
+    """The data stage's name and the config it depends on (``Pipeline._stage``'s arguments)."""
+    return "data", asdict(cfg.data), asdict(cfg.models)
+
+
+def data_stage_dir(cfg: RunConfig) -> Path:
+    """Where the data stage of ``cfg`` is cached."""
+    name, *deps = data_stage_deps(cfg)
+    return Path(cfg.cache or cfg.out / "cache") / f"{name}-{config_hash(*deps)}"
 
 
 def config_hash(*parts) -> str:
@@ -64,8 +74,10 @@ def _null_progress(total, desc):
 class Pipeline:
     """Holds the world (data, SFT policy, golden and proxy PMs) and the finished arms."""
 
-    def __init__(self, cfg: RunConfig, progress=None, log=None):
+    def __init__(self, cfg: RunConfig, progress=None, log=None, data: Prepared | None = None):
+        """``data``: the run's data already read and checked (``fullscale.data.prepare``); read here when None."""
         self.cfg, self.t = cfg, cfg.train
+        self.prepared = data
         self.progress = progress or _null_progress
         self.log = log or (lambda rec: None)
         self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
@@ -79,8 +91,11 @@ class Pipeline:
 
     # ---------------------------------------------------------------- helpers
     def _stage(self, name: str, *deps) -> tuple[Path, bool]:
-        """(directory, finished?) of a cached stage."""
+        """(directory, finished?) of a cached stage. Temporary files a killed process left in
+        it (``*.tmp``, by ``atomic_save`` and ``save_model``, never read) are removed; nothing
+        outside the stage's own folder is touched."""
         d = self.cache / f"{name}-{config_hash(*deps)}"
+        clear_stage_tmp(d)
         return d, (d / "DONE").exists()
 
     @staticmethod
@@ -94,11 +109,15 @@ class Pipeline:
     # ---------------------------------------------------------------- 1. the world
     def _world(self):
         cfg, dev = self.cfg, self.device
-        d, done = self._stage("data", asdict(cfg.data), asdict(cfg.models))
+        d, done = self._stage(*data_stage_deps(cfg))
         if not done:
             d.mkdir(parents=True, exist_ok=True)
-            info = self._make_data(d)
-            self._done(d, info)
+            prep = self.prepared or prepare(cfg)
+            prep.tokenizer.save_pretrained(d / "tokenizer")
+            atomic_save(prep.tensors, d / "data.pt")
+            if prep.prompt_texts is not None:
+                (d / "prompts.json").write_text(json.dumps(prep.prompt_texts))
+            self._done(d, prep.info)
         info = json.loads((d / "info.json").read_text())
         self.extras["data"] = info
         from transformers import AutoTokenizer
@@ -125,37 +144,6 @@ class Pipeline:
                                  self.d_golden.x[tr], self.d_golden.y_w[tr], self.d_golden.y_l[tr], extra=self.golden_key)
         self.proxy_oracle = PMOracle(self.proxy_pm, self.prompts, cfg.models.pm_kind, self.ids["eos"], self.ids["pad"], self.ids["cls"])
         self._pm_report()
-
-    def _make_data(self, d: Path) -> dict:
-        cfg = self.cfg
-        skipped: Counter = Counter()
-        if cfg.data.source == "synthetic":
-            from fullscale.task import FILLERS, END, make_task
-
-            task = make_task(cfg.data.task, cfg.data.max_response_tokens - 1)
-            pairs, words = task.pairs, task.words + FILLERS + [END]
-        else:
-            if cfg.data.path is None:
-                raise ValueError(f"data.source {cfg.data.source!r} needs --data.path (a local file)")
-            loaded = load_pairs(cfg.data.path, cfg.data.source)
-            pairs, skipped = loaded.pairs[: cfg.data.max_pairs], loaded.skipped
-            counts = Counter(w for p in pairs for t in (p.prompt, p.a, p.b) for w in t.split())
-            words = [w for w, _ in counts.most_common(cfg.data.vocab_words)]
-        if cfg.models.policy_path is not None:
-            _, tok = load_model(cfg.models.policy_path)
-        else:
-            tok = word_tokenizer(words)
-        ids = special_ids(tok)
-        enc: Encoded = encode_pairs(pairs, tok, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens, ids["eos"], ids["pad"])
-        g = torch.Generator().manual_seed(cfg.seed)
-        train = torch.rand(len(enc.x), generator=g) >= 0.1  # 10% held out to measure the preference models
-        tok.save_pretrained(d / "tokenizer")
-        atomic_save({"prompt_ids": enc.prompt_ids, "prompt_mask": enc.prompt_mask, "x": enc.x, "y_a": enc.y_a,
-                     "y_b": enc.y_b, "a_wins": enc.a_wins, "tie": enc.tie, "train": train}, d / "data.pt")
-        if cfg.data.source == "synthetic":
-            (d / "prompts.json").write_text(json.dumps(enc.prompt_texts))
-        return {"pairs": len(pairs), "prompts": len(enc.prompt_texts), "ties": int(enc.tie.sum()),
-                "skipped": dict(skipped), "vocab": len(tok), "source": cfg.data.source}
 
     def _human_labels(self):
         """The initial labels (rater or dataset): chosen/rejected of the training pairs, ties dropped."""
@@ -481,7 +469,7 @@ def _machine(device) -> str:
     import os
 
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else (platform.processor() or platform.machine())
-    return f"{name}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {device.type}"
+    return f"{name}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads, torch {torch.__version__}, {device.type}"
 
 
 def run_study(pipe: Pipeline, study_name: str) -> dict:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 __all__ = ["main"]
@@ -53,43 +54,52 @@ def _resolve(argv: list[str] | None):
     return cli(RunConfig, argv, default=base, prog="python -m fullscale.run", description=__doc__.split("\n\n")[0])
 
 
-def _check(cfg) -> str | None:
-    if cfg.seeds < 1:
-        return f"--seeds must be at least 1, got {cfg.seeds}"
-    t = cfg.train
-    for name in ("steps", "batch_size", "checkpoints", "save_every", "offline_mult"):
-        if getattr(t, name) < 1:
-            return f"--train.{name.replace('_', '-')} must be at least 1, got {getattr(t, name)}"
-    if not (t.beta > 0 and t.lr > 0 and t.temperature > 0):
-        return "--train.beta, --train.lr and --train.temperature must be > 0"
-    if cfg.data.max_response_tokens < 2:
-        return "--data.max-response-tokens must be at least 2"
-    if cfg.data.source != "synthetic" and cfg.data.path is None:
-        return f"--data.source {cfg.data.source} needs --data.path (a local file)"
-    if cfg.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            return "--device cuda, but no CUDA device is available"
+def _check_out(cfg) -> str | None:
+    """The run directory's state: a finished run is never overwritten, a started one only
+    continued with --resume and the same config; writable. Writes nothing."""
     out = cfg.out
-    if (out / "results.json").exists() or ((out / "config.json").exists() and not cfg.resume):
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file; choose a directory"
+    if (out / "results.json").exists():
+        if cfg.resume:
+            return f"{out}/results.json exists: that run is finished; choose a new --out"
+        return f"{out} holds a finished run; choose a new --out (results are never overwritten)"
+    if (out / "config.json").exists():
         if not cfg.resume:
             return f"{out} holds a run; pass --resume to continue it or choose a new --out (results are never overwritten)"
-        if (out / "results.json").exists():
-            return f"{out}/results.json exists: that run is finished; choose a new --out"
-    if cfg.resume and (out / "config.json").exists():
-        saved = json.loads((out / "config.json").read_text())
+        try:
+            saved = json.loads((out / "config.json").read_text())
+        except (ValueError, OSError) as e:
+            return f"{out}/config.json cannot be read ({e}); choose a new --out"
         now = _jsonable(cfg)
         diff = sorted(k for k in set(saved) | set(now) if k not in ("resume",) and saved.get(k) != now.get(k))
         if diff:
             return f"--resume with a different config than {out}/config.json (differs in: {', '.join(diff)})"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ".write-test").write_text("")
-        (out / ".write-test").unlink()
-    except OSError as e:
-        return f"cannot write to --out {out}: {e.strerror or e}"
+    for d in (out, cfg.cache):
+        if d is None:
+            continue
+        probe = Path(d).absolute()
+        while not probe.exists():
+            probe = probe.parent
+        if not os.access(probe, os.W_OK | os.X_OK):
+            return f"cannot write to {'--out' if d is out else '--cache'} {d}: permission denied at {probe}"
+        if not probe.is_dir():
+            return f"{'--out' if d is out else '--cache'} {d}: {probe} is not a directory"
     return None
+
+
+def _threads(cfg):
+    """Fix torch's CPU thread count: --threads, else the count a resumed run recorded, else
+    torch's default. Results depend on it in their last digits (docs/fullscale.md)."""
+    import torch
+
+    n = cfg.threads
+    if n == 0 and cfg.resume and (cfg.out / "config.json").is_file():
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            n = int(json.loads((cfg.out / "config.json").read_text()).get("threads") or 0)
+    n = n or torch.get_num_threads()
+    torch.set_num_threads(n)
+    return replace(cfg, threads=n)
 
 
 def _jsonable(cfg) -> dict:
@@ -102,39 +112,94 @@ def _write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
+def _read_inputs(cfg):
+    """The run's data (read and encoded, or the finished data stage of a resumed run) and the
+    checks that need it. Returns (prepared data or None, problem or None); writes nothing."""
+    from fullscale.checks import check_world
+    from fullscale.data import DataError, prepare
+    from fullscale.pipeline import data_stage_dir
+    from fullscale.train import safe_load
+
+    cached = data_stage_dir(cfg)
+    try:
+        if (cached / "DONE").exists():
+            prep, t = None, safe_load(cached / "data.pt")
+        else:
+            prep = prepare(cfg)
+            t = prep.tensors
+    except (DataError, ValueError, OSError) as e:
+        return None, str(e).splitlines()[0]
+    train = int((t["train"] & ~t["tie"]).sum())
+    return prep, check_world(cfg, t["prompt_ids"].shape[1], len(t["x"]), train)
+
+
+def _open_log(path: Path, resume: bool):
+    """metrics.jsonl for appending; a resumed run does not log a checkpoint twice (one
+    evaluated again after a kill before its state was saved)."""
+    seen = set()
+    if resume and path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line cut by the kill
+                continue
+            seen.add(tuple(rec.get(k) for k in _LOG_KEY))
+    f = path.open("a")
+    if path.stat().st_size and not path.read_text().endswith("\n"):
+        f.write("\n")
+    return f, seen
+
+
+_LOG_KEY = ("arm", "seed", "lr", "beta", "step")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from fullscale.checks import check_config
+    from fullscale.config import ConfigFileError
+
     try:
         cfg = _resolve(argv)
     except SystemExit as e:
         return 0 if e.code in (0, None) else 2
-    except (ValueError, OSError) as e:  # preset name, config file
+    except (ConfigFileError, ValueError, OSError) as e:  # preset name, config file
         return fail(str(e).splitlines()[0])
-    problem = _check(cfg)
+    problem = check_config(cfg)
     if problem:
         return fail(problem)
-    resolved = _jsonable(cfg)
-    print(f"resolved config: {json.dumps(resolved)}")
-    _write_json(cfg.out / "config.json", resolved)
+    cfg = _threads(cfg)
+    problem = _check_out(cfg)
+    if problem:
+        return fail(problem)
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    prepared, problem = _read_inputs(cfg)
+    if problem:
+        return fail(problem)
+    # inputs read and checked: only now is anything written to --out
+    resolved = _jsonable(cfg)
+    print(f"resolved config: {json.dumps(resolved)}")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    _write_json(cfg.out / "config.json", resolved)
+
     from fullscale.pipeline import Pipeline, run_study
-    from fullscale.train import clear_stage_tmp
     from toysim import report
 
     t0 = time.time()
-    metrics = (cfg.out / "metrics.jsonl").open("a")
+    metrics, logged = _open_log(cfg.out / "metrics.jsonl", cfg.resume)
 
     def log(rec):
+        key = tuple(rec.get(k) for k in _LOG_KEY)
+        if key in logged:
+            return
+        logged.add(key)
         metrics.write(json.dumps({"time": round(time.time() - t0, 2), **rec}) + "\n")
         metrics.flush()
 
     try:
-        if cfg.cache is not None or (cfg.out / "cache").exists():
-            clear_stage_tmp(Path(cfg.cache or cfg.out / "cache"))
-        pipe = Pipeline(cfg, _progress, log)
+        pipe = Pipeline(cfg, _progress, log, data=prepared)
         res = run_study(pipe, cfg.study)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)

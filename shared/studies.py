@@ -69,15 +69,19 @@ class Study:
     claims: tuple[int, ...]
 
 
-def _missing(*arms: str) -> tuple[str, str]:
-    return "not tested", "arms missing: " + ", ".join(arms)
+def _missing(results: dict, *arms: str) -> tuple[str, str]:
+    """"not tested", naming those of ``arms`` the results lack ("window-*": any window arm); when
+    each is there but a rule needs more of them (two scale arms, say), all of them."""
+    present = set(results.get("arms", {}))
+    absent = [a for a in arms if not (any(p.startswith(a[:-1]) for p in present) if a.endswith("*") else a in present)]
+    return "not tested", "arms missing: " + ", ".join(absent or arms) + ("" if absent else " (too few of them ran)")
 
 
 # ---------------------------------------------------------------- claim rules
 def _rise_then_fall(results: dict) -> tuple[str, str]:
     arms = [a for a in ("online", "offline") if has(results, a)]
     if len(arms) < 2:
-        return _missing("online", "offline")
+        return _missing(results, "online", "offline")
     parts, ok = [], []
     for a in arms:
         flags = []
@@ -94,7 +98,7 @@ def _rise_then_fall(results: dict) -> tuple[str, str]:
 
 def _online_ge_offline(results):
     if not has(results, "online", "offline"):
-        return _missing("online", "offline")
+        return _missing(results, "online", "offline")
     m, h = gap(results, "online", "offline")
     evidence = f"win rate online − offline at matched KL: {fmt(m, h)}"
     if has_halves(results, "online") and has_halves(results, "offline"):
@@ -105,14 +109,14 @@ def _online_ge_offline(results):
 
 def _online_peak(results):
     if not has(results, "online", "offline"):
-        return _missing("online", "offline")
+        return _missing(results, "online", "offline")
     m, h = ci_over_seeds(per_seed(results, ("online", "offline"), lambda s: peak(results, "online", s) - peak(results, "offline", s)))
     return verdict_from_ci(m, h), f"peak win rate online − best-of-sweep offline: {fmt(m, h)}"
 
 
 def _ordered_replay(results):
     if not has(results, "online", "replay-ordered"):
-        return _missing("online", "replay-ordered")
+        return _missing(results, "online", "replay-ordered")
     diffs = per_seed(results, ("online", "replay-ordered"), lambda s: float(np.max(np.abs(
         np.asarray(runs_of(results, "online", s)[0]["series"]["win_rate"])
         - np.asarray(runs_of(results, "replay-ordered", s)[0]["series"]["win_rate"])))))
@@ -131,7 +135,7 @@ def _recovered(results, arm, lo="offline", hi="online"):
 
 def _tandem(results):
     if not has(results, "online", "offline", "tandem"):
-        return _missing("online", "offline", "tandem")
+        return _missing(results, "online", "offline", "tandem")
     m_t, h_t = gap(results, "online", "tandem")
     r, hr = _recovered(results, "tandem")
     evidence = (f"online − tandem at matched KL: {fmt(m_t, h_t)}; tandem recovers {fmt(r, hr)} "
@@ -147,7 +151,7 @@ def _tandem(results):
 def _windows(results):
     arms = sorted((a for a in results["arms"] if a.startswith("window-")), key=lambda a: int(a.split("-")[1]))
     if not arms or not has(results, "online", "offline"):
-        return _missing("online", "offline", "window-*")
+        return _missing(results, "online", "offline", "window-*")
     rec = [(a, *_recovered(results, a)) for a in arms] + ([("tandem", *_recovered(results, "tandem"))] if has(results, "tandem") else [])
     vals = [m for _, m, _ in rec]
     if any(math.isnan(v) for v in vals):
@@ -161,7 +165,7 @@ def _windows(results):
 
 def _quality(results):
     if not has(results, "online", "self-final"):
-        return _missing("online", "self-final")
+        return _missing(results, "online", "self-final")
     def f(s):
         wr0 = runs_of(results, "online", s)[0]["series"]["win_rate"][0]
         top = runs_of(results, "online", s)[0]["series"]["win_rate"][-1]
@@ -172,7 +176,7 @@ def _quality(results):
 
 def _proxy_beats_policies(results):
     if not has(results, "online", "offline"):
-        return _missing("online", "offline")
+        return _missing(results, "online", "offline")
     def margin(s):
         on = runs_of(results, "online", s)[0]["series"]
         last = on["step"][-1]
@@ -191,14 +195,14 @@ def _proxy_beats_policies(results):
 
 def _offline_classifies_better(results):
     if not has(results, "online", "offline"):
-        return _missing("online", "offline")
+        return _missing(results, "online", "offline")
     m, h = ci_over_seeds(per_seed(results, ("online", "offline"), lambda s: final(results, "offline", s, "acc_golden") - final(results, "online", s, "acc_golden")))
     return verdict_from_ci(m, h), f"accuracy on D_golden, offline − online (final checkpoints): {fmt(m, h)}"
 
 
 def _acc_uncorrelated(results):
     if not has(results, "offline"):
-        return _missing("offline")
+        return _missing(results, "offline")
     def f(s):
         rs = runs_of(results, "offline", s)
         acc = [r["series"]["acc_golden"][int(np.argmax(r["series"]["win_rate"]))] for r in rs]
@@ -213,7 +217,7 @@ def _acc_uncorrelated(results):
 def _chosen_falls(results):
     arms = [a for a in ("online", "offline") if has(results, a)]
     if len(arms) < 2:
-        return _missing("online", "offline")
+        return _missing(results, "online", "offline")
     shifts = {a: ci_over_seeds(per_seed(results, (a,), lambda s, a=a: final(results, a, s, "chosen_logp_shift"))) for a in arms}
     all_fall = all(verdict_from_ci(-m, h) == "supported" for m, h in shifts.values())
     m, h = ci_over_seeds(per_seed(results, ("online", "offline"), lambda s: final(results, "online", s, "chosen_logp_shift") - final(results, "offline", s, "chosen_logp_shift")))
@@ -225,7 +229,7 @@ def _chosen_falls(results):
 def _self_chance(results):
     arms = [a for a in ("online", "offline") if has(results, a)]
     if not arms:
-        return _missing("online", "offline")
+        return _missing(results, "online", "offline")
     parts, ok = [], True
     for a in arms:
         m, h = ci_over_seeds(per_seed(results, (a,), lambda s, a=a: float(np.max(
@@ -239,7 +243,7 @@ def _bo2(results):
     """Best-of-2 has no β to trade KL for reward, and its online and offline curves
     need not share a KL range; the paper compares them by their best win rate."""
     if not has(results, "online-bo2", "offline-bo2", "tandem-bo2"):
-        return _missing("online-bo2", "offline-bo2", "tandem-bo2")
+        return _missing(results, "online-bo2", "offline-bo2", "tandem-bo2")
     m, h = ci_over_seeds(per_seed(results, ("online-bo2", "offline-bo2"), lambda s: peak(results, "online-bo2", s) - peak(results, "offline-bo2", s)))
     def rec(s):
         g = peak(results, "online-bo2", s) - peak(results, "offline-bo2", s)
@@ -259,7 +263,7 @@ def _scale_arms(results, prefix):
 def _scale_peaks(results):
     arms = _scale_arms(results, "online")
     if len(arms) < 2:
-        return _missing("online@*")
+        return _missing(results, "online@*")
     peaks = [ci_over_seeds(per_seed(results, (a,), lambda s, a=a: peak(results, a, s))) for a in arms]
     gain = ci_over_seeds(per_seed(results, (arms[0], arms[-1]), lambda s: peak(results, arms[-1], s) - peak(results, arms[0], s)))
     def overopt(a):
@@ -281,7 +285,7 @@ def _scale_peaks(results):
 def _scale_tandem(results):
     on, ta, of = (_scale_arms(results, p) for p in ("online", "tandem", "offline"))
     if len(on) < 2 or len(ta) != len(on) or len(of) != len(on):
-        return _missing("online@*", "tandem@*", "offline@*")
+        return _missing(results, "online@*", "tandem@*", "offline@*")
     def norm(arm, ref, s):  # 90th percentile over runs would need many runs; we use the peak (documented)
         return peak(results, arm, s) / peak(results, ref, s)
     t_gain = ci_over_seeds(per_seed(results, (ta[0], ta[-1], on[0], on[-1]), lambda s: norm(ta[-1], on[-1], s) - norm(ta[0], on[0], s)))
@@ -294,14 +298,14 @@ def _scale_tandem(results):
 
 def _separation(results):
     if not has(results, "sft-vs-800", "sft-vs-4k"):
-        return _missing("sft-vs-800", "sft-vs-4k")
+        return _missing(results, "sft-vs-800", "sft-vs-4k")
     m, h = ci_over_seeds(per_seed(results, ("sft-vs-800", "sft-vs-4k"), lambda s: peak(results, "sft-vs-800", s) - peak(results, "sft-vs-4k", s)))
     return verdict_from_ci(m + 0.01, h), f"peak win rate sft-vs-800 − sft-vs-4k (wider pair): {fmt(m, h)} (supported unless the wider pair is better by > 0.01)"
 
 
 def _proximity(results):
     if not has(results, "sft-vs-800", "800-vs-4k", "offline"):
-        return _missing("sft-vs-800", "800-vs-4k", "offline")
+        return _missing(results, "sft-vs-800", "800-vs-4k", "offline")
     m, h = ci_over_seeds(per_seed(results, ("sft-vs-800", "800-vs-4k"), lambda s: peak(results, "sft-vs-800", s) - peak(results, "800-vs-4k", s)))
     others = [a for a in ("sft-vs-800", "800-vs-4k", "sft-vs-4k", "4k-vs-4k") if has(results, a)]
     g, hg = ci_over_seeds(per_seed(results, ("offline", *others), lambda s: peak(results, "offline", s) - max(peak(results, a, s) for a in others)))
@@ -313,7 +317,7 @@ def _proximity(results):
 def _theory(results):
     th = results.get("extras", {}).get("theory")
     if not th:
-        return _missing("theory")
+        return _missing(results, "theory")
     tol = th["tolerance"]
     ok = all(v <= tol for k, v in th.items() if k.endswith("_tv"))
     collapse = th["dpo_det_max_prob"] > 0.99 and abs(th["ipo_det_prob"] - th["ipo_det_closed_form"]) <= tol
@@ -336,7 +340,7 @@ def _equivalence(results):
 
 def _rlhf_vs_offline_dpo(results):
     if not has(results, "rlhf", "offline-dpo"):
-        return _missing("rlhf", "offline-dpo")
+        return _missing(results, "rlhf", "offline-dpo")
     m, h = gap(results, "rlhf", "offline-dpo")
     parts = [f"win rate RLHF − offline DPO at matched KL: {fmt(m, h)}"]
     if has(results, "online-dpo"):
@@ -348,7 +352,7 @@ def _refresh(results):
     arms = sorted((a for a in results["arms"] if a.startswith("refresh-")),
                   key=lambda a: math.inf if a == "refresh-all" else int(a.split("-")[1]))
     if not arms or not has(results, "online", "offline"):
-        return _missing("online", "offline", "refresh-*")
+        return _missing(results, "online", "offline", "refresh-*")
     rec = [(a, *_recovered(results, a)) for a in arms]
     vals = [m for _, m, _ in rec]
     listing = ", ".join(f"{a} {fmt(m, h)}" for a, m, h in rec)

@@ -81,33 +81,74 @@ def test_rlhf_refresh_and_ipo_md_arms_run_end_to_end(tmp_path, tiny_config):
         assert {c["verdict"] for c in res["claims"]} <= {"supported", "not supported", "mixed", "inconclusive", "not tested"}
 
 
-# each number: optimiser steps (of any stage) before the process dies; the tiny run has ~60.
-# [3]: inside SFT. [13, 19, 30]: inside the golden PM, then (resumed) inside the first offline
-# run, then (resumed again, that run continuing from its saved state) further on in the arms.
-@pytest.mark.parametrize("kills", [[3], [13, 19, 30]])
+# Kill points: ("step", N) dies right after the N-th optimiser step of any stage, ("save", N) right
+# after the N-th saved state of a policy run; the tiny run has ~60 steps and ~40 saves. ("step", 3):
+# inside SFT. ("step", 13), ("step", 19), ("step", 30): inside the golden PM, then (resumed) inside
+# the first offline run, then further on in the arms. ("save", 1), ("save", 3): right after the
+# golden run's step-0 save, then (resumed: the golden run saves at steps 2 and 4) right after the
+# online arm's step-0 save, its step 0 evaluated and logged but not trained: the window where a
+# resume once evaluated step 0 twice. Then two random sequences of kills (seeded: the same on
+# every run of the suite).
+def _random_kills(seed: int) -> list[tuple[str, int]]:
+    import random
+
+    rng = random.Random(seed)
+    return [(rng.choice(["step", "save"]), rng.randint(1, 30)) for _ in range(rng.randint(1, 3))]
+
+
+KILLS = [[("step", 3)], [("step", 13), ("step", 19), ("step", 30)], [("save", 1), ("save", 3)],
+         *(_random_kills(s) for s in range(2))]
+
+
+@pytest.mark.parametrize("kills", KILLS, ids=lambda k: "-".join(f"{e}{n}" for e, n in k))
 def test_killed_and_resumed_run_reproduces_results(tmp_path, tiny_config, uninterrupted, kills):
     out = tmp_path / "run"
-    for i, k in enumerate(kills):
-        r = run("--config", tiny_config, "--out", out, *(["--resume"] if i else []), env={"FULLSCALE_FAULT_AFTER_STEPS": str(k)})
+    env_name = {"step": "FULLSCALE_FAULT_AFTER_STEPS", "save": "FULLSCALE_FAULT_AFTER_SAVES"}
+    finished = False
+    for i, (event, n) in enumerate(kills):
+        r = run("--config", tiny_config, "--out", out, *(["--resume"] if i else []), env={env_name[event]: str(n)})
+        finished = r.returncode == 0  # a kill point past the end of what is left: the run finishes
+        if finished:
+            break
         assert r.returncode == 75, r.stderr[-2000:]
         assert not (out / "results.json").exists()
-    r = run("--config", tiny_config, "--out", out, "--resume")
-    assert r.returncode == 0, r.stderr[-2000:]
+    if not finished:
+        r = run("--config", tiny_config, "--out", out, "--resume")
+        assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((out / "results.json").read_text()) == json.loads((uninterrupted[0] / "results.json").read_text())
+    key = lambda line: tuple(json.loads(line)[k] for k in ("arm", "seed", "lr", "beta", "step"))  # noqa: E731
+    logged = [key(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(logged) == sorted(key(line) for line in (uninterrupted[0] / "metrics.jsonl").read_text().splitlines())
+
+
+def test_the_smoke_preset_twice_gives_the_same_results(tmp_path):
+    """Determinism: the same command in two fresh directories, one thread each, writes the same
+    results.json (its config never records --out)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    e = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "fullscale.run", "--preset", "smoke", "--out", str(d)], cwd=ROOT, env=e,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for d in (a, b)]  # side by side
+    for p in procs:
+        _, err = p.communicate()
+        assert p.returncode == 0, err[-2000:]
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
+    assert ra == rb and ra["config"]["preset"] == "smoke" and "out" not in ra["config"]
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--seeds", "0"], "--seeds must be an integer ≥ 1"),
     (["--preset", "huge"], "unknown preset 'huge'"),
-    (["--train.beta", "-1"], "must be > 0"),
+    (["--train.beta", "-1"], "--train.beta must be a number > 0"),
     (["--data.source", "hh"], "needs --data.path"),
     (["--study", "nonsense"], "invalid choice 'nonsense' for argument '--study'"),
+    (["--train.steps", "abc"], "--train.steps"),
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
+    """In a subprocess, as a user meets them (tests/test_fullscale_checks.py has every case in-process)."""
     r = run(*args, "--out", tmp_path / "x")
     assert r.returncode == 2
-    if message:
-        assert r.stderr.strip().count("\n") == 0 and message in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_existing_run_is_never_overwritten_and_resume_checks_the_config(tmp_path, uninterrupted, tiny_config):
@@ -124,7 +165,7 @@ def test_bad_config_file_key(tmp_path):
     p = tmp_path / "c.json"
     p.write_text(json.dumps({"train": {"stepz": 3}}))
     r = run("--config", p, "--out", tmp_path / "o")
-    assert r.returncode == 2 and "unknown key 'stepz'" in r.stderr
+    assert r.returncode == 2 and "unknown key 'train.stepz'" in r.stderr and str(p) in r.stderr
 
 
 def test_help_is_generated_from_the_config():

@@ -88,6 +88,17 @@ def test_missing_arms_are_not_tested_not_guessed():
     assert _verdict(r, 13) == "not tested"
 
 
+def test_not_tested_names_only_the_arms_that_did_not_run():
+    """Population mode runs online-bo2 and offline-bo2 but no replay: claim 13 names tandem-bo2 alone."""
+    base = _results(0.0, 0.0)["arms"]
+    r = {"arms": {"online-bo2": base["online"], "offline-bo2": base["offline"]}, "extras": {}}
+    claim = next(c for c in judge(STUDIES["contrastive"], r) if c["id"] == 13)
+    assert claim["verdict"] == "not tested" and claim["evidence"] == "arms missing: tandem-bo2"
+    r = {"arms": {"online@1": base["online"]}, "extras": {}}  # the scale rule needs two capacities
+    claim = next(c for c in judge(STUDIES["scale"], r) if c["id"] == 14)
+    assert claim["evidence"] == "arms missing: online@* (too few of them ran)"
+
+
 def test_claim_5_tandem_between():
     r = _results(0.05, 0.0)
     r["arms"]["tandem"] = [_run(run["seed"], run["series"]["kl"], np.array(run["series"]["win_rate"]) + 0.005)

@@ -79,6 +79,7 @@ def test_population_mode_runs_online_and_offline(tmp_path):
     (["--beta", "inf"], "--beta must be > 0"),
     (["--lr", "1e300"], "--lr must be > 0"),
     (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--seeds", "1000000000"], "--seeds must be at least 1 and at most 100"),
     (["--preset", "nope"], "unknown preset"),
     (["--out", "/proc/forbidden"], "cannot write"),
 ])

@@ -36,7 +36,7 @@ class GapConfig:
     preset: str = "default"
     """world and training settings: default (large gap) or arena (small gap); see toysim/presets.py"""
     seeds: int = 5
-    """training seeds per arm (CIs are over seeds)"""
+    """training seeds per arm (CIs are over seeds); at most 100, since all of them train at once"""
     out: Path = Path("runs/toysim")
     """output directory; DIR/<study> and DIR/report.md must not exist yet (results are never overwritten)"""
     quick: bool = False
@@ -47,6 +47,11 @@ class GapConfig:
     """override the preset's baseline β (the offline sweep scales with it)"""
     lr: float | None = None
     """override the preset's baseline Adam learning rate"""
+
+
+MAX_SEEDS = 100
+"""Every seed's runs are stacked in one tensor program, so memory grows with the seeds
+(MEMORY_NOTE); the bound keeps a typo from filling the machine before any output."""
 
 
 def fail(message: str) -> int:
@@ -66,8 +71,8 @@ def _check(cfg: GapConfig, studies: list[str]) -> str | None:
 
     if cfg.preset not in PRESETS:
         return f"unknown preset {cfg.preset!r}; choose from {', '.join(PRESETS)}"
-    if cfg.seeds < 1:
-        return f"--seeds must be at least 1, got {cfg.seeds}"
+    if not 1 <= cfg.seeds <= MAX_SEEDS:
+        return f"--seeds must be at least 1 and at most {MAX_SEEDS} (all seeds train at once: memory grows with them), got {cfg.seeds}"
     # finite and > 0; bounded so that the offline sweep's multiples stay representable in float32
     if cfg.beta is not None and not (math.isfinite(cfg.beta) and 0 < cfg.beta <= 1e3):
         return f"--beta must be > 0 and at most 1e3, got {cfg.beta}"

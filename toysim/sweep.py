@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from toysim.env import WorldConfig
-    from toysim.gap import fail
+    from toysim.gap import MAX_SEEDS, fail
     from toysim.presets import PRESETS
 
     cfg = cli(SweepConfig, argv, prog="python -m toysim.sweep", description=__doc__.split("\n\n")[0])
@@ -139,8 +139,8 @@ def main(argv=None) -> int:
             return fail(f"unknown knob {knob!r}; choose from {', '.join(sorted(fields))}")
     if cfg.preset not in PRESETS:
         return fail(f"unknown preset {cfg.preset!r}; choose from {', '.join(PRESETS)}")
-    if cfg.seeds < 1:
-        return fail("--seeds must be at least 1")
+    if not 1 <= cfg.seeds <= MAX_SEEDS:
+        return fail(f"--seeds must be at least 1 and at most {MAX_SEEDS}, got {cfg.seeds}")
     if cfg.out.exists():
         return fail(f"{cfg.out} exists; choose a new --out (results are never overwritten)")
     t0 = time.time()
