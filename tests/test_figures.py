@@ -1,6 +1,7 @@
-"""The committed figures are reproducible: regenerating their data with the code
-gives the same JSON (we compare the data behind a figure, not its pixels), and
-every figure the docs show exists beside the data it is drawn from."""
+"""The committed figures are reproducible: regenerating their data with the code gives
+the same verdicts and the same numbers within the tolerance measured across CPUs (we
+compare the data behind a figure, not its pixels), and every figure the docs show exists
+beside the data it is drawn from."""
 
 import json
 import re

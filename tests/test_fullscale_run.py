@@ -190,3 +190,20 @@ def test_golden_pm_starts_from_the_sft_policy_when_asked(tmp_path, init):
     assert pm.keys() == sft.keys()
     same = all(torch.equal(pm[k], sft[k]) for k in pm)
     assert same == (init == "sft")
+
+
+def test_resume_restores_the_recorded_thread_count(tmp_path):
+    """--threads 0 (torch's choice) on --resume takes the count the run recorded in config.json."""
+    from dataclasses import replace
+
+    from fullscale.config import RunConfig
+    from fullscale.run import _threads
+
+    before = torch.get_num_threads()
+    try:
+        (tmp_path / "config.json").write_text(json.dumps({"threads": 1}))
+        assert _threads(replace(RunConfig(), out=tmp_path, resume=True)).threads == 1 and torch.get_num_threads() == 1
+        assert _threads(replace(RunConfig(), out=tmp_path, resume=True, threads=2)).threads == 2  # a flag wins
+        assert _threads(replace(RunConfig(), out=tmp_path / "new")).threads == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
