@@ -30,8 +30,10 @@ def check_data_file(path: Path, name: str = "--data.path") -> str | None:
     """A readable file of JSON text (not a folder, not compressed)."""
     if path.is_dir():
         return f"{name} {path} is a directory; give the data file itself"
-    if not path.is_file():
+    if not path.exists():
         return f"{name} {path} does not exist"
+    if not path.is_file():
+        return f"{name} {path} is not a regular file"
     try:
         with path.open("rb") as f:
             head = f.read(4)

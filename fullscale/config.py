@@ -197,9 +197,14 @@ class Range:
             ok = math.isfinite(v) and (v > self.lo if self.open_lo else v >= self.lo) and v <= self.hi
             if not ok:
                 kind = "an integer" if isinstance(v, int) else "a number"
-                low = f"> {self.lo:g}" if self.open_lo else f"≥ {self.lo:g}"
-                return f"must be {kind} {low} and ≤ {self.hi:g}, got {v!r}" + (f" in {value!r}" if isinstance(value, tuple) else "")
+                low = f"> {_num(self.lo)}" if self.open_lo else f"≥ {_num(self.lo)}"
+                return f"must be {kind} {low} and ≤ {_num(self.hi)}, got {v!r}" + (f" in {value!r}" if isinstance(value, tuple) else "")
         return None
+
+
+def _num(x: float) -> str:
+    """A bound as a reader writes it: 2147483647, 10000000, 0.4999, 1000."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 _MODEL = {"width": Range(1, 65536), "layers": Range(1, 1024), "heads": Range(1, 1024), "max_len": Range(2, 1 << 20)}
@@ -312,8 +317,10 @@ def apply_file(cfg: RunConfig, path: Path) -> RunConfig:
     path = Path(path)
     if path.is_dir():
         raise ConfigFileError(f"--config {path} is a directory, not a JSON or TOML file")
-    if not path.is_file():
+    if not path.exists():
         raise ConfigFileError(f"--config {path} does not exist")
+    if not path.is_file():
+        raise ConfigFileError(f"--config {path} is not a regular file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

@@ -180,9 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         return fail(problem)
     # inputs read and checked: only now is anything written to --out
     resolved = _jsonable(cfg)
+    try:
+        for d in (cfg.out, cfg.cache):
+            if d is not None:
+                Path(d).mkdir(parents=True, exist_ok=True)
+        _write_json(cfg.out / "config.json", resolved)
+    except OSError as e:
+        return fail(f"cannot write to {e.filename or cfg.out}: {e.strerror or e}")
     print(f"resolved config: {json.dumps(resolved)}")
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    _write_json(cfg.out / "config.json", resolved)
 
     from fullscale.pipeline import Pipeline, run_study
     from toysim import report

@@ -49,7 +49,7 @@ def bad(capsys, tmp_path, *args, config=TINY):
     (["--train.batch-size", "49"], "--train.batch-size 49 exceeds the 48 pairs of the data"),
     (["--data.max-response-tokens", "200"], "beyond its maximum length 128 (--models.policy.max-len)"),
     (["--seeds", "1000"], "--seeds must be an integer ≥ 1 and ≤ 100"),
-    (["--train.steps", "100000000"], "--train.steps must be an integer ≥ 1 and ≤ 1e+07"),
+    (["--train.steps", "100000000"], "--train.steps must be an integer ≥ 1 and ≤ 10000000"),
     (["--data.task.label-noise", "0.5"], "--data.task.label-noise must be a number ≥ 0 and ≤ 0.4999"),
     (["--data.task.doc-words", "50"], "--data.task.doc-words 50 cannot exceed --data.task.words 40"),
     (["--data.source", "hh"], "--data.source hh needs --data.path"),
@@ -65,6 +65,15 @@ def test_a_data_directory_and_compressed_or_missing_files_are_named(capsys, tmp_
     gz.write_bytes(gzip.compress((ROOT / "tests" / "fixtures" / "hh.jsonl").read_bytes()))
     assert "is gzip-compressed; decompress it first" in bad(capsys, tmp_path, "--data.source", "hh", "--data.path", gz)
     assert "does not exist" in bad(capsys, tmp_path, "--data.source", "hh", "--data.path", tmp_path / "nope.jsonl")
+    assert "--data.path /dev/null is not a regular file" in bad(capsys, tmp_path, "--data.source", "hh", "--data.path", "/dev/null")
+
+
+def test_an_output_or_cache_folder_that_cannot_be_made_is_one_line(capsys, tmp_path):
+    for flag in ("--out", "--cache"):
+        rc = main(["--config", str(TINY), *(["--out", str(tmp_path / "o")] if flag == "--cache" else []), flag, "/proc/no-such-dir"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.startswith("error: cannot write to") and "\n" not in err, err
+        assert not (tmp_path / "o" / "config.json").exists()
 
 
 def test_a_malformed_data_file_is_named_and_a_corrected_rerun_works(capsys, tmp_path):
@@ -106,6 +115,7 @@ def test_toml_config_errors_name_the_file(capsys, tmp_path):
     cfg.write_text("[train\n")
     assert f"{cfg}: invalid TOML" in bad(capsys, tmp_path, config=cfg)
     assert "is a directory" in bad(capsys, tmp_path, config=tmp_path)
+    assert "--config /dev/null is not a regular file" in bad(capsys, tmp_path, config=Path("/dev/null"))
 
 
 @pytest.fixture(scope="module")
