@@ -167,14 +167,16 @@ def check_world(cfg: RunConfig, prompt_len: int, pairs: int, train_pairs: int) -
     T = cfg.data.max_response_tokens
     per_pm = 2 if cfg.models.pm_kind == "pairwise" else 1
     needs = {"policy": prompt_len + T, "golden_pm": prompt_len + per_pm * T + 1, "proxy_pm": prompt_len + per_pm * T + 1}
+    names = {"policy": "policy", "golden_pm": "golden PM", "proxy_pm": "proxy PM"}
     for which, need in needs.items():
         have = model_max_len(cfg, which)
         if need > have:
             source = (flag(f"models.{which}_path") if getattr(cfg.models, f"{which}_path") is not None
                       else flag(f"models.{which}.max_len"))
-            return (f"the {which.replace('_', ' ')} reads sequences of up to {need} tokens (prompts of {prompt_len} + "
-                    f"--data.max-response-tokens {T}{' × 2 + 1' if which != 'policy' and per_pm == 2 else ''}), "
-                    f"beyond its maximum length {have} ({source}); lower --data.max-prompt-tokens or --data.max-response-tokens")
+            parts = (f"a response of {T}" if which == "policy" else
+                     f"{per_pm} response{'s' if per_pm > 1 else ''} of {T} + 1")
+            return (f"the {names[which]} reads up to {need} tokens (a prompt of {prompt_len} + {parts}), beyond its maximum "
+                    f"length {have} ({source}); lower --data.max-prompt-tokens or --data.max-response-tokens")
     if cfg.train.batch_size > pairs:
         return f"--train.batch-size {cfg.train.batch_size} exceeds the {pairs} pairs of the data (the offline arms draw batches from them)"
     if train_pairs < 1:

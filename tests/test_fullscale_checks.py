@@ -165,7 +165,7 @@ def test_a_broken_model_directory_is_named(capsys, tmp_path, model_dir, how, mes
 def test_a_loaded_model_is_checked_against_the_data_lengths(capsys, tmp_path, model_dir):
     """The golden PM reads prompt + 2 responses + 1 = 7 + 2×30 + 1 = 68 > 64 tokens (its n_positions)."""
     err = bad(capsys, tmp_path, "--models.golden-pm-path", model_dir, "--data.max-response-tokens", "30")
-    assert "the golden pm reads sequences of up to 68 tokens" in err and "maximum length 64" in err
+    assert "the golden PM reads up to 68 tokens (a prompt of 7 + 2 responses of 30 + 1)" in err and "maximum length 64" in err
     assert "not a directory" in bad(capsys, tmp_path, "--models.proxy-pm-path", tmp_path / "missing")
     assert "cannot scale a model" in bad(capsys, tmp_path, "--study", "scale", "--models.policy-path", model_dir)
 
