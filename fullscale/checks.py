@@ -127,7 +127,7 @@ def check_config(cfg: RunConfig) -> str | None:
         return f"--eval.kl-prompts {ev.kl_prompts} must be at most --eval.win-prompts {ev.win_prompts} (the KL is measured on the first win-rate prompts)"
     if d.source == "synthetic":
         if d.path is not None:
-            return f"--data.path is read only with --data.source tldr, hh, arena or jsonl (the source is synthetic); add --data.source"
+            return "--data.path is read only with --data.source tldr, hh, arena or jsonl (the source is synthetic); add --data.source"
         if d.task.doc_words > d.task.words:
             return f"--data.task.doc-words {d.task.doc_words} cannot exceed --data.task.words {d.task.words}"
     elif d.path is None:

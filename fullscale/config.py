@@ -21,11 +21,13 @@ from typing import Literal
 
 from fullscale.models import ModelSpec
 from fullscale.task import TaskSpec
+from shared.studies import STUDIES
 
 __all__ = ["DataConfig", "ModelsConfig", "TrainConfig", "EvalConfig", "RunConfig", "PRESETS", "preset", "apply_file",
            "LIMITS", "Range", "out_of_range", "flag", "ConfigFileError"]
 
-StudyName = Literal["coverage", "quality", "classification", "contrastive", "scale", "data", "equivalence", "refresh"]
+StudyName = Literal[tuple(n for n in STUDIES if n != "theory")]  # type: ignore[valid-type]
+"""The studies fullscale runs: every study of shared.studies but the closed-form theory checks (toysim's alone)."""
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ import platform
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fullscale.config import RunConfig
@@ -36,14 +35,12 @@ from fullscale.lm import LMPolicy, PMOracle, Prompts, sample_responses, sequence
 from fullscale.models import build_model, load_model, save_model, special_ids, width_for_capacity
 from fullscale.train import atomic_save, clear_stage_tmp, fit_pm, optimise, safe_load, supervised
 from shared.metrics import classifier_accuracy, logp_shift, policy_margin
-from shared.preferences import label_pairs
-from shared.sampling import Batch, OfflineSampler, OnlineSampler, RefreshSampler, ReplaySampler, RolloutSampler, policy_pair_dataset
+from shared.preferences import hard_preference, label_pairs
+from shared.sampling import Batch, policy_pair_dataset
+from shared.protocol import SamplerWorld, checkpoint_steps, dataset_fractions, make_sampler, run_order, stream_read_by, sweep_configs
 from shared.studies import STUDIES, Arm, judge
 
 __all__ = ["Pipeline", "run_study", "config_hash", "data_stage_dir"]
-
-DATASET_FRACS = sorted({f for s in STUDIES.values() for a in s.arms if a.source == "dataset" for f in a.params["pair"]})
-
 
 def data_stage_deps(cfg: RunConfig) -> tuple:
     """The data stage's name and the config it depends on (``Pipeline._stage``'s arguments)."""
@@ -259,20 +256,10 @@ class Pipeline:
 
     # ---------------------------------------------------------------- 3. arms
     def configs(self, arm: Arm) -> list[dict]:
-        t = self.t
-        steps = t.steps * (t.offline_mult if arm.source in ("offline", "dataset") else 1)
-        if arm.sweep:
-            return [{"lr": t.lr * a, "beta": t.beta * b, "steps": steps} for a in t.sweep_lr for b in t.sweep_beta]
-        return [{"lr": t.lr, "beta": t.beta, "steps": steps}]
+        return sweep_configs(arm, self.t)
 
     def checkpoints(self, steps: int) -> set[int]:
-        """Log-spaced evaluation steps, as dense per decade as the online horizon's, plus the
-        fractions the data study reads and the last step."""
-        per_decade = self.t.checkpoints / math.log10(max(self.t.steps, 10))
-        num = max(2, int(round(per_decade * math.log10(max(steps, 10)))))
-        out = {int(round(v)) for v in np.geomspace(1, steps, num)}
-        out |= {round(f * self.t.steps) for f in DATASET_FRACS if f * self.t.steps <= steps}
-        return {s for s in out if 0 < s <= steps} | {steps}
+        return checkpoint_steps(steps, self.t)
 
     def run_arm(self, arm: Arm, seeds=None, evaluate: bool = True) -> list[dict]:
         if arm.name in self.arms:
@@ -292,8 +279,8 @@ class Pipeline:
         t, ev = self.t, self.cfg.eval
         deps = [self.world_key, getattr(self, "golden_run", None), repr(arm), c, seed, t.batch_size, t.temperature,
                 t.checkpoints, t.steps, asdict(ev), self.cfg.models.policy.width, self.cfg.seed]
-        if arm.source == "replay" or arm.source == "dataset":
-            deps.append(str(self._stream_dir(arm.params.get("stream", "online"), seed)))
+        if stream_read_by(arm) is not None:
+            deps.append(str(self._stream_dir(stream_read_by(arm), seed)))
         d, done = self._stage(f"run-{arm.name}", *deps)
         record = {"seed": seed, "config": {**c, "loss": arm.loss, "labels": arm.labels, "capacity": arm.capacity}, "dir": str(d)}
         if arm.capacity not in self.sft:
@@ -325,7 +312,7 @@ class Pipeline:
 
         if (d / "eval_pairs.pt").exists():
             online_pairs.update(safe_load(d / "eval_pairs.pt"))
-        snaps = {round(f * t.steps) for f in DATASET_FRACS if 0 < f} if arm.source == "online" else set()
+        snaps = {round(f * t.steps) for f in dataset_fractions() if 0 < f} if arm.source == "online" else set()
         with self.progress(steps, f"{arm.name} s{seed} lr{c['lr']:.0e} β{c['beta']:g}") as bar:
             series = optimise(model, ref, self.prompts, sampler, arm.loss, c["beta"], c["lr"], steps,
                               self.checkpoints(steps) if evaluate else set(), run_eval, self.ids["eos"], self.ids["pad"],
@@ -359,38 +346,29 @@ class Pipeline:
         return self._rm
 
     def _sampler(self, arm: Arm, policy, seed: int, g, steps: int = 0):
-        B = self.t.batch_size
-        oracle = self.golden_oracle if arm.labels == "golden" else self.proxy_oracle
-        prompts = torch.arange(len(self.prompts.ids), device=self.device)
-        if arm.source == "online":
-            return OnlineSampler(policy, oracle, prompts, (B,), g)
-        if arm.source == "offline":
-            return OfflineSampler(self.d_golden, B, g)
-        if arm.source == "refresh":  # every = 0: one dataset for the whole run
-            return RefreshSampler(OnlineSampler(policy, oracle, prompts, (B,), g), arm.params["every"] or steps)
-        if arm.source == "mixture":  # IPO-MD: online pairs from the per-token mixture π^{1−α}·π_sft^α
-            mixed = LMPolicy(policy.model, policy.prompts, policy.length, policy.eos, policy.pad, policy.temperature,
-                             mix=(self.sft[arm.capacity], arm.params["alpha"]))
-            return OnlineSampler(mixed, oracle, prompts, (B,), g)
-        if arm.source == "rlhf":  # k samples per prompt, as many responses per step as online's 2B
-            k = arm.params.get("k", 4)
-            rm = self._reward_model() if arm.labels == "proxy" else None
-            if rm is None:
+        """``shared.protocol.make_sampler`` over this world: one run, the proxy Bradley–Terry model as reward."""
+        def mixture(pol, alpha):  # IPO-MD's per-token mixture π^{1−α}·π_sft^α
+            return LMPolicy(pol.model, pol.prompts, pol.length, pol.eos, pol.pad, pol.temperature, mix=(self.sft[arm.capacity], alpha))
+
+        def reward(labels):
+            if labels != "proxy":
                 raise ValueError("fullscale's RLHF arm scores with the proxy Bradley–Terry reward model (labels='proxy')")
-            return RolloutSampler(policy, rm, prompts, (max(1, 2 * B // k),), k, g)
-        if arm.source == "replay":
-            s = safe_load(self._stream_dir(arm.params["stream"], seed) / "stream.pt")
-            stream = [Batch(s["x"][i].to(self.device), s["y_w"][i].to(self.device), s["y_l"][i].to(self.device), s["tie"][i].to(self.device))
-                      for i in range(len(s["x"]))]
-            return ReplaySampler(stream, arm.params["window"] or len(stream), g)
-        if arm.source == "dataset":
-            return OfflineSampler(self._checkpoint_dataset(arm, seed, g), B, g)
-        raise ValueError(f"unknown arm source {arm.source!r}")
+            return self._reward_model()
+
+        def stream(name):
+            s = safe_load(self._stream_dir(name, seed) / "stream.pt")
+            return [Batch(*(s[k][i].to(self.device) for k in ("x", "y_w", "y_l", "tie"))) for i in range(len(s["x"]))]
+
+        world = SamplerWorld(prompts=torch.arange(len(self.prompts.ids), device=self.device), batch=(self.t.batch_size,),
+                             d_golden=self.d_golden, mixture=mixture, reward=reward, stream=stream,
+                             checkpoint_pairs=lambda a, gen: self._checkpoint_dataset(a, seed, gen))
+        oracle = self.golden_oracle if arm.labels == "golden" else self.proxy_oracle
+        return make_sampler(arm, world, policy, oracle, g, steps)
 
     def _checkpoint_dataset(self, arm: Arm, seed: int, g) -> Batch:
         """Pairs y1 ~ checkpoint a, y2 ~ checkpoint b of the online run (fractions; 0 = SFT),
         golden-labelled, one per prompt of D_golden (Tang et al. 2024, §5)."""
-        d = self._stream_dir("online", seed)
+        d = self._stream_dir(stream_read_by(arm), seed)
 
         def at(frac):
             m = self._new_policy(1.0)
@@ -411,7 +389,7 @@ class Pipeline:
         x = self.win_x
         y = sample_responses(model, self.prompts, x, L, **ops, generator=g, temperature=temp)
         m = self.golden_oracle.margin(x, y, self.golden_y)
-        won, h = (m > 0).float() + 0.5 * (m == 0).float(), len(m) // 2  # halves: a sweep's envelope is cross-fitted (shared.results.curves)
+        won, h = hard_preference(m), len(m) // 2  # a tie counts ½; halves: a sweep's envelope is cross-fitted (shared.results.curves)
         res = {"win_rate": float(won.mean()), "win_rate_a": float(won[:h].mean()), "win_rate_b": float(won[h:2 * h].mean())}
         k = min(self.cfg.eval.kl_prompts, len(x))
         res["kl"] = float(tokenwise_kl(model, ref, self.prompts, x[:k], y[:k], **ops).mean())
@@ -475,7 +453,7 @@ def _machine(device) -> str:
 def run_study(pipe: Pipeline, study_name: str) -> dict:
     """Run every arm of a study and judge its claims; returns the results dict (toysim's schema)."""
     study = STUDIES[study_name]
-    for arm in sorted(study.arms, key=lambda a: a.source != "online"):  # streams and checkpoints first
+    for arm in run_order(study.arms):  # streams and checkpoints first
         pipe.run_arm(arm)
     cfg = pipe.cfg
     arms = {a.name: [{k: v for k, v in r.items() if k != "dir"} for r in pipe.arms[a.name]] for a in study.arms}

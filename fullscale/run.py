@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"resolved config: {json.dumps(resolved)}")
 
     from fullscale.pipeline import Pipeline, run_study
-    from toysim import report
+    from shared import report
 
     t0 = time.time()
     metrics, logged = _open_log(cfg.out / "metrics.jsonl", cfg.resume)

@@ -1,6 +1,6 @@
 """A built-in synthetic task that behaves like summarisation and needs no download.
 
-Docs: docs/fullscale.md. Tests: tests/test_fullscale_task.py.
+Docs: docs/fullscale.md. Tests: tests/test_fullscale_data.py.
 
 Prompts are short "documents": a handful of distinct content words followed by
 ``tl;dr``. A hidden programmatic *rater* scores a response (its words up to

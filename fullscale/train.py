@@ -10,7 +10,7 @@ Docs: docs/fullscale.md. Tests: tests/test_fullscale_train.py.
         batch   = sampler.next()                           # shared.sampling
         pi_logp = log π(y_w), log π(y_l)                   # one forward, summed log-probs
         ref     = log π_sft(y_w), log π_sft(y_l)           # no gradient, once per batch
-        loss    = mean(LOSSES[name](pi_w, pi_l, ref_w, ref_l, β))   # shared.losses
+        loss    = mean(LOSSES[name](pi_w, pi_l, ref_w, ref_l, β))   # shared.protocol.LOSSES
         Adam step
 
 A run's state (model, optimiser, sampler position, generator states, logged
@@ -30,13 +30,12 @@ import torch
 
 from fullscale.lm import Prompts, pm_scores, sequence_logp
 from shared import losses
+from shared.protocol import LOSSES
 from shared.preferences import random_order
-from shared.sampling import Batch, OfflineSampler, OnlineSampler, RefreshSampler, ReplaySampler, RolloutSampler, Rollouts
+from shared.sampling import Rollouts
 
-__all__ = ["LOSSES", "supervised", "fit_pm", "optimise", "atomic_save", "clear_stage_tmp", "safe_load", "fault_point"]
+__all__ = ["supervised", "fit_pm", "optimise", "atomic_save", "clear_stage_tmp", "safe_load", "fault_point"]
 
-LOSSES = {"ipo": losses.ipo_loss, "dpo": losses.dpo_loss, "slic": losses.slic_loss, "bo2": losses.bo2_loss,
-          "rloo": losses.rloo_loss}
 
 _FAULT_ENV = {"step": "FULLSCALE_FAULT_AFTER_STEPS", "save": "FULLSCALE_FAULT_AFTER_SAVES"}
 _events: dict[str, int] = {"step": 0, "save": 0}
@@ -125,48 +124,6 @@ def fit_pm(pm, prompts: Prompts, x, y_w, y_l, kind: str, eos: int, pad: int, cls
     return _fit(pm, len(x), batch_loss, lr, epochs, batch_size, generator, progress)
 
 
-# ---------------------------------------------------------------- run state
-def _batch_state(batches: list[Batch]) -> dict:
-    return {k: torch.stack([getattr(b, k) for b in batches]) for k in ("x", "y_w", "y_l", "tie")} if batches else {}
-
-
-def _batches(state: dict) -> list[Batch]:
-    if not state:
-        return []
-    return [Batch(*(state[k][i] for k in ("x", "y_w", "y_l", "tie"))) for i in range(len(state["x"]))]
-
-
-def sampler_state(sampler) -> dict:
-    """Everything a sampler needs to continue exactly where it stopped."""
-    if isinstance(sampler, OnlineSampler):
-        return {"log": _batch_state(sampler.log), "gen": sampler.generator.get_state()}
-    if isinstance(sampler, OfflineSampler):
-        return {"order": sampler._order, "pos": sampler._pos, "gen": sampler.generator.get_state()}
-    if isinstance(sampler, ReplaySampler):
-        return {"step": sampler.step}
-    if isinstance(sampler, RefreshSampler):
-        return {"online": sampler_state(sampler.online), "queue": _batch_state(sampler.queue)}
-    if isinstance(sampler, RolloutSampler):
-        return {"gen": sampler.generator.get_state()}
-    raise TypeError(f"cannot save the state of {type(sampler).__name__}")
-
-
-def restore_sampler(sampler, state: dict) -> None:
-    if isinstance(sampler, OnlineSampler):
-        sampler.log[:] = _batches(state["log"])
-        sampler.generator.set_state(state["gen"])
-    elif isinstance(sampler, OfflineSampler):
-        sampler._order, sampler._pos = state["order"], state["pos"]
-        sampler.generator.set_state(state["gen"])
-    elif isinstance(sampler, RefreshSampler):
-        restore_sampler(sampler.online, state["online"])
-        sampler.queue = _batches(state["queue"])
-    elif isinstance(sampler, RolloutSampler):
-        sampler.generator.set_state(state["gen"])
-    else:
-        sampler.step = state["step"]
-
-
 def optimise(model, ref_model, prompts: Prompts, sampler, loss_name: str, beta: float, lr: float, steps: int,
              eval_at: set[int], evaluate, eos: int, pad: int, state_path: Path | None = None, save_every: int = 50,
              snapshot_at: set[int] = frozenset(), snapshot=None, progress=None) -> dict[str, list]:
@@ -182,14 +139,14 @@ def optimise(model, ref_model, prompts: Prompts, sampler, loss_name: str, beta: 
         st = safe_load(state_path)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
-        restore_sampler(sampler, st["sampler"])
+        sampler.load_state_dict(st["sampler"])
         series, start, resumed = st["series"], st["step"], True
         if progress is not None:
             progress.update(start)
 
     def save(step):
         if state_path is not None:
-            atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sampler": sampler_state(sampler),
+            atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sampler": sampler.state_dict(),
                          "series": series, "step": step}, state_path)
             fault_point("save")
 

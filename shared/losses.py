@@ -12,7 +12,7 @@ against the batch (so one call can serve many runs with different β). The same
 function serves a tabular toy (log-probs read off a table) and an LLM batch
 (log-probs summed over response tokens).
 
-Notation (BRIEF §4): the log-ratio margin
+Notation (docs/theory.md): the log-ratio margin
 
     h = [log π(y_w) − log π_ref(y_w)] − [log π(y_l) − log π_ref(y_l)].
 
@@ -48,7 +48,7 @@ __all__ = [
 def log_ratio_margin(pi_logp_w, pi_logp_l, ref_logp_w, ref_logp_l):
     """h_π(y_w, y_l) = [log π(y_w) − log π_ref(y_w)] − [log π(y_l) − log π_ref(y_l)].
 
-    BRIEF §4; Azar et al. 2023 (arXiv 2310.12036) write it h_π in §5.1.
+    docs/theory.md, 3; Azar et al. 2023 (arXiv 2310.12036) write it h_π in §5.1.
     Shapes: four tensors of one shape [...] -> [...].
     """
     same_shape(pi_logp_w=pi_logp_w, pi_logp_l=pi_logp_l, ref_logp_w=ref_logp_w, ref_logp_l=ref_logp_l)
@@ -148,7 +148,7 @@ def bt_loss(r_w, r_l):
     """Bradley–Terry reward-model loss: −log σ(r_w − r_l).
 
     Bradley & Terry 1952; Ouyang et al. 2022 (arXiv 2203.02155), Eq. 1;
-    BRIEF §4. Shapes: [...] x2 -> [...].
+    docs/theory.md, 3. Shapes: [...] x2 -> [...].
     """
     same_shape(r_w=r_w, r_l=r_l)
     return -F.logsigmoid(r_w - r_l)
@@ -171,7 +171,7 @@ def pairwise_pm_loss(logit_12, first_wins):
 def rloo_loss(pi_logp, ref_logp, reward, beta):
     """KL-regularised policy gradient with a leave-one-out baseline (RLOO), as a surrogate loss.
 
-    The RLHF objective (Stiennon et al. 2020; Ouyang et al. 2022; BRIEF §4):
+    The RLHF objective (Stiennon et al. 2020; Ouyang et al. 2022; docs/theory.md, 1):
     J(π) = E_{y~π}[r(x,y) − β·(log π(y|x) − log π_ref(y|x))]. Since E_{y~π}[∇log π(y)] = 0,
     ∇J = E_{y~π}[R(y)·∇log π(y)] with the sequence reward R = r − β·(log π − log π_ref)
     (the KL enters the reward, as in Ziegler et al. 2019). With k ≥ 2 samples

@@ -1,6 +1,6 @@
 """Preference oracles: who says which of two responses wins.
 
-Docs: docs/theory.md (§ preferences). Tests: tests/test_preferences.py.
+Docs: docs/theory.md (4. Deterministic preferences). Tests: tests/test_sampling.py, tests/test_theory.py.
 
 The paper (Tang et al. 2024, arXiv 2405.08448, §3) makes every decision hard:
 y1 ≻ y2 iff r(x, y1, y2) − r(x, y2, y1) > 0. We follow it by default. A

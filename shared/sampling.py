@@ -100,6 +100,18 @@ def stack_batches(batches: list[Batch], dim: int = 0) -> Batch:
     return Batch(**{f.name: torch.cat([getattr(b, f.name) for b in batches], dim) for f in fields(Batch)})
 
 
+def _batches_state(batches: list[Batch]) -> dict:
+    """A list of batches as stacked tensors {x, y_w, y_l, tie} (empty dict for none): what
+    ``torch.save(weights_only=True)`` stores."""
+    return {f.name: torch.stack([getattr(b, f.name) for b in batches]) for f in fields(Batch)} if batches else {}
+
+
+def _batches_from(state: dict) -> list[Batch]:
+    if not state:
+        return []
+    return [Batch(**{f.name: state[f.name][i] for f in fields(Batch)}) for i in range(len(state["x"]))]
+
+
 @dataclass
 class OnlineSampler:
     """Online pairs: both responses from the current policy, labelled by ``oracle``.
@@ -126,6 +138,15 @@ class OnlineSampler:
         batch = Batch(x, y_w, y_l, tie)
         self.log.append(batch)
         return batch
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly where it stopped: the logged stream and the
+        generator's state (tensors and plain containers, for a resumable checkpoint)."""
+        return {"log": _batches_state(self.log), "gen": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.log[:] = _batches_from(state["log"])
+        self.generator.set_state(state["gen"])
 
 
 @dataclass
@@ -161,6 +182,14 @@ class OfflineSampler:
         idx = self._order[..., self._pos : self._pos + self.batch_size].contiguous()  # one copy, not one per field
         self._pos += self.batch_size
         return self.data.take(idx, dim=len(self.lead) if self.per_run else 0)
+
+    def state_dict(self) -> dict:
+        """The epoch's order, the position in it and the generator's state."""
+        return {"order": self._order, "pos": self._pos, "gen": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._order, self._pos = state["order"], state["pos"]
+        self.generator.set_state(state["gen"])
 
 
 def replay_order(num_steps: int, batch_size: int, window: int, generator: torch.Generator | None = None, lead: tuple[int, ...] = ()):
@@ -212,6 +241,13 @@ class ReplaySampler:
         self.step += 1
         return self.data.take(idx, dim=self.dim)
 
+    def state_dict(self) -> dict:
+        """The position in the replay order (the order itself is drawn at construction)."""
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+
 
 @dataclass
 class Rollouts:
@@ -246,6 +282,12 @@ class RolloutSampler:
             r = self.reward(xk, y)
         return Rollouts(x, y, r)
 
+    def state_dict(self) -> dict:
+        return {"gen": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["gen"])
+
 
 class RefreshSampler:
     """Semi-online pairs: every ``every`` steps, ``every`` batches are drawn at once from the
@@ -273,6 +315,14 @@ class RefreshSampler:
         if not self.queue:
             self.queue = [self.online.next() for _ in range(self.every)]  # the policy is frozen meanwhile
         return self.queue.pop(0)
+
+    def state_dict(self) -> dict:
+        """The online sampler's state and the batches of the current refresh not served yet."""
+        return {"online": self.online.state_dict(), "queue": _batches_state(self.queue)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.online.load_state_dict(state["online"])
+        self.queue = _batches_from(state["queue"])
 
 
 def policy_pair_dataset(policy_a: Policy, policy_b: Policy, x: torch.Tensor, oracle, generator: torch.Generator | None = None) -> Batch:

@@ -3,7 +3,7 @@
 Docs: docs/studies/*.md, docs/results-schema.md. Tests: tests/test_studies.py.
 
 A ``Study`` lists its ``Arm``s (where pairs come from, which loss, which
-labels) and the ``Claim``s of BRIEF §3 it tests. A backend (toysim or
+labels) and the ``Claim``s it tests: claims 1–18 of Tang et al. 2024 (§3–5, as the README's claims table lists them), 19–21 ours. A backend (toysim or
 fullscale) runs every arm and fills a *results* dict of the schema below;
 ``judge`` then computes each claim's verdict from those results alone, so both
 backends reach verdicts by the same rules.
@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+import typing
+from typing import Callable, Literal
 
 import numpy as np
 
 from shared.metrics import gap_at_matched_kl
 from shared.results import ci_over_seeds, curves, final, fmt, gap, has, has_halves, peak, per_seed, runs_of, seeds_of, verdict_from_ci
 
-__all__ = ["Arm", "Claim", "Study", "STUDIES", "CLAIMS", "judge"]
+__all__ = ["Arm", "SOURCES", "Claim", "Study", "STUDIES", "CLAIMS", "judge"]
 
 
 @dataclass(frozen=True)
@@ -44,17 +45,28 @@ class Arm:
     """
 
     name: str
-    source: str
+    source: Source
     loss: str = "ipo"
-    labels: str = "golden"
+    labels: Literal["golden", "proxy"] = "golden"
     sweep: bool = False
     capacity: float = 1.0
     params: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"arm {self.name!r}: unknown source {self.source!r}; choose from {', '.join(SOURCES)}")
+        if self.labels not in ("golden", "proxy"):
+            raise ValueError(f"arm {self.name!r}: labels must be 'golden' or 'proxy', got {self.labels!r}")
+
+
+Source = Literal["online", "offline", "replay", "dataset", "refresh", "rlhf", "mixture"]
+SOURCES: tuple[str, ...] = typing.get_args(Source)
+"""The closed set of an arm's data sources (``Arm``'s docstring says what each is)."""
+
 
 @dataclass(frozen=True)
 class Claim:
-    """A claim of BRIEF §3 and the rule that judges it from results."""
+    """A claim (the README's claims table: Tang et al. 2024 §3–5, or ours) and the rule that judges it from results."""
 
     id: int
     statement: str

@@ -191,7 +191,7 @@ def test_rloo_rejects_a_bad_beta(beta):
 def test_rloo_is_unbiased_for_the_exact_rlhf_gradient(k, beta):
     """On an enumerable bandit (3 prompts × 5 responses), the mean RLOO gradient over many
     sampled batches equals ∇J of J = E_x Σ_y π(y)[r(y) − β log π(y)/π_ref(y)] within its
-    standard error (BRIEF §4; exact gradient by autograd through the enumeration)."""
+    standard error (docs/theory.md, 1; exact gradient by autograd through the enumeration)."""
     g = torch.Generator().manual_seed(1)
     X, N = 3, 5
     theta = torch.randn(X, N, generator=g, dtype=torch.float64, requires_grad=True)

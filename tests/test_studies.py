@@ -38,7 +38,7 @@ def _verdict(results, cid):
 
 def test_every_claim_is_tested_by_exactly_one_study():
     ids = [c for s in STUDIES.values() for c in s.claims]
-    assert sorted(ids) == sorted(CLAIMS) == list(range(1, 22))  # BRIEF §3's 1–18, then ours (19–21)
+    assert sorted(ids) == sorted(CLAIMS) == list(range(1, 22))  # Tang et al. 2024's 1–18 (README's table), then ours (19–21)
 
 
 def test_refresh_rule_reads_the_recovered_fractions():

@@ -1,4 +1,4 @@
-"""The theory of BRIEF §4 checked numerically on random tabular bandits.
+"""The theory of docs/theory.md checked numerically on random tabular bandits.
 
 Two independent routes meet in each test: a closed form (toysim.theory) and
 the gradient or minimiser of a population loss built from shared.losses.

@@ -47,7 +47,7 @@ def test_every_study_writes_results_figures_and_verdicts(quick_all):
         if res["arms"]:
             assert (out / name / "winrate_vs_kl.png").stat().st_size > 1000
         assert f"== {name}" in stdout
-    assert seen == set(CLAIMS)  # every claim of BRIEF §3 gets a verdict somewhere
+    assert seen == set(CLAIMS)  # every claim of the README's table gets a verdict somewhere
     assert (out / "classification" / "classification.png").exists()
     assert (out / "scale" / "scaling.png").exists()
     assert (out / "coverage" / "gap_vs_kl.png").stat().st_size > 1000  # claim 2's curve
@@ -106,3 +106,12 @@ def test_help_explains_the_options():
     assert p.returncode == 0
     for word in ("--hypothesis", "--seeds", "--preset", "--out", "--quick", "coverage"):
         assert word in p.stdout
+
+
+def test_the_printed_config_is_the_one_in_effect(tmp_path):
+    """The resolved config shows the β and learning rate actually used, not only the flags (null by default)."""
+    p = _run("--hypothesis", "theory", "--quick", "--seeds", "1", "--beta", "0.3", "--out", str(tmp_path / "t"))
+    assert p.returncode == 0, p.stderr
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("resolved config: "))
+    cfg = json.loads(line.removeprefix("resolved config: "))
+    assert cfg["train"]["beta"] == 0.3 and cfg["train"]["lr"] == 0.02 and cfg["train"]["steps"] == 80  # --quick's steps

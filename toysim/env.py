@@ -1,9 +1,9 @@
 """The bandit world of the simulator: prompts, enumerable responses, a golden
 preference, π_sft, a finite D_golden and a limited proxy preference model.
 
-Docs: docs/tutorial.md (§ the world). Tests: tests/test_toysim_env.py.
+Docs: docs/tutorial.md (§ the world). Tests: tests/test_toysim_engine.py.
 
-Mirrors the roles of Tang et al. 2024, §3 (BRIEF §1):
+Mirrors the roles of Tang et al. 2024, §3:
 - responses y have latent traits z_y ∈ R^k, prompts have a "taste" u_x ∈ R^k;
 - golden reward r*(x, y) = u_x·z_y − penalty·‖z_y‖² + noise·ε(x, y): the
   rater likes responses matched to the prompt but dislikes extreme ones

@@ -7,7 +7,7 @@ Run one study (or all) of Tang et al. 2024 in the exact tabular simulator.
 
 Prints per study a table (arm, peak win rate ± 95% CI over seeds, KL at the
 peak, win rate at matched KL against online) and a verdict for each claim of
-BRIEF §3 the study tests; writes DIR/<study>/results.json (schema:
+the study tests (the README's claims table); writes DIR/<study>/results.json (schema:
 docs/results-schema.md), PNG figures, and DIR/report.md. Docs: docs/tutorial.md.
 """
 
@@ -22,9 +22,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from shared.studies import STUDIES
+
 __all__ = ["GapConfig", "main", "fail"]
 
-Hypothesis = Literal["coverage", "quality", "classification", "contrastive", "scale", "data", "theory", "equivalence", "refresh", "all"]
+Hypothesis = Literal[(*STUDIES, "all")]  # type: ignore[valid-type]  (the study names of shared.studies, or all)
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         return fail(problem)
 
-    from toysim import report
+    from shared import report
     from toysim.presets import PRESETS, quick
     from toysim.study import Runner, run_study
 
@@ -126,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.lr is not None:
         train = replace(train, lr=cfg.lr)
     preset = replace(preset, train=train)
-    print(f"resolved config: {json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()})}")
+    command = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
+    # the settings in effect (the preset's, with --quick, --beta and --lr applied), not only the flags
+    print(f"resolved config: {json.dumps({**command, 'world': asdict(preset.world), 'train': asdict(preset.train)})}")
 
     t0 = time.time()
     runner = Runner(preset, cfg.seeds, cfg.mode, _progress)

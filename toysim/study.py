@@ -13,27 +13,21 @@ Order of work (same sections as fullscale.run):
 
 from __future__ import annotations
 
-import itertools
 import zlib
 from dataclasses import asdict
 
 import torch
 
-from shared import losses
-from shared.sampling import Batch, OfflineSampler, OnlineSampler, RefreshSampler, ReplaySampler, RolloutSampler, geometric_mixture, stack_batches
-from shared.studies import STUDIES, Arm, Study, judge
+from shared.sampling import Batch, geometric_mixture, policy_pair_dataset, stack_batches
+from shared.preferences import hard_preference
+from shared.protocol import LOSSES, STREAM_SOURCES, SamplerWorld, checkpoint_steps, make_sampler, run_order, stream_read_by, sweep_configs
+from shared.studies import Arm, Study, judge
 from toysim.engine import Evaluator, LogLinearPolicy, sample_rows, train
 from toysim.env import TableOracle, World, golden_training_oracle, make_world
 from toysim.presets import Preset
 from toysim.theory import population_loss
 
-__all__ = ["LOSSES", "Runner", "run_study"]
-
-# checkpoint fractions the "dataset" arms read from the online run (0 = SFT)
-STUDIES_PAIRS = [a.params["pair"] for s in STUDIES.values() for a in s.arms if a.source == "dataset"]
-
-LOSSES = {"ipo": losses.ipo_loss, "dpo": losses.dpo_loss, "slic": losses.slic_loss, "bo2": losses.bo2_loss,
-          "rloo": losses.rloo_loss}
+__all__ = ["Runner", "run_study"]
 
 
 def _gen(seed: int, name: str) -> torch.Generator:
@@ -56,32 +50,16 @@ class Runner:
         self.golden_oracle = golden_training_oracle(w.golden_reward, w.cfg.label_noise)
         self.proxy_oracle = TableOracle(w.proxy_reward)
         self.proxy_margin = w.proxy_reward[:, :, None] - w.proxy_reward[:, None, :]
-        self.proxy_pref = (self.proxy_margin > 0).double() + 0.5 * (self.proxy_margin == 0).double()
-        self.data_fracs = sorted({f for a in STUDIES_PAIRS for f in a})
+        self.proxy_pref = hard_preference(self.proxy_margin).double()
         self.online_state: dict[str, dict] = {}
         self.golden_final = None
 
     def checkpoints(self, steps: int) -> set[int]:
-        """Log-spaced evaluation steps (the curves are read on a log-KL axis), ``checkpoints`` per
-        online horizon and as dense per decade beyond it, plus the fractions the data study's
-        checkpoint datasets name, and the last step."""
-        import math
-
-        import numpy as np
-
-        per_decade = self.t.checkpoints / math.log10(max(self.t.steps, 10))
-        num = max(2, int(round(per_decade * math.log10(max(steps, 10)))))
-        out = {int(round(v)) for v in np.geomspace(1, steps, num)}
-        out |= {round(f * self.t.steps) for f in self.data_fracs if f * self.t.steps <= steps}
-        return {s for s in out if 0 < s <= steps} | {steps}
+        return checkpoint_steps(steps, self.t)
 
     # ---------------------------------------------------------------- arms
     def configs(self, arm: Arm) -> list[dict]:
-        t = self.t
-        steps = t.steps * (t.offline_mult if arm.source in ("offline", "dataset") else 1)
-        if arm.sweep:
-            return [{"lr": t.lr * a, "beta": t.beta * b, "steps": steps} for a, b in itertools.product(t.sweep_lr, t.sweep_beta)]
-        return [{"lr": t.lr, "beta": t.beta, "steps": steps}]
+        return sweep_configs(arm, self.t)
 
     def run_arm(self, arm: Arm, reference: bool = False) -> list[dict]:
         self.run_arms([arm], reference)
@@ -100,8 +78,8 @@ class Runner:
         RLHF (rollouts, not pairs) and population mode run arm by arm.
         """
         todo = list({repr(a): a for a in arms if repr(a) not in self.cache}.values())
-        streams = [a for a in todo if a.source in _STREAM_SOURCES]
-        for wave in (streams, [a for a in todo if a.source not in _STREAM_SOURCES]):
+        streams = [a for a in todo if a.source in STREAM_SOURCES]
+        for wave in (streams, [a for a in todo if a.source not in STREAM_SOURCES]):
             groups: dict[object, list[Arm]] = {}  # key: the number of steps, or the arm if it runs alone
             for a in wave:
                 single = self.mode == "population" or a.source == "rlhf" or reference
@@ -175,34 +153,20 @@ class Runner:
         return Evaluator(w.sft_logp, ref, w.golden_pref, self.proxy_margin, w.d_golden, pair_probs_at=pair_probs_at)
 
     def sampler(self, arm: Arm, policy, oracle, R, g, seed_idx, steps):
-        w, B = self.world, self.t.batch_size
-        if arm.source == "online":
-            return OnlineSampler(policy, oracle, torch.arange(w.cfg.prompts), (R, B), g)
-        if arm.source == "offline":
-            return OfflineSampler(w.d_golden, B, g, lead=(R,))
-        if arm.source == "refresh":  # every = 0: one dataset for the whole run
-            every = arm.params["every"] or steps
-            return RefreshSampler(OnlineSampler(policy, oracle, torch.arange(w.cfg.prompts), (R, B), g), every)
-        if arm.source == "mixture":  # IPO-MD: online pairs from π^{1−α}·π_sft^α
-            return OnlineSampler(_Mixture(policy, w.sft_logp, arm.params["alpha"]), oracle, torch.arange(w.cfg.prompts), (R, B), g)
-        if arm.source == "rlhf":  # k samples per prompt; as many sampled responses per step as online's 2B
-            k = arm.params.get("k", 4)
-            table = w.golden_reward if arm.labels == "golden" else w.proxy_reward
-            return RolloutSampler(policy, lambda x, y: table[x, y], torch.arange(w.cfg.prompts), (R, max(1, 2 * B // k)), k, g)
-        if arm.source == "replay":
-            stream = self.online_state[arm.params["stream"]]["log"]
-            window = arm.params["window"] or len(stream)
-            return ReplaySampler(stream, window, g)
-        if arm.source == "dataset":
-            return OfflineSampler(self.checkpoint_dataset(arm, seed_idx, g), B, g, lead=(R,), per_run=True)
-        raise ValueError(f"unknown arm source {arm.source!r}")
+        """``shared.protocol.make_sampler`` over this world: R runs stacked, tables as reward models."""
+        w = self.world
+        world = SamplerWorld(
+            prompts=torch.arange(w.cfg.prompts), batch=(R, self.t.batch_size), d_golden=w.d_golden,
+            mixture=lambda pol, alpha: _Mixture(pol, w.sft_logp, alpha),
+            reward=lambda labels: (lambda x, y, t=(w.golden_reward if labels == "golden" else w.proxy_reward): t[x, y]),
+            stream=lambda name: self.online_state[name]["log"],
+            checkpoint_pairs=lambda a, gen: self.checkpoint_dataset(a, seed_idx, gen))
+        return make_sampler(arm, world, policy, oracle, g, steps)
 
     def checkpoint_dataset(self, arm: Arm, seed_idx, g) -> Batch:
         """Pairs y1 ~ checkpoint a, y2 ~ checkpoint b of the online arm, golden-labelled, one dataset per run."""
-        from shared.sampling import policy_pair_dataset
-
         w = self.world
-        tables = self.online_state["online"]["tables"]
+        tables = self.online_state[stream_read_by(arm)]["tables"]
         n, R = w.cfg.golden_pairs, len(seed_idx)
 
         class _Frozen:  # a checkpoint as a shared.sampling.Policy
@@ -247,10 +211,6 @@ class Runner:
             return population_loss(loss_fn, table, w.sft_logp, mu, pref, beta[..., None, None])
 
         return pop_loss, _Null()
-
-
-# arms whose pairs come from the policy being trained; replay and checkpoint-dataset arms read their logs
-_STREAM_SOURCES = ("online", "refresh", "mixture", "rlhf")
 
 
 class _Runs:
@@ -330,7 +290,7 @@ def run_study(study: Study, preset: Preset, seeds: int, mode: str = "sgd", progr
         out["extras"]["equivalence"] = equivalence_checks(seed=preset.world.seed)
     runner = runner or Runner(preset, seeds, mode, progress_factory)
     runner.run_arm(Arm("golden", "online", labels="golden"), reference=True)
-    arms = sorted(study.arms, key=lambda a: a.source != "online")
+    arms = run_order(study.arms)
     if mode == "population":
         for a in [a for a in arms if a.source not in ("online", "offline", "rlhf", "mixture")]:
             out["extras"].setdefault("skipped", []).append(f"{a.name}: no population form")

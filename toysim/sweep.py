@@ -18,7 +18,7 @@ import dataclasses
 import json
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from shared.metrics import seed_ci

@@ -2,10 +2,10 @@
 losses built from ``shared.losses``, and a solver that minimises them.
 
 Docs: docs/theory.md. Tests: tests/test_theory.py. Run: ``python -m toysim.gap
---hypothesis theory`` (claim 18 of BRIEF §3).
+--hypothesis theory`` (claim 18 of the README's claims table).
 
 Everything works on tensors [..., X, N]: X prompts, N enumerable responses.
-The closed forms (BRIEF §4):
+The closed forms (docs/theory.md):
 
 - RLHF / DPO with Bradley–Terry labels (Rafailov et al. 2023, Eq. 4):
   π*(y) = π_ref(y)·exp(r(y)/β)/Z.
@@ -18,6 +18,9 @@ The closed forms (BRIEF §4):
 from __future__ import annotations
 
 import torch
+
+from shared.losses import dpo_loss, ipo_loss
+from shared.preferences import bt_probability, hard_preference
 
 __all__ = [
     "rlhf_optimum",
@@ -83,7 +86,7 @@ def population_loss(loss_fn, logits, ref_logp, mu, pref, beta):
 
 
 def rlhf_objective(logits, ref_logp, reward, beta):
-    """E_{y~π}[r(y)] − β·KL(π‖π_ref), averaged over prompts (BRIEF §4)."""
+    """E_{y~π}[r(y)] − β·KL(π‖π_ref), averaged over prompts (docs/theory.md, 1)."""
     logp = torch.log_softmax(logits, -1)
     p = logp.exp()
     return (p * (reward - beta * (logp - ref_logp))).sum(-1).mean(-1)
@@ -131,14 +134,12 @@ def random_bandit(num_prompts: int, num_responses: int, seed: int, dtype=torch.f
     ref_logp = torch.log_softmax(torch.randn(num_prompts, num_responses, generator=g, dtype=dtype), -1)
     reward = torch.randn(num_prompts, num_responses, generator=g, dtype=dtype)
     diff = reward[..., :, None] - reward[..., None, :]
-    pref = (diff > 0).to(dtype) + 0.5 * (diff == 0).to(dtype)
+    pref = hard_preference(diff).to(dtype)
     return ref_logp, reward, pref
 
 
 def theory_checks(seed: int = 0, beta: float = 0.5, num_prompts: int = 4, num_responses: int = 8) -> dict:
     """Claim 18, computed exactly. Returns the numbers ``shared.studies`` judges."""
-    from shared.losses import dpo_loss, ipo_loss
-    from shared.preferences import bt_probability
 
     ref_logp, reward, pref = random_bandit(num_prompts, num_responses, seed)
     mu = ref_logp.exp()  # offline data from the reference policy, full support
@@ -180,8 +181,6 @@ def equivalence_checks(seed: int = 0, beta: float = 0.5, num_prompts: int = 4, n
     labels from the Bradley–Terry model of the same r. Both should equal
     π_ref·exp(r/β)/Z; returns the total variations between the three.
     """
-    from shared.losses import dpo_loss
-    from shared.preferences import bt_probability
 
     ref_logp, reward, _ = random_bandit(num_prompts, num_responses, seed)
     init = torch.zeros_like(ref_logp)

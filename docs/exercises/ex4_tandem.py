@@ -11,7 +11,7 @@ def answer(results: dict) -> dict:
     Return a dict with the keys
       "ordered_max_abs_diff":        float, max over seeds and checkpoints of
                                      |win rate(online) − win rate(replay-ordered)|
-      "ordered_reproduces_online":   bool, that difference is ≤ 1e-3 (BRIEF §3, claim 4)
+      "ordered_reproduces_online":   bool, that difference is ≤ 1e-3 (claim 4 of the README's table; Tang et al. 2024, §4.1)
       "online_minus_offline":        (mean, half-width) over seeds of the win-rate gap
                                      online − offline at matched KL
       "online_minus_tandem":         (mean, half-width), the same for online − tandem

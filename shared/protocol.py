@@ -1,0 +1,150 @@
+"""The study protocol both backends run, written once: the loss table, each arm's sweep
+configurations and step budget, the checkpoint schedule, and the order arms run in.
+
+Docs: docs/index.md (layout). Tests: tests/test_protocol.py.
+
+Tang et al. 2024, §3: online arms train ``steps`` steps, offline arms (on D_golden or on a
+checkpoint dataset) ``offline_mult`` × as long (their 4k vs 20k); the offline baseline is
+the pooled sweep over learning rates × β (their 3 × 3 grid), as multipliers of the baseline
+config; every run is evaluated at log-spaced checkpoints (the curves are read on a log-KL
+axis). ``toysim.study`` and ``fullscale.pipeline`` call these; a backend supplies only its
+world, its policy and its training step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from shared import losses
+from shared.sampling import Batch, OfflineSampler, OnlineSampler, RefreshSampler, ReplaySampler, RolloutSampler
+from shared.studies import STUDIES, Arm
+
+__all__ = ["LOSSES", "TrainSchedule", "OFFLINE_SOURCES", "STREAM_SOURCES", "dataset_fractions", "steps_of",
+           "sweep_configs", "checkpoint_steps", "stream_read_by", "run_order", "SamplerWorld", "make_sampler"]
+
+LOSSES = {"ipo": losses.ipo_loss, "dpo": losses.dpo_loss, "slic": losses.slic_loss, "bo2": losses.bo2_loss,
+          "rloo": losses.rloo_loss}
+"""An arm's ``loss`` name -> the per-example loss of ``shared.losses`` (the one loss table)."""
+
+OFFLINE_SOURCES = ("offline", "dataset")
+"""Sources that train on a fixed dataset, for ``offline_mult`` × the online steps."""
+
+STREAM_SOURCES = ("online", "refresh", "mixture", "rlhf")
+"""Sources whose pairs come from the policy being trained; replay and checkpoint-dataset arms
+read their logs, so these run first."""
+
+
+class TrainSchedule(Protocol):
+    """The training settings the protocol reads (``toysim.presets.TrainSettings``,
+    ``fullscale.config.TrainConfig``)."""
+
+    steps: int
+    offline_mult: int
+    lr: float
+    beta: float
+    sweep_lr: tuple[float, ...]
+    sweep_beta: tuple[float, ...]
+    checkpoints: int
+
+
+def dataset_fractions() -> list[float]:
+    """The online-run fractions the data study's checkpoint datasets read (0 = π_sft), sorted
+    (Tang et al. 2024, §5: pairs from SFT, step 800 and step 4k)."""
+    return sorted({f for s in STUDIES.values() for a in s.arms if a.source == "dataset" for f in a.params["pair"]})
+
+
+def steps_of(arm: Arm, t: TrainSchedule) -> int:
+    """An arm's step budget: ``t.steps`` online, ``offline_mult`` × that on a fixed dataset
+    (Tang et al. 2024, §3: 4k online steps against 20k offline)."""
+    return t.steps * (t.offline_mult if arm.source in OFFLINE_SOURCES else 1)
+
+
+def sweep_configs(arm: Arm, t: TrainSchedule) -> list[dict]:
+    """An arm's configurations {lr, beta, steps}: the baseline, or for a swept arm every
+    (lr multiplier, β multiplier) of the pooled sweep, lr-major (Tang et al. 2024, §3: offline
+    gets lr ∈ {3e-6, 1e-5, 3e-5} × β ∈ {0.1, 0.5, 1} and its best curve is compared)."""
+    steps = steps_of(arm, t)
+    if arm.sweep:
+        return [{"lr": t.lr * a, "beta": t.beta * b, "steps": steps} for a, b in itertools.product(t.sweep_lr, t.sweep_beta)]
+    return [{"lr": t.lr, "beta": t.beta, "steps": steps}]
+
+
+def checkpoint_steps(steps: int, t: TrainSchedule) -> set[int]:
+    """Log-spaced evaluation steps of a run of ``steps`` steps: ``t.checkpoints`` per online
+    horizon and as dense per decade beyond it, plus the fractions of the online horizon the
+    data study's checkpoint datasets name, and the last step (step 0 is always evaluated).
+    Log spacing because the curves are read against log KL (Tang et al. 2024, Fig. 2)."""
+    per_decade = t.checkpoints / math.log10(max(t.steps, 10))
+    num = max(2, int(round(per_decade * math.log10(max(steps, 10)))))
+    out = {int(round(v)) for v in np.geomspace(1, steps, num)}
+    out |= {round(f * t.steps) for f in dataset_fractions() if f * t.steps <= steps}
+    return {s for s in out if 0 < s <= steps} | {steps}
+
+
+def stream_read_by(arm: Arm) -> str | None:
+    """The online arm whose run ``arm`` trains on: its logged stream (replay: ``params['stream']``)
+    or its checkpoints (dataset: the "online" arm); None for an arm that reads no other run
+    (Tang et al. 2024, §4.1 tandem replay; §5 checkpoint datasets)."""
+    match arm.source:
+        case "replay":
+            return arm.params["stream"]
+        case "dataset":
+            return "online"
+    return None
+
+
+def run_order(arms) -> list[Arm]:
+    """The arms in the order they run: online arms first (others read their streams and
+    checkpoints), otherwise as declared."""
+    return sorted(arms, key=lambda a: a.source != "online")
+
+
+@dataclass
+class SamplerWorld:
+    """What a backend gives ``make_sampler``: its prompts, the shape of a batch of pairs, D_golden,
+    and how to build the parts that differ between backends (each called only when an arm needs it).
+
+    batch: (B,) for one run, (R, B) for R runs stacked on one policy (toysim); prompts: the prompt
+    rows online pairs are drawn from; mixture(policy, alpha): a policy sampling from
+    π^{1−α}·π_sft^α; reward(labels): r(x, y) of the reward model for those labels; stream(name):
+    the logged batches of an online arm; checkpoint_pairs(arm, g): the checkpoint dataset an arm
+    of source "dataset" trains on (one per run when ``batch`` has a run axis)."""
+
+    prompts: object
+    batch: tuple[int, ...]
+    d_golden: Batch
+    mixture: Callable
+    reward: Callable
+    stream: Callable
+    checkpoint_pairs: Callable
+
+
+def make_sampler(arm: Arm, world: SamplerWorld, policy, oracle, generator, steps: int):
+    """The pair sampler of ``arm`` (``Arm``'s docstring defines each source): the one dispatch
+    from an arm's source to a sampler of ``shared.sampling``. ``steps``: the run's length (a
+    refresh arm with every = 0 draws one dataset for the whole run)."""
+    B, lead = world.batch[-1], world.batch[:-1]
+    g = generator
+    match arm.source:
+        case "online":
+            return OnlineSampler(policy, oracle, world.prompts, world.batch, g)
+        case "offline":
+            return OfflineSampler(world.d_golden, B, g, lead=lead)
+        case "refresh":  # every = 0: one dataset for the whole run
+            return RefreshSampler(OnlineSampler(policy, oracle, world.prompts, world.batch, g), arm.params["every"] or steps)
+        case "mixture":  # IPO-MD (Calandriello et al. 2024): online pairs from the per-token mixture
+            return OnlineSampler(world.mixture(policy, arm.params["alpha"]), oracle, world.prompts, world.batch, g)
+        case "rlhf":  # k samples per prompt, as many sampled responses per step as online's 2B
+            k = arm.params.get("k", 4)
+            return RolloutSampler(policy, world.reward(arm.labels), world.prompts, lead + (max(1, 2 * B // k),), k, g)
+        case "replay":  # window 0: a uniform shuffle of the whole stream (tandem)
+            stream = world.stream(arm.params["stream"])
+            return ReplaySampler(stream, arm.params["window"] or len(stream), g)
+        case "dataset":
+            return OfflineSampler(world.checkpoint_pairs(arm, g), B, g, lead=lead, per_run=bool(lead))
+    raise ValueError(f"unknown arm source {arm.source!r}")

@@ -1,0 +1,116 @@
+"""shared.protocol: the rules of the study both backends call, against plain references;
+and the study-name lists of both command lines come from shared.studies.STUDIES."""
+
+import math
+import typing
+from dataclasses import dataclass
+
+import pytest
+
+from shared import losses
+from shared.protocol import LOSSES, checkpoint_steps, dataset_fractions, run_order, steps_of, sweep_configs
+from shared.studies import SOURCES, STUDIES, Arm
+
+
+@dataclass(frozen=True)
+class T:
+    steps: int = 400
+    offline_mult: int = 5
+    lr: float = 0.02
+    beta: float = 0.1
+    sweep_lr: tuple = (0.3, 1.0, 3.0)
+    sweep_beta: tuple = (1.0, 5.0, 10.0)
+    checkpoints: int = 20
+
+
+def test_sweep_configs_are_the_pooled_grid_lr_major():
+    t = T()
+    swept = sweep_configs(Arm("offline", "offline", sweep=True), t)
+    want = []
+    for a in t.sweep_lr:  # plain loop: lr-major, as the committed results list them
+        for b in t.sweep_beta:
+            want.append({"lr": t.lr * a, "beta": t.beta * b, "steps": 2000})
+    assert swept == want
+    assert sweep_configs(Arm("online", "online"), t) == [{"lr": 0.02, "beta": 0.1, "steps": 400}]
+    assert steps_of(Arm("d", "dataset", params={"pair": (0.0, 1.0)}), t) == 2000
+    assert steps_of(Arm("r", "replay", params={"stream": "online", "window": 0}), t) == 400
+
+
+@pytest.mark.parametrize("steps", [1, 7, 400, 2000])
+def test_checkpoints_are_log_spaced_with_the_data_fractions_and_the_last_step(steps):
+    t = T()
+    got = checkpoint_steps(steps, t)
+    assert steps in got and all(0 < s <= steps for s in got)
+    for f in dataset_fractions():
+        if 0 < f * t.steps <= steps:
+            assert round(f * t.steps) in got
+    # the log-spaced part: a plain geometric sequence, as dense per decade as t.checkpoints per online horizon
+    per_decade = t.checkpoints / math.log10(t.steps)
+    num = max(2, int(round(per_decade * math.log10(max(steps, 10)))))
+    ratio = steps ** (1 / (num - 1)) if steps > 1 else 1
+    assert {int(round(ratio**i)) for i in range(num)} <= got | {0}
+
+
+def test_the_data_fractions_are_those_the_data_study_reads():
+    assert dataset_fractions() == [0.0, 0.2, 1.0]
+
+
+def test_online_arms_run_first_and_every_arm_has_a_loss_and_a_known_source():
+    for study in STUDIES.values():
+        order = run_order(study.arms)
+        assert [a.source == "online" for a in order] == sorted((a.source == "online" for a in study.arms), reverse=True)
+        for arm in study.arms:
+            assert arm.loss in LOSSES and arm.source in SOURCES, arm
+    assert LOSSES["ipo"] is losses.ipo_loss and LOSSES["rloo"] is losses.rloo_loss
+    with pytest.raises(ValueError, match="unknown source"):
+        Arm("x", "onlien")
+
+
+def test_both_command_lines_list_the_studies_of_shared_studies():
+    from fullscale.config import StudyName
+    from toysim.gap import Hypothesis
+
+    assert typing.get_args(Hypothesis) == (*STUDIES, "all")
+    assert typing.get_args(StudyName) == tuple(n for n in STUDIES if n != "theory")
+
+
+def test_the_stream_an_arm_reads():
+    from shared.protocol import stream_read_by
+
+    arms = {a.name: a for s in STUDIES.values() for a in s.arms}
+    assert stream_read_by(arms["tandem"]) == "online" and stream_read_by(arms["tandem-bo2"]) == "online-bo2"
+    assert stream_read_by(arms["tandem@4"]) == "online@4" and stream_read_by(arms["sft-vs-4k"]) == "online"
+    assert stream_read_by(arms["offline"]) is None and stream_read_by(arms["refresh-4"]) is None
+
+
+def test_make_sampler_builds_each_source_from_the_backend_world():
+    """One dispatch for both backends: each source gets its shared.sampling sampler, shaped by the
+    world's batch (a run axis for toysim's stacked runs), and calls only the world part it needs."""
+    import torch
+
+    from shared.protocol import SamplerWorld, make_sampler
+    from shared.sampling import Batch, OfflineSampler, OnlineSampler, RefreshSampler, ReplaySampler, RolloutSampler
+
+    n = 10
+    d = Batch(torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long),
+              torch.zeros(n, dtype=torch.bool))
+    used = []
+
+    def part(name, value):
+        return lambda *a: (used.append(name), value)[1]
+
+    world = SamplerWorld(prompts=torch.arange(3), batch=(4,), d_golden=d, mixture=part("mixture", "mixed-policy"),
+                         reward=part("reward", lambda x, y: y.float()), stream=part("stream", [d] * 5),
+                         checkpoint_pairs=part("checkpoint_pairs", d))
+    g = torch.Generator().manual_seed(0)
+    want = {"online": OnlineSampler, "offline": OfflineSampler, "refresh": RefreshSampler, "mixture": OnlineSampler,
+            "rlhf": RolloutSampler, "replay": ReplaySampler, "dataset": OfflineSampler}
+    params = {"refresh": {"every": 0}, "mixture": {"alpha": 0.25}, "rlhf": {"k": 4}, "replay": {"stream": "online", "window": 0},
+              "dataset": {"pair": (0.0, 1.0)}}
+    for source, cls in want.items():
+        used.clear()
+        s = make_sampler(Arm(source, source, params=params.get(source, {})), world, "policy", "oracle", g, steps=7)
+        assert type(s) is cls, source
+        assert used == {"mixture": ["mixture"], "rlhf": ["reward"], "replay": ["stream"], "dataset": ["checkpoint_pairs"]}.get(source, [])
+    assert make_sampler(Arm("r", "refresh", params={"every": 0}), world, "p", "o", g, steps=7).every == 7
+    assert make_sampler(Arm("m", "mixture", params={"alpha": 0.5}), world, "p", "o", g, 7).policy == "mixed-policy"
