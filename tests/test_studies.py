@@ -122,8 +122,9 @@ def test_fraction_rules_do_not_rest_on_a_minority_of_seeds():
     kl, wr = _curve(0.1)
     r["arms"]["online"][0] = _run(0, kl, wr)  # ... except seed 0
     r["arms"]["tandem"] = [dict(run) for run in r["arms"]["offline"]]
+    r["arms"]["window-4"] = [dict(run) for run in r["arms"]["online"]]
     assert _verdict(r, 5) == "inconclusive"
-    assert _verdict(r, 6) in ("inconclusive", "not tested")
+    assert _verdict(r, 6) == "inconclusive"  # a window arm ran, but no gap is defined
 
 
 def test_claim_10_uses_absolute_correlation_per_seed():
