@@ -23,21 +23,23 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from fullscale.config import RunConfig
 from fullscale.data import Prepared, prepare
-from fullscale.lm import LMPolicy, PMOracle, Prompts, sample_responses, sequence_logp, tokenwise_kl
+from fullscale.lm import LMPolicy, PMOracle, Prompts, pm_scores, sample_responses, sequence_logp, tokenwise_kl
 from fullscale.models import build_model, load_model, save_model, special_ids, width_for_capacity
 from fullscale.train import atomic_save, clear_stage_tmp, fit_pm, optimise, safe_load, supervised
 from shared.metrics import classifier_accuracy, logp_shift, policy_margin
 from shared.preferences import hard_preference, label_pairs
 from shared.sampling import Batch, policy_pair_dataset
-from shared.protocol import SamplerWorld, checkpoint_steps, dataset_fractions, make_sampler, run_order, stream_read_by, sweep_configs
+from shared.protocol import (SamplerWorld, checkpoint_steps, dataset_fractions, make_sampler, provides_stream, run_order,
+                             stream_read_by, sweep_configs)
 from shared.studies import STUDIES, Arm, judge
 
 __all__ = ["Pipeline", "run_study", "config_hash", "data_stage_dir"]
@@ -156,8 +158,6 @@ class Pipeline:
                 raise ValueError("the scale study builds policies of several widths; it cannot scale a model loaded from --models.policy-path")
             return load_model(m.policy_path, device=self.device)[0]
         spec = m.policy
-        from dataclasses import replace
-
         spec = replace(spec, width=width_for_capacity(spec, len(self.tokenizer), self.ids, capacity))
         return build_model(spec, len(self.tokenizer), self.ids, self.cfg.seed).to(self.device)
 
@@ -312,13 +312,13 @@ class Pipeline:
 
         if (d / "eval_pairs.pt").exists():
             online_pairs.update(safe_load(d / "eval_pairs.pt"))
-        snaps = {round(f * t.steps) for f in dataset_fractions() if 0 < f} if arm.source == "online" else set()
+        snaps = {round(f * t.steps) for f in dataset_fractions() if 0 < f} if provides_stream(arm) else set()
         with self.progress(steps, f"{arm.name} s{seed} lr{c['lr']:.0e} β{c['beta']:g}") as bar:
             series = optimise(model, ref, self.prompts, sampler, arm.loss, c["beta"], c["lr"], steps,
                               self.checkpoints(steps) if evaluate else set(), run_eval, self.ids["eos"], self.ids["pad"],
                               state_path=d / "state.pt", save_every=t.save_every, snapshot_at=snaps, snapshot=snapshot, progress=bar)
         atomic_save(model.state_dict(), d / "final.pt")
-        if arm.source == "online":
+        if provides_stream(arm):
             atomic_save({k: torch.stack([getattr(b, k) for b in sampler.log]) for k in ("x", "y_w", "y_l", "tie")}, d / "stream.pt")
         (d / "series.json").write_text(json.dumps(series))
         (d / "state.pt").unlink(missing_ok=True)
@@ -329,8 +329,6 @@ class Pipeline:
         """The RLHF arm's proxy: a pointwise Bradley–Terry reward model with the proxy PM's size
         and data (Stiennon et al. 2020; Ouyang et al. 2022), as a reward function r(x, y)."""
         if not hasattr(self, "_rm"):
-            from fullscale.lm import pm_scores
-
             tr = torch.nonzero(self.split).squeeze(-1)
             tr = tr[: max(1, int(round(self.t.proxy_fraction * len(tr))))]
             cfg = self.cfg.models
@@ -409,8 +407,8 @@ class Pipeline:
         y2 = sample_responses(model, self.prompts, x[:n], L, **ops, generator=g, temperature=temp)
         own = self._pair_record(x[:n], y[:n], y2)
         res["acc_self"] = self._policy_acc(model, ref, own)
-        pairs = own if arm.source == "online" else None
-        stream = self._online_pairs_for(arm, seed, step) if arm.source != "online" else own
+        pairs = own if provides_stream(arm) else None
+        stream = own if provides_stream(arm) else self._online_pairs_for(arm, seed, step)
         if stream is not None and len(stream["x"]):
             res["acc_online_pairs"] = self._policy_acc(model, ref, stream)
             res["proxy_acc_online_pairs"] = float(classifier_accuracy(stream["proxy_margin"], stream["first_wins"]))
@@ -444,8 +442,6 @@ class Pipeline:
 
 
 def _machine(device) -> str:
-    import os
-
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else (platform.processor() or platform.machine())
     return f"{name}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads, torch {torch.__version__}, {device.type}"
 

@@ -25,7 +25,7 @@ from shared.sampling import Batch, OfflineSampler, OnlineSampler, RefreshSampler
 from shared.studies import STUDIES, Arm
 
 __all__ = ["LOSSES", "TrainSchedule", "OFFLINE_SOURCES", "STREAM_SOURCES", "dataset_fractions", "steps_of",
-           "sweep_configs", "checkpoint_steps", "stream_read_by", "run_order", "SamplerWorld", "make_sampler"]
+           "sweep_configs", "checkpoint_steps", "provides_stream", "stream_read_by", "run_order", "SamplerWorld", "make_sampler"]
 
 LOSSES = {"ipo": losses.ipo_loss, "dpo": losses.dpo_loss, "slic": losses.slic_loss, "bo2": losses.bo2_loss,
           "rloo": losses.rloo_loss}
@@ -86,6 +86,13 @@ def checkpoint_steps(steps: int, t: TrainSchedule) -> set[int]:
     return {s for s in out if 0 < s <= steps} | {steps}
 
 
+def provides_stream(arm: Arm) -> bool:
+    """Whether other arms read this arm's run: its logged pairs (replay), its checkpoints
+    (checkpoint datasets) and its own evaluation pairs (the "online pairs" accuracies,
+    Tang et al. 2024, §4.3). True for online arms."""
+    return arm.source == "online"
+
+
 def stream_read_by(arm: Arm) -> str | None:
     """The online arm whose run ``arm`` trains on: its logged stream (replay: ``params['stream']``)
     or its checkpoints (dataset: the "online" arm); None for an arm that reads no other run
@@ -99,9 +106,9 @@ def stream_read_by(arm: Arm) -> str | None:
 
 
 def run_order(arms) -> list[Arm]:
-    """The arms in the order they run: online arms first (others read their streams and
-    checkpoints), otherwise as declared."""
-    return sorted(arms, key=lambda a: a.source != "online")
+    """The arms in the order they run: the arms others read first (``provides_stream``),
+    otherwise as declared."""
+    return sorted(arms, key=lambda a: not provides_stream(a))
 
 
 @dataclass

@@ -13,19 +13,21 @@ Order of work (same sections as fullscale.run):
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 from dataclasses import asdict
 
 import torch
 
-from shared.sampling import Batch, geometric_mixture, policy_pair_dataset, stack_batches
 from shared.preferences import hard_preference
-from shared.protocol import LOSSES, STREAM_SOURCES, SamplerWorld, checkpoint_steps, make_sampler, run_order, stream_read_by, sweep_configs
+from shared.protocol import (LOSSES, STREAM_SOURCES, SamplerWorld, checkpoint_steps, make_sampler, provides_stream, run_order,
+                             stream_read_by, sweep_configs)
+from shared.sampling import Batch, geometric_mixture, policy_pair_dataset, stack_batches
 from shared.studies import Arm, Study, judge
 from toysim.engine import Evaluator, LogLinearPolicy, sample_rows, train
 from toysim.env import TableOracle, World, golden_training_oracle, make_world
 from toysim.presets import Preset
-from toysim.theory import population_loss
+from toysim.theory import equivalence_checks, population_loss, rlhf_objective, theory_checks
 
 __all__ = ["Runner", "run_study"]
 
@@ -38,8 +40,6 @@ class Runner:
     """Holds one world, its golden policy and finished arms, so studies that share arms reuse them."""
 
     def __init__(self, preset: Preset, seeds: int, mode: str = "sgd", progress_factory=None):
-        import contextlib
-
         if progress_factory is None:
             progress_factory = lambda total, desc: contextlib.nullcontext(None)  # noqa: E731
         self.p, self.t, self.seeds, self.mode = preset, preset.train, seeds, mode
@@ -110,7 +110,7 @@ class Runner:
         oracles = [self.golden_oracle if arm.labels == "golden" else self.proxy_oracle for arm in arms]
         for arm, sl, tab, oracle in zip(arms, parts, tables, oracles):
             sampler = self.sampler(arm, _Runs(policy, sl), oracle, sl.stop - sl.start, _gen(self.p.world.seed, arm.name), seed_idx[sl], steps)
-            if arm.source == "online":  # registered now: arms of this group may read its tables as they are filled
+            if provides_stream(arm):  # registered now: arms of this group may read its tables as they are filled
                 self.online_state[arm.name] = {"tables": tab, "log": getattr(sampler, "log", None)}
             samplers.append(sampler)
         evaluators = [self._evaluator(arm, seed_idx[sl]) for arm, sl in zip(arms, parts)]
@@ -148,7 +148,7 @@ class Runner:
         stream = "online" + ("-bo2" if arm.loss == "bo2" else "") + ("@" + arm.name.split("@")[1] if "@" in arm.name else "")
         online = self.online_state.get(stream)
         pair_probs_at = None
-        if arm.source != "online" and online is not None:
+        if not provides_stream(arm) and online is not None:
             pair_probs_at = lambda step: online["tables"][max(k for k in online["tables"] if k <= step)][seed_idx].exp()  # noqa: E731
         return Evaluator(w.sft_logp, ref, w.golden_pref, self.proxy_margin, w.d_golden, pair_probs_at=pair_probs_at)
 
@@ -185,8 +185,9 @@ class Runner:
 
     def population(self, arm: Arm, policy, loss_fn, oracle):
         """Exact mode: the loss is the population loss over μ⊗μ (μ = π_sft's D_golden
-        distribution offline, sg(π) online); the 'sampler' yields nothing."""
-        if arm.source not in ("online", "offline", "rlhf", "mixture"):
+        distribution offline, sg(π) online, the mixture for IPO-MD), or for RLHF the exact
+        objective; the 'sampler' yields nothing."""
+        if arm.source not in POPULATION_SOURCES:
             raise ValueError(f"arm {arm.name!r} ({arm.source}) has no population form; use mode='sgd'")
         w = self.world
 
@@ -194,23 +195,31 @@ class Runner:
             def next(self):
                 return None
 
-        if arm.source == "rlhf":  # the exact policy gradient of J = E_π[r] − β KL(π‖π_sft)
-            from toysim.theory import rlhf_objective
-
-            table = w.golden_reward if arm.labels == "golden" else w.proxy_reward
-            return (lambda logp, beta: -rlhf_objective(logp, w.sft_logp, table, beta[..., None])), _Null()
+        match arm.source:
+            case "rlhf":  # the exact policy gradient of J = E_π[r] − β KL(π‖π_sft)
+                table = w.golden_reward if arm.labels == "golden" else w.proxy_reward
+                return (lambda logp, beta: -rlhf_objective(logp, w.sft_logp, table, beta[..., None])), _Null()
         eps = w.cfg.label_noise
         # golden training labels are flipped at label_noise, so their expected preference is (1 − 2ε)P + ε
         pref = (1 - 2 * eps) * w.golden_pref + eps if arm.labels == "golden" else self.proxy_pref
 
+        def pairs_from(table):  # μ, the distribution both responses of a pair are drawn from
+            match arm.source:
+                case "offline":
+                    return w.mu_logp.exp()
+                case "mixture":
+                    return geometric_mixture(table.detach(), w.sft_logp, arm.params["alpha"]).exp()
+            return table.detach().exp()
+
         def pop_loss(table, beta):
-            if arm.source == "mixture":
-                mu = geometric_mixture(table.detach(), w.sft_logp, arm.params["alpha"]).exp()
-            else:
-                mu = w.mu_logp.exp() if arm.source == "offline" else table.detach().exp()
-            return population_loss(loss_fn, table, w.sft_logp, mu, pref, beta[..., None, None])
+            return population_loss(loss_fn, table, w.sft_logp, pairs_from(table), pref, beta[..., None, None])
 
         return pop_loss, _Null()
+
+
+POPULATION_SOURCES = ("online", "offline", "rlhf", "mixture")
+"""Sources with an exact population form (toysim only): the distribution their pairs or
+rollouts come from is a table, so the expected loss is a finite sum."""
 
 
 class _Runs:
@@ -279,20 +288,16 @@ def run_study(study: Study, preset: Preset, seeds: int, mode: str = "sgd", progr
     out = {"study": study.name, "question": study.question, "preset": preset.name, "mode": mode, "seeds": seeds,
            "config": {"world": asdict(preset.world), "train": asdict(preset.train)}, "arms": {}, "extras": {}}
     if study.name == "theory":
-        from toysim.theory import theory_checks
-
         out["extras"]["theory"] = theory_checks(seed=preset.world.seed)
         out["claims"] = judge(study, out)
         return out
     if study.name == "equivalence":
-        from toysim.theory import equivalence_checks
-
         out["extras"]["equivalence"] = equivalence_checks(seed=preset.world.seed)
     runner = runner or Runner(preset, seeds, mode, progress_factory)
     runner.run_arm(Arm("golden", "online", labels="golden"), reference=True)
     arms = run_order(study.arms)
     if mode == "population":
-        for a in [a for a in arms if a.source not in ("online", "offline", "rlhf", "mixture")]:
+        for a in [a for a in arms if a.source not in POPULATION_SOURCES]:
             out["extras"].setdefault("skipped", []).append(f"{a.name}: no population form")
             arms.remove(a)
     runner.run_arms(arms)  # as few tensor programs as the arms allow
