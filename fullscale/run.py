@@ -117,7 +117,7 @@ def _read_inputs(cfg):
     checks that need it. Returns (prepared data or None, problem or None); writes nothing."""
     from fullscale.checks import check_world
     from fullscale.data import DataError, prepare
-    from fullscale.pipeline import data_stage_dir
+    from fullscale.world import data_stage_dir
     from fullscale.train import safe_load
 
     cached = data_stage_dir(cfg)

@@ -1,0 +1,94 @@
+"""One checkpoint's metrics in the LLM study (Tang et al. 2024, §3 and §4.3), as the
+results schema names them (docs/results-schema.md).
+
+Docs: docs/fullscale.md (§ metrics). Tests: tests/test_fullscale_run.py.
+
+``evaluate_checkpoint(pipe, ...)`` reads the world and the golden policy's reference
+responses from a ``fullscale.pipeline.Pipeline``: win rate against the golden policy (on
+two halves of the prompts too), token-wise KL to π_sft, the policy-as-classifier accuracies
+(on D_golden, on its own pairs, on the online run's pairs, and the proxy PM's on those) and
+the log-likelihood shifts of chosen and rejected responses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fullscale.lm import sample_responses, sequence_logp, tokenwise_kl
+from fullscale.train import safe_load
+from fullscale.world import generator_for
+from shared.metrics import classifier_accuracy, logp_shift, policy_margin
+from shared.preferences import hard_preference
+from shared.protocol import provides_stream
+from shared.studies import Arm
+
+__all__ = ["evaluate_checkpoint"]
+
+
+@torch.no_grad()
+def evaluate_checkpoint(pipe, model, ref, arm: Arm, seed: int, step: int):
+    """One checkpoint's metrics (docs/results-schema.md), on fixed prompts with a fixed
+    sampling seed per checkpoint so that curves differ by the policy, not by sampling noise."""
+    ops = pipe.policy_ops()
+    L, temp = pipe.cfg.data.max_response_tokens, pipe.t.temperature
+    g = generator_for(seed, f"eval/{step}", pipe.device)
+    x = pipe.win_x
+    y = sample_responses(model, pipe.prompts, x, L, **ops, generator=g, temperature=temp)
+    m = pipe.golden_oracle.margin(x, y, pipe.golden_y)
+    won, h = hard_preference(m), len(m) // 2  # a tie counts ½; halves: a sweep's envelope is cross-fitted (shared.results.curves)
+    res = {"win_rate": float(won.mean()), "win_rate_a": float(won[:h].mean()), "win_rate_b": float(won[h:2 * h].mean())}
+    k = min(pipe.cfg.eval.kl_prompts, len(x))
+    res["kl"] = float(tokenwise_kl(model, ref, pipe.prompts, x[:k], y[:k], **ops).mean())
+    if arm.name == "golden":
+        return res, None
+    acc = pipe.acc_batch
+    pw, pl = sequence_logp(model, pipe.prompts, acc.x, acc.y_w, **ops), sequence_logp(model, pipe.prompts, acc.x, acc.y_l, **ops)
+    if ref is pipe.sft[1.0]:
+        rw, rl = pipe.acc_ref
+    else:
+        rw, rl = sequence_logp(ref, pipe.prompts, acc.x, acc.y_w, **ops), sequence_logp(ref, pipe.prompts, acc.x, acc.y_l, **ops)
+    res["acc_golden"] = float(classifier_accuracy(policy_margin(pw, pl, rw, rl), torch.ones_like(acc.tie)))
+    res["chosen_logp_shift"] = float(logp_shift(pw, rw))
+    res["rejected_logp_shift"] = float(logp_shift(pl, rl))
+    # the policy's own pairs (acc_self); for an online arm they are also the "online pairs"
+    n = min(pipe.cfg.eval.acc_pairs, len(x))
+    y2 = sample_responses(model, pipe.prompts, x[:n], L, **ops, generator=g, temperature=temp)
+    own = _pair_record(pipe, x[:n], y[:n], y2)
+    res["acc_self"] = _policy_acc(pipe, model, ref, own)
+    pairs = own if provides_stream(arm) else None
+    stream = own if provides_stream(arm) else _online_pairs_for(pipe, arm, seed, step)
+    if stream is not None and len(stream["x"]):
+        res["acc_online_pairs"] = _policy_acc(pipe, model, ref, stream)
+        res["proxy_acc_online_pairs"] = float(classifier_accuracy(stream["proxy_margin"], stream["first_wins"]))
+    return res, pairs
+
+
+def _pair_record(pipe, x, y1, y2) -> dict:
+    """Pairs with y1 ≠ y2 and a golden decision (no tie), with the proxy's margin."""
+    gm = pipe.golden_oracle.margin(x, y1, y2)
+    keep = (y1 != y2).any(-1) & (gm != 0)
+    x, y1, y2, gm = x[keep], y1[keep], y2[keep], gm[keep]
+    return {"x": x, "y1": y1, "y2": y2, "first_wins": gm > 0, "proxy_margin": pipe.proxy_oracle.margin(x, y1, y2)}
+
+
+def _policy_acc(pipe, model, ref, rec) -> float:
+    if not len(rec["x"]):
+        return float("nan")
+    ops = pipe.policy_ops()
+    f = [sequence_logp(mm, pipe.prompts, rec["x"], y, **ops) for mm in (model, ref) for y in (rec["y1"], rec["y2"])]
+    return float(classifier_accuracy(policy_margin(f[0], f[1], f[2], f[3]), rec["first_wins"]))
+
+
+def _online_pairs_for(pipe, arm: Arm, seed: int, step: int):
+    """The online run's own pairs at the latest checkpoint ≤ step (same loss family and capacity)."""
+    name = "online" + ("-bo2" if arm.loss == "bo2" else "") + ("@" + arm.name.split("@")[1] if "@" in arm.name else "")
+    if name not in pipe.arms:
+        return None
+    p = Path(pipe.stream_dir(name, seed)) / "eval_pairs.pt"
+    if not p.exists():
+        return None
+    pairs = safe_load(p)
+    steps = [s for s in pairs if s <= step] or [min(pairs)]
+    return {k: v.to(pipe.device) for k, v in pairs[max(steps)].items()}

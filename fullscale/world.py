@@ -1,0 +1,241 @@
+"""The world of the LLM study (Tang et al. 2024, §3), built stage by stage with a stage cache.
+
+Docs: docs/fullscale.md (§ the pipeline). Tests: tests/test_fullscale_run.py, tests/test_fullscale_checks.py.
+
+Section 1 of the study, as in ``toysim.env``: the task data; SFT of the policy on both
+responses of every pair; the golden PM trained on the initial (rater / human) labels;
+D_golden, the pairs relabelled by the golden PM; the proxy PM trained on D_golden (and, for
+the RLHF arm, a Bradley–Terry reward model on the same data).
+
+Every stage is stored under ``cache/<stage>-<hash>`` where the hash covers the config
+fields it depends on and its inputs' hashes, written to a temporary name and renamed when
+finished; a finished stage is reused. ``fullscale.pipeline`` adds the golden policy and the
+arms on top of a ``World``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from fullscale.config import RunConfig
+from fullscale.data import Prepared, prepare
+from fullscale.lm import PMOracle, Prompts, pm_scores
+from fullscale.models import build_model, load_model, save_model, special_ids, width_for_capacity
+from fullscale.train import atomic_save, clear_stage_tmp, fit_pm, safe_load, supervised
+from shared.metrics import classifier_accuracy
+from shared.preferences import label_pairs
+from shared.sampling import Batch
+
+__all__ = ["World", "config_hash", "data_stage_dir", "generator_for"]
+
+
+def data_stage_deps(cfg: RunConfig) -> tuple:
+    """The data stage's name and the config it depends on (``World._stage``'s arguments)."""
+    return "data", asdict(cfg.data), asdict(cfg.models)
+
+
+def data_stage_dir(cfg: RunConfig) -> Path:
+    """Where the data stage of ``cfg`` is cached."""
+    name, *deps = data_stage_deps(cfg)
+    return Path(cfg.cache or cfg.out / "cache") / f"{name}-{config_hash(*deps)}"
+
+
+def config_hash(*parts) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def generator_for(seed: int, name: str, device) -> torch.Generator:
+    """The generator of one stream of draws (a run, an evaluation), seeded by its name."""
+    return torch.Generator(device=device).manual_seed(int(config_hash(seed, name), 16) % (2**62))
+
+
+def _null_progress(total, desc):
+    return contextlib.nullcontext(None)
+
+
+class World:
+    """The data, π_sft (per policy capacity), the golden and proxy PMs and D_golden of one run."""
+
+    def __init__(self, cfg: RunConfig, progress=None, data: Prepared | None = None):
+        """Build (or load from the stage cache) every stage of the world. ``data``: the run's
+        data already read and checked (``fullscale.data.prepare``); read here when None."""
+        self.cfg, self.t = cfg, cfg.train
+        self.prepared = data
+        self.progress = progress or _null_progress
+        self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if cfg.device == "auto" else cfg.device))
+        self.cache = Path(cfg.cache or cfg.out / "cache")
+        self.cache.mkdir(parents=True, exist_ok=True)
+        self.extras: dict = {}
+        self._world()
+
+    # ---------------------------------------------------------------- helpers
+    def _stage(self, name: str, *deps) -> tuple[Path, bool]:
+        """(directory, finished?) of a cached stage. Temporary files a killed process left in
+        it (``*.tmp``, by ``atomic_save`` and ``save_model``, never read) are removed; nothing
+        outside the stage's own folder is touched."""
+        d = self.cache / f"{name}-{config_hash(*deps)}"
+        clear_stage_tmp(d)
+        return d, (d / "DONE").exists()
+
+    @staticmethod
+    def _done(d: Path, info: dict | None = None) -> None:
+        (d / "info.json").write_text(json.dumps(info or {}, indent=1, sort_keys=True, default=str))
+        (d / "DONE").write_text("")
+
+    def policy_ops(self):
+        return dict(eos=self.ids["eos"], pad=self.ids["pad"])
+
+    # ---------------------------------------------------------------- 1. the world
+    def _world(self):
+        cfg, dev = self.cfg, self.device
+        d, done = self._stage(*data_stage_deps(cfg))
+        if not done:
+            d.mkdir(parents=True, exist_ok=True)
+            prep = self.prepared or prepare(cfg)
+            prep.tokenizer.save_pretrained(d / "tokenizer")
+            atomic_save(prep.tensors, d / "data.pt")
+            if prep.prompt_texts is not None:
+                (d / "prompts.json").write_text(json.dumps(prep.prompt_texts))
+            self._done(d, prep.info)
+        info = json.loads((d / "info.json").read_text())
+        self.extras["data"] = info
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(d / "tokenizer", local_files_only=True)
+        self.ids = special_ids(self.tokenizer)
+        t = safe_load(d / "data.pt")
+        self.prompts = Prompts(t["prompt_ids"], t["prompt_mask"]).to(dev)
+        self.pairs = {k: t[k].to(dev) for k in ("x", "y_a", "y_b", "a_wins", "tie")}
+        self.split = t["train"].to(dev)  # bool: pair used for training (else held out)
+        self.data_key = d.name
+        self.sft, self.sft_dir = {}, {}
+        self.sft[1.0] = self._sft(1.0)
+        golden_from, golden_key = cfg.models.golden_pm_path, None
+        if golden_from is None and cfg.models.golden_pm_init == "sft":  # π_sft's weights, a new scalar head
+            golden_from, golden_key = self.sft_dir[1.0] / "model", self.sft_dir[1.0].name
+        self.golden_pm = self._pm("golden_pm", cfg.models.golden_pm, golden_from, *self._human_labels(), path_key=golden_key)
+        self.golden_oracle = PMOracle(self.golden_pm, self.prompts, cfg.models.pm_kind, self.ids["eos"], self.ids["pad"], self.ids["cls"])
+        self.d_golden = self._relabel()
+        frac = self.t.proxy_fraction
+        tr = torch.nonzero(self.split).squeeze(-1)
+        tr = tr[: max(1, int(round(frac * len(tr))))]
+        self.proxy_pm = self._pm("proxy_pm", cfg.models.proxy_pm, cfg.models.proxy_pm_path,
+                                 self.d_golden.x[tr], self.d_golden.y_w[tr], self.d_golden.y_l[tr], extra=self.golden_key)
+        self.proxy_oracle = PMOracle(self.proxy_pm, self.prompts, cfg.models.pm_kind, self.ids["eos"], self.ids["pad"], self.ids["cls"])
+        self._pm_report()
+
+    def _human_labels(self):
+        """The initial labels (rater or dataset): chosen/rejected of the training pairs, ties dropped."""
+        p = self.pairs
+        keep = self.split & ~p["tie"]
+        a_w = p["a_wins"][keep, None]
+        return p["x"][keep], torch.where(a_w, p["y_a"][keep], p["y_b"][keep]), torch.where(a_w, p["y_b"][keep], p["y_a"][keep])
+
+    def _new_policy(self, capacity: float):
+        m = self.cfg.models
+        if m.policy_path is not None:
+            if capacity != 1.0:
+                raise ValueError("the scale study builds policies of several widths; it cannot scale a model loaded from --models.policy-path")
+            return load_model(m.policy_path, device=self.device)[0]
+        spec = m.policy
+        spec = replace(spec, width=width_for_capacity(spec, len(self.tokenizer), self.ids, capacity))
+        return build_model(spec, len(self.tokenizer), self.ids, self.cfg.seed).to(self.device)
+
+    def _sft(self, capacity: float):
+        """π_sft: maximum likelihood on both responses of every training pair (Tang et al. 2024, §3)."""
+        d, done = self._stage(f"sft@{capacity:g}", self.data_key, asdict(self.cfg.models.policy), str(self.cfg.models.policy_path),
+                              capacity, self.t.sft_epochs, self.t.sft_lr, self.t.batch_size, self.cfg.seed)
+        if not done:
+            model = self._new_policy(capacity)
+            p = self.pairs
+            x = torch.cat([p["x"][self.split], p["x"][self.split]])
+            y = torch.cat([p["y_a"][self.split], p["y_b"][self.split]])
+            g = torch.Generator().manual_seed(self.cfg.seed)
+            steps = self.t.sft_epochs * math.ceil(len(x) / self.t.batch_size)
+            with self.progress(steps, f"sft@{capacity:g}") as bar:
+                hist = supervised(model, self.prompts, x, y, **self.policy_ops(), lr=self.t.sft_lr, epochs=self.t.sft_epochs,
+                                  batch_size=self.t.batch_size, generator=g, progress=bar)
+            save_model(model, self.tokenizer, d / "model")
+            self._done(d, {"loss_per_epoch": hist, "params": sum(q.numel() for q in model.parameters())})
+        self.sft_dir[capacity] = d
+        self.extras.setdefault("models", {})[f"sft@{capacity:g}"] = json.loads((d / "info.json").read_text())
+        return load_model(d / "model", device=self.device)[0]
+
+    def _pm(self, name, spec, path, x, y_w, y_l, extra=None, kind=None, path_key=None):
+        """A preference model trained on (y_w, y_l); built from ``spec``, or started from the causal LM
+        at ``path`` (cached under ``path_key`` when given, e.g. a stage's name, else under the path)."""
+        m, t = self.cfg.models, self.t
+        kind = kind or m.pm_kind
+        d, done = self._stage(name, self.data_key, asdict(spec), path_key or str(path), kind, t.pm_epochs, t.pm_lr,
+                              t.batch_size, self.cfg.seed, extra)
+        if not done:
+            pm = (load_model(path, head=True, device=self.device)[0] if path is not None else
+                  build_model(spec, len(self.tokenizer), self.ids, self.cfg.seed + 1, head=True).to(self.device))
+            g = torch.Generator().manual_seed(self.cfg.seed + 2)
+            steps = t.pm_epochs * math.ceil(len(x) / t.batch_size)
+            with self.progress(steps, name) as bar:
+                hist = fit_pm(pm, self.prompts, x, y_w, y_l, kind, self.ids["eos"], self.ids["pad"], self.ids["cls"],
+                              t.pm_lr, t.pm_epochs, t.batch_size, g, bar)
+            save_model(pm, self.tokenizer, d / "model")
+            self._done(d, {"loss_per_epoch": hist, "params": sum(q.numel() for q in pm.parameters()), "train_pairs": len(x)})
+        if name == "golden_pm":
+            self.golden_key = d.name
+        elif name == "proxy_pm":
+            self.world_key = config_hash(self.data_key, self.golden_key, d.name, self.t.sft_epochs, self.t.sft_lr)
+        self.extras.setdefault("models", {})[name] = json.loads((d / "info.json").read_text())
+        return load_model(d / "model", head=True, device=self.device)[0]
+
+    def _relabel(self) -> Batch:
+        """D_golden: every pair relabelled by the golden PM's hard decision (ties by a fair coin)."""
+        d, done = self._stage("d_golden", self.golden_key)
+        if not done:
+            d.mkdir(parents=True, exist_ok=True)
+            p = self.pairs
+            g = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 3)
+            y_w, y_l, tie = label_pairs(self.golden_oracle, p["x"], p["y_a"], p["y_b"], g)
+            atomic_save({"x": p["x"], "y_w": y_w, "y_l": y_l, "tie": tie}, d / "d_golden.pt")
+            self._done(d, {"ties": int(tie.sum())})
+        t = safe_load(d / "d_golden.pt")
+        return Batch(t["x"].to(self.device), t["y_w"].to(self.device), t["y_l"].to(self.device), t["tie"].to(self.device))
+
+    def _pm_report(self):
+        """Held-out accuracy of both PMs: golden vs the initial labels, proxy vs D_golden."""
+        p, held = self.pairs, ~self.split & ~self.pairs["tie"]
+        if not bool(held.any()):
+            return
+        x, ya, yb = p["x"][held], p["y_a"][held], p["y_b"][held]
+        g_m = self.golden_oracle.margin(x, ya, yb)
+        q_m = self.proxy_oracle.margin(x, ya, yb)
+        golden_first = g_m > 0
+        self.extras["pm_accuracy"] = {
+            "golden_vs_initial_labels": float(classifier_accuracy(g_m, p["a_wins"][held])),
+            "proxy_vs_golden": float(classifier_accuracy(q_m, golden_first)),
+            "held_out_pairs": int(held.sum()),
+        }
+
+    def reward_model(self):
+        """The RLHF arm's proxy: a pointwise Bradley–Terry reward model with the proxy PM's size
+        and data (Stiennon et al. 2020; Ouyang et al. 2022), as a reward function r(x, y)."""
+        if not hasattr(self, "_rm"):
+            tr = torch.nonzero(self.split).squeeze(-1)
+            tr = tr[: max(1, int(round(self.t.proxy_fraction * len(tr))))]
+            cfg = self.cfg.models
+            rm = self._pm("proxy_rm", cfg.proxy_pm, cfg.proxy_pm_path, self.d_golden.x[tr], self.d_golden.y_w[tr],
+                          self.d_golden.y_l[tr], extra=(self.golden_key, "bt"), kind="bt")
+            ops = (self.ids["eos"], self.ids["pad"], self.ids["cls"])
+
+            @torch.no_grad()
+            def reward(x, y):  # x [B, k], y [B, k, T] -> [B, k]
+                return pm_scores(rm, self.prompts, x.reshape(-1), [y.reshape(-1, y.shape[-1])], *ops).reshape(x.shape)
+
+            self._rm = reward
+        return self._rm
