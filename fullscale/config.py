@@ -21,6 +21,7 @@ from typing import Literal
 
 from fullscale.models import ModelSpec
 from fullscale.task import TaskSpec
+from shared.protocol import Schedule
 from shared.studies import STUDIES
 
 __all__ = ["DataConfig", "ModelsConfig", "TrainConfig", "EvalConfig", "RunConfig", "PRESETS", "preset", "apply_file",
@@ -73,33 +74,26 @@ class ModelsConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of every stage."""
+class TrainConfig(Schedule):
+    """Hyper-parameters of every stage: the protocol's schedule (``shared.protocol.Schedule``,
+    with defaults for small models on a CPU) and the stages before and around it."""
 
+    steps: int = 300
+    offline_mult: int = 2
+    lr: float = 3e-4
+    checkpoints: int = 10
     sft_epochs: int = 4
+    """epochs of SFT on both responses of every training pair"""
     sft_lr: float = 3e-3
+    """Adam learning rate of SFT"""
     pm_epochs: int = 6
+    """epochs of training of each preference model"""
     pm_lr: float = 1e-3
+    """Adam learning rate of the preference models"""
     proxy_fraction: float = 0.5
     """share of D_golden the proxy PM is trained on (finite proxy data)"""
-    steps: int = 300
-    """online steps (the paper's 4k); offline runs ``offline_mult`` × as long"""
-    offline_mult: int = 2
-    """offline steps / online steps (the paper's 20k / 4k = 5)"""
-    batch_size: int = 32
-    """pairs per step (the paper's 32)"""
-    lr: float = 3e-4
-    """Adam learning rate of the baseline config (the paper's 1e-5 for T5 Large)"""
-    beta: float = 0.1
-    """β of the baseline config (the paper's 0.1)"""
-    sweep_lr: tuple[float, ...] = (0.3, 1.0, 3.0)
-    """offline sweep: multipliers of ``lr`` (the paper's 3e-6, 1e-5, 3e-5)"""
-    sweep_beta: tuple[float, ...] = (1.0, 5.0, 10.0)
-    """offline sweep: multipliers of ``beta`` (the paper's 0.1, 0.5, 1)"""
     temperature: float = 1.0
     """sampling temperature (the paper does not state it)"""
-    checkpoints: int = 10
-    """evaluations per run, log-spaced in steps (plus step 0)"""
     save_every: int = 50
     """a run's state is also saved every this many steps"""
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from shared import losses
 from shared.sampling import Batch, OfflineSampler, OnlineSampler, RefreshSampler, ReplaySampler, RolloutSampler
 from shared.studies import STUDIES, Arm
 
-__all__ = ["LOSSES", "TrainSchedule", "OFFLINE_SOURCES", "STREAM_SOURCES", "dataset_fractions", "steps_of",
+__all__ = ["LOSSES", "Schedule", "OFFLINE_SOURCES", "STREAM_SOURCES", "dataset_fractions", "steps_of",
            "sweep_configs", "checkpoint_steps", "provides_stream", "stream_read_by", "run_order", "SamplerWorld", "make_sampler"]
 
 LOSSES = {"ipo": losses.ipo_loss, "dpo": losses.dpo_loss, "slic": losses.slic_loss, "bo2": losses.bo2_loss,
@@ -39,17 +39,28 @@ STREAM_SOURCES = ("online", "refresh", "mixture", "rlhf")
 read their logs, so these run first."""
 
 
-class TrainSchedule(Protocol):
-    """The training settings the protocol reads (``toysim.presets.TrainSettings``,
-    ``fullscale.config.TrainConfig``)."""
+@dataclass(frozen=True)
+class Schedule:
+    """The training settings of the protocol, the same in both backends (each backend's config
+    subclasses it: ``toysim.presets.TrainSettings``, ``fullscale.config.TrainConfig``, and sets
+    its own defaults for the size of its models). Tang et al. 2024, §3."""
 
-    steps: int
-    offline_mult: int
-    lr: float
-    beta: float
-    sweep_lr: tuple[float, ...]
-    sweep_beta: tuple[float, ...]
-    checkpoints: int
+    steps: int = 4000
+    """online steps (the paper's 4k); offline runs ``offline_mult`` × as long"""
+    offline_mult: int = 5
+    """offline steps / online steps (the paper's 20k / 4k = 5)"""
+    batch_size: int = 32
+    """pairs per step (the paper's 32)"""
+    lr: float = 1e-5
+    """Adam learning rate of the baseline config: online arms and the golden policy (the paper's 1e-5 for T5 Large)"""
+    beta: float = 0.1
+    """β of the baseline config (the paper's 0.1)"""
+    sweep_lr: tuple[float, ...] = (0.3, 1.0, 3.0)
+    """offline sweep: multipliers of ``lr`` (the paper's 3e-6, 1e-5, 3e-5)"""
+    sweep_beta: tuple[float, ...] = (1.0, 5.0, 10.0)
+    """offline sweep: multipliers of ``beta`` (the paper's 0.1, 0.5, 1)"""
+    checkpoints: int = 20
+    """evaluations per online horizon, log-spaced in steps, as dense per decade beyond it (plus step 0)"""
 
 
 def dataset_fractions() -> list[float]:
@@ -58,13 +69,13 @@ def dataset_fractions() -> list[float]:
     return sorted({f for s in STUDIES.values() for a in s.arms if a.source == "dataset" for f in a.params["pair"]})
 
 
-def steps_of(arm: Arm, t: TrainSchedule) -> int:
+def steps_of(arm: Arm, t: Schedule) -> int:
     """An arm's step budget: ``t.steps`` online, ``offline_mult`` × that on a fixed dataset
     (Tang et al. 2024, §3: 4k online steps against 20k offline)."""
     return t.steps * (t.offline_mult if arm.source in OFFLINE_SOURCES else 1)
 
 
-def sweep_configs(arm: Arm, t: TrainSchedule) -> list[dict]:
+def sweep_configs(arm: Arm, t: Schedule) -> list[dict]:
     """An arm's configurations {lr, beta, steps}: the baseline, or for a swept arm every
     (lr multiplier, β multiplier) of the pooled sweep, lr-major (Tang et al. 2024, §3: offline
     gets lr ∈ {3e-6, 1e-5, 3e-5} × β ∈ {0.1, 0.5, 1} and its best curve is compared)."""
@@ -74,7 +85,7 @@ def sweep_configs(arm: Arm, t: TrainSchedule) -> list[dict]:
     return [{"lr": t.lr, "beta": t.beta, "steps": steps}]
 
 
-def checkpoint_steps(steps: int, t: TrainSchedule) -> set[int]:
+def checkpoint_steps(steps: int, t: Schedule) -> set[int]:
     """Log-spaced evaluation steps of a run of ``steps`` steps: ``t.checkpoints`` per online
     horizon and as dense per decade beyond it, plus the fractions of the online horizon the
     data study's checkpoint datasets name, and the last step (step 0 is always evaluated).

@@ -3,24 +3,17 @@ and the study-name lists of both command lines come from shared.studies.STUDIES.
 
 import math
 import typing
-from dataclasses import dataclass
 
 import pytest
 
 from shared import losses
-from shared.protocol import LOSSES, checkpoint_steps, dataset_fractions, run_order, steps_of, sweep_configs
+from shared.protocol import LOSSES, Schedule, checkpoint_steps, dataset_fractions, run_order, steps_of, sweep_configs
 from shared.studies import SOURCES, STUDIES, Arm
 
 
-@dataclass(frozen=True)
-class T:
-    steps: int = 400
-    offline_mult: int = 5
-    lr: float = 0.02
-    beta: float = 0.1
-    sweep_lr: tuple = (0.3, 1.0, 3.0)
-    sweep_beta: tuple = (1.0, 5.0, 10.0)
-    checkpoints: int = 20
+def T():
+    """The simulator's schedule (toysim.presets.TrainSettings' defaults)."""
+    return Schedule(steps=400, offline_mult=5, lr=0.02, checkpoints=20)
 
 
 def test_sweep_configs_are_the_pooled_grid_lr_major():
@@ -114,3 +107,18 @@ def test_make_sampler_builds_each_source_from_the_backend_world():
         assert used == {"mixture": ["mixture"], "rlhf": ["reward"], "replay": ["stream"], "dataset": ["checkpoint_pairs"]}.get(source, [])
     assert make_sampler(Arm("r", "refresh", params={"every": 0}), world, "p", "o", g, steps=7).every == 7
     assert make_sampler(Arm("m", "mixture", params={"alpha": 0.5}), world, "p", "o", g, 7).policy == "mixed-policy"
+
+
+def test_both_backends_train_on_the_one_schedule():
+    """The schedule's fields are declared once (shared.protocol.Schedule); each backend's settings
+    subclass it and change only defaults, so every field keeps one type and one docstring."""
+    import dataclasses
+
+    from fullscale.config import TrainConfig
+    from shared.protocol import Schedule
+    from toysim.presets import TrainSettings
+
+    base = {f.name: f.type for f in dataclasses.fields(Schedule)}
+    for cls in (TrainSettings, TrainConfig):
+        assert issubclass(cls, Schedule)
+        assert {f.name: f.type for f in dataclasses.fields(cls) if f.name in base} == base

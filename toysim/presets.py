@@ -11,31 +11,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from shared.protocol import Schedule
 from toysim.env import WorldConfig
 
 __all__ = ["TrainSettings", "Preset", "PRESETS", "quick"]
 
 
 @dataclass(frozen=True)
-class TrainSettings:
-    """Training hyper-parameters shared by every arm of a study."""
+class TrainSettings(Schedule):
+    """Training hyper-parameters shared by every arm of a study (``shared.protocol.Schedule``,
+    with the simulator's defaults)."""
 
     steps: int = 400
-    """online steps (the paper's 4k); offline runs ``offline_mult`` × as long"""
     offline_mult: int = 5
-    """offline steps / online steps (the paper's 20k vs 4k)"""
-    batch_size: int = 32
-    """pairs per step (the paper's B = 32)"""
     lr: float = 0.02
-    """Adam learning rate of the baseline config (online, golden policy)"""
-    beta: float = 0.1
-    """β of the baseline config"""
-    sweep_lr: tuple[float, ...] = (0.3, 1.0, 3.0)
-    """offline sweep: multipliers of ``lr`` (the paper's 3e-6, 1e-5, 3e-5)"""
-    sweep_beta: tuple[float, ...] = (1.0, 5.0, 10.0)
-    """offline sweep: multipliers of ``beta`` (the paper's 0.1, 0.5, 1)"""
     checkpoints: int = 20
-    """evaluations per ``steps`` steps (plus step 0)"""
 
 
 @dataclass(frozen=True)
