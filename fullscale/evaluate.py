@@ -21,7 +21,7 @@ from fullscale.train import safe_load
 from fullscale.world import generator_for
 from shared.metrics import classifier_accuracy, logp_shift, policy_margin
 from shared.preferences import hard_preference
-from shared.protocol import provides_stream
+from shared.protocol import online_partner, provides_stream
 from shared.studies import Arm
 
 __all__ = ["evaluate_checkpoint"]
@@ -82,8 +82,9 @@ def _policy_acc(pipe, model, ref, rec) -> float:
 
 
 def _online_pairs_for(pipe, arm: Arm, seed: int, step: int):
-    """The online run's own pairs at the latest checkpoint ≤ step (same loss family and capacity)."""
-    name = "online" + ("-bo2" if arm.loss == "bo2" else "") + ("@" + arm.name.split("@")[1] if "@" in arm.name else "")
+    """The own pairs of the arm's online partner (``shared.protocol.online_partner``) at its
+    latest checkpoint ≤ step."""
+    name = online_partner(arm)
     if name not in pipe.arms:
         return None
     p = Path(pipe.stream_dir(name, seed)) / "eval_pairs.pt"

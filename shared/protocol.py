@@ -25,7 +25,7 @@ from shared.sampling import Batch, OfflineSampler, OnlineSampler, RefreshSampler
 from shared.studies import STUDIES, Arm
 
 __all__ = ["LOSSES", "Schedule", "OFFLINE_SOURCES", "STREAM_SOURCES", "dataset_fractions", "steps_of",
-           "sweep_configs", "checkpoint_steps", "provides_stream", "stream_read_by", "run_order", "SamplerWorld", "make_sampler"]
+           "sweep_configs", "checkpoint_steps", "provides_stream", "stream_read_by", "online_partner", "run_order", "SamplerWorld", "make_sampler"]
 
 LOSSES = {"ipo": losses.ipo_loss, "dpo": losses.dpo_loss, "slic": losses.slic_loss, "bo2": losses.bo2_loss,
           "rloo": losses.rloo_loss}
@@ -114,6 +114,21 @@ def stream_read_by(arm: Arm) -> str | None:
         case "dataset":
             return "online"
     return None
+
+
+def online_partner(arm: Arm) -> str | None:
+    """The online arm whose own pairs ``arm``'s "online pairs" accuracies are measured on (Tang et
+    al. 2024, §4.3, Fig. 5) and whose curve it is compared with: the online arm of the same study
+    and capacity, with the same loss where the study has one. An online arm is its own partner;
+    an arm no study declares has none."""
+    if provides_stream(arm):
+        return arm.name
+    study = next((s for s in STUDIES.values() if any(a.name == arm.name for a in s.arms)), None)
+    if study is None:
+        return None
+    online = [a for a in study.arms if provides_stream(a) and a.capacity == arm.capacity]
+    pick = [a for a in online if a.loss == arm.loss] or online
+    return pick[0].name if pick else None
 
 
 def run_order(arms) -> list[Arm]:

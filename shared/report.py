@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from shared.metrics import gap_curve_at_matched_kl, seed_ci
+from shared.protocol import online_partner
 from shared.results import curves, gap, has, has_halves, peak, per_seed, runs_of, seeds_of
+from shared.studies import ARMS, STUDIES
 
 __all__ = ["summary_rows", "format_table", "figures", "write_report"]
 
@@ -33,9 +35,8 @@ def summary_rows(results: dict) -> list[dict]:
             return best["series"]["kl"][int(np.argmax(best["series"]["win_rate"]))]
 
         kl = seed_ci([kl_at_peak(s) for s in seeds])
-        ref = "online" if "@" not in arm else "online@" + arm.split("@")[1]
-        ref = "online-bo2" if arm.endswith("-bo2") and has(results, "online-bo2") else ref
-        g = gap(results, arm, ref) if has(results, ref) and ref != arm else (math.nan, math.nan)
+        ref = online_partner(ARMS[arm]) if arm in ARMS else None
+        g = gap(results, arm, ref) if ref is not None and has(results, ref) and ref != arm else (math.nan, math.nan)
         rows.append({"arm": arm, "peak": pk, "kl_at_peak": kl, "vs_online": g, "runs": len(arms[arm]), "ref": ref})
     return rows
 
@@ -161,7 +162,7 @@ def figures(results: dict, out: Path) -> list[str]:
         fig = _figure(figsize=(5.5, 4))
         ax = fig.subplots()
         steps = results["config"]["train"]["steps"]
-        ks = {"online": 1, **{a: (steps if a == "refresh-all" else int(a.split("-")[1])) for a in results["arms"] if a.startswith("refresh-")}}
+        ks = {"online": 1, **{a: ARMS[a].params["every"] or steps for a in results["arms"] if a in ARMS and ARMS[a].source == "refresh"}}
         ci = {a: seed_ci([peak(results, a, s) for s in seeds_of(results, a)]) for a in ks}
         order = sorted(ks, key=ks.get)
         ax.errorbar([ks[a] for a in order], [ci[a][0] for a in order], yerr=[0 if math.isnan(ci[a][1]) else ci[a][1] for a in order],
@@ -179,9 +180,9 @@ def figures(results: dict, out: Path) -> list[str]:
     if results["study"] == "scale":
         fig = _figure(figsize=(5.6, 3.8))
         ax = fig.subplots()
-        for prefix in ("online", "offline", "tandem"):
-            arms = sorted((a for a in results["arms"] if a.startswith(prefix + "@")), key=lambda a: float(a.split("@")[1]))
-            caps = [float(a.split("@")[1]) for a in arms]
+        for prefix, source in (("online", "online"), ("offline", "offline"), ("tandem", "replay")):
+            arms = [a.name for a in sorted(STUDIES["scale"].arms, key=lambda a: a.capacity) if a.source == source and a.name in results["arms"]]
+            caps = [ARMS[a].capacity for a in arms]
             ci = [seed_ci([peak(results, a, s) for s in seeds_of(results, a)]) for a in arms]
             ax.errorbar(caps, [m for m, _ in ci], yerr=[0 if math.isnan(h) else h for _, h in ci], marker="o", capsize=3, label=prefix)
         ax.set_xscale("log", base=2)

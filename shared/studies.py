@@ -25,7 +25,7 @@ import numpy as np
 from shared.metrics import gap_at_matched_kl
 from shared.results import ci_over_seeds, curves, final, fmt, gap, has, has_halves, peak, per_seed, runs_of, seeds_of, verdict_from_ci
 
-__all__ = ["Arm", "SOURCES", "Claim", "Study", "STUDIES", "CLAIMS", "judge"]
+__all__ = ["Arm", "SOURCES", "Claim", "Study", "STUDIES", "ARMS", "CLAIMS", "judge"]
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,8 @@ def _tandem(results):
 
 
 def _windows(results):
-    arms = sorted((a for a in results["arms"] if a.startswith("window-")), key=lambda a: int(a.split("-")[1]))
+    windows = _declared(results, lambda a: a.source == "replay" and a.params["stream"] == "online" and a.params["window"] > 1)
+    arms = [a.name for a in sorted(windows, key=lambda a: a.params["window"])]
     if not arms or not has(results, "online", "offline"):
         return _missing(results, "online", "offline", "window-*")
     rec = [(a, *_recovered(results, a)) for a in arms] + ([("tandem", *_recovered(results, "tandem"))] if has(results, "tandem") else [])
@@ -267,9 +268,9 @@ def _bo2(results):
     return v, f"peak win rate Bo2 online − offline: {fmt(m, h)}; tandem-Bo2 recovers {fmt(r, hr)} of that peak gap (supported needs > 0.8)"
 
 
-def _scale_arms(results, prefix):
-    arms = sorted((a for a in results["arms"] if a.startswith(prefix + "@")), key=lambda a: float(a.split("@")[1]))
-    return arms
+def _scale_arms(results, source):
+    """The scale study's arms of one source the results hold, smallest capacity first."""
+    return [a.name for a in sorted(STUDIES["scale"].arms, key=lambda a: a.capacity) if a.source == source and a.name in results["arms"]]
 
 
 def _scale_peaks(results):
@@ -295,7 +296,7 @@ def _scale_peaks(results):
 
 
 def _scale_tandem(results):
-    on, ta, of = (_scale_arms(results, p) for p in ("online", "tandem", "offline"))
+    on, ta, of = (_scale_arms(results, source) for source in ("online", "replay", "offline"))
     if len(on) < 2 or len(ta) != len(on) or len(of) != len(on):
         return _missing(results, "online@*", "tandem@*", "offline@*")
     def norm(arm, ref, s):  # 90th percentile over runs would need many runs; we use the peak (documented)
@@ -361,8 +362,7 @@ def _rlhf_vs_offline_dpo(results):
 
 
 def _refresh(results):
-    arms = sorted((a for a in results["arms"] if a.startswith("refresh-")),
-                  key=lambda a: math.inf if a == "refresh-all" else int(a.split("-")[1]))
+    arms = [a.name for a in sorted(_declared(results, lambda a: a.source == "refresh"), key=lambda a: a.params["every"] or math.inf)]
     if not arms or not has(results, "online", "offline"):
         return _missing(results, "online", "offline", "refresh-*")
     rec = [(a, *_recovered(results, a)) for a in arms]
@@ -465,6 +465,20 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
         Arm("ipo-md", "mixture", labels="proxy", params={"alpha": 0.25}),
     ), (21,)),
 ]}
+
+
+ARMS: dict[str, Arm] = {}
+"""Every declared arm by name: how an arm named in a results.json maps back to its fields (a name
+means the same arm in every study that declares it)."""
+for _study in STUDIES.values():
+    for _arm in _study.arms:
+        if ARMS.setdefault(_arm.name, _arm) != _arm:
+            raise ValueError(f"two different arms are named {_arm.name!r}")
+
+
+def _declared(results: dict, keep) -> list[Arm]:
+    """The declared arms (``ARMS``) the results hold that satisfy ``keep``."""
+    return [ARMS[a] for a in results["arms"] if a in ARMS and keep(ARMS[a])]
 
 
 def judge(study: Study, results: dict) -> list[dict]:

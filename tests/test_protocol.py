@@ -122,3 +122,14 @@ def test_both_backends_train_on_the_one_schedule():
     for cls in (TrainSettings, TrainConfig):
         assert issubclass(cls, Schedule)
         assert {f.name: f.type for f in dataclasses.fields(cls) if f.name in base} == base
+
+
+def test_an_arms_online_partner_is_the_online_arm_of_its_study_capacity_and_loss():
+    from shared.protocol import online_partner
+    from shared.studies import ARMS
+
+    want = {"offline": "online", "tandem": "online", "offline-bo2": "online-bo2", "tandem-bo2": "online-bo2",
+            "offline@4": "online@4", "tandem@1": "online@1", "offline-dpo": "online-dpo", "rlhf": "online-dpo",
+            "refresh-4": "online", "ipo-md": "online", "sft-vs-800": "online", "online@4": "online@4"}
+    assert {name: online_partner(ARMS[name]) for name in want} == want
+    assert online_partner(Arm("mine", "offline")) is None  # declared by no study

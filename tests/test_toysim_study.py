@@ -99,3 +99,18 @@ def test_rounded_sign_is_sign_outside_the_rounding_band():
         want = 0.0 if abs(m) <= ROUNDING * eps * s else (1.0 if m > 0 else -1.0)  # plain loop reference
         assert got == want
     assert rounded_sign(margin, scale).tolist() == [0.0, 0.0, 1.0, -1.0, 1.0]
+
+
+def test_a_study_gives_the_same_results_alone_and_after_other_studies():
+    """An arm's "online pairs" partner comes from its own study's declaration
+    (shared.protocol.online_partner), not from whichever online arm ran earlier in the process:
+    equivalence after coverage (which runs IPO's "online") equals equivalence alone."""
+    from toysim.study import run_study
+    from shared.studies import STUDIES
+
+    shared = Runner(PRESET, seeds=1)
+    run_study(STUDIES["coverage"], PRESET, 1, runner=shared)
+    after = run_study(STUDIES["equivalence"], PRESET, 1, runner=shared)
+    alone = run_study(STUDIES["equivalence"], PRESET, 1)
+    assert after["arms"] == alone["arms"]
+    assert "acc_online_pairs" in alone["arms"]["offline-dpo"][0]["series"]

@@ -20,8 +20,8 @@ from dataclasses import asdict
 import torch
 
 from shared.preferences import hard_preference
-from shared.protocol import (LOSSES, STREAM_SOURCES, SamplerWorld, checkpoint_steps, make_sampler, provides_stream, run_order,
-                             stream_read_by, sweep_configs)
+from shared.protocol import (LOSSES, STREAM_SOURCES, SamplerWorld, checkpoint_steps, make_sampler, online_partner, provides_stream,
+                             run_order, stream_read_by, sweep_configs)
 from shared.sampling import Batch, geometric_mixture, policy_pair_dataset, stack_batches
 from shared.studies import Arm, Study, judge
 from toysim.engine import Evaluator, LogLinearPolicy, sample_rows, train
@@ -142,11 +142,10 @@ class Runner:
 
     def _evaluator(self, arm: Arm, seed_idx: torch.Tensor) -> Evaluator:
         """Exact metrics of an arm's runs; win rates against each run's seed's golden policy, and
-        "online pairs" accuracies on the pairs of the online run of the same loss family and capacity."""
+        "online pairs" accuracies on the pairs of its online partner (``shared.protocol.online_partner``)."""
         w, R = self.world, len(seed_idx)
         ref = self.golden_final[seed_idx] if self.golden_final is not None else torch.full_like(w.sft_logp, 1 / w.sft_logp.shape[-1]).expand(R, -1, -1)
-        stream = "online" + ("-bo2" if arm.loss == "bo2" else "") + ("@" + arm.name.split("@")[1] if "@" in arm.name else "")
-        online = self.online_state.get(stream)
+        online = self.online_state.get(online_partner(arm))
         pair_probs_at = None
         if not provides_stream(arm) and online is not None:
             pair_probs_at = lambda step: online["tables"][max(k for k in online["tables"] if k <= step)][seed_idx].exp()  # noqa: E731
