@@ -19,8 +19,7 @@ import torch
 from fullscale.lm import sample_responses, sequence_logp, tokenwise_kl
 from fullscale.train import safe_load
 from fullscale.world import generator_for
-from shared.metrics import classifier_accuracy, logp_shift, policy_margin
-from shared.preferences import hard_preference
+from shared.metrics import classifier_accuracy, logp_shift, policy_margin, win_rate_from_labels
 from shared.protocol import online_partner, provides_stream
 from shared.studies import Arm
 
@@ -37,8 +36,9 @@ def evaluate_checkpoint(pipe, model, ref, arm: Arm, seed: int, step: int):
     x = pipe.win_x
     y = sample_responses(model, pipe.prompts, x, L, **ops, generator=g, temperature=temp)
     m = pipe.golden_oracle.margin(x, y, pipe.golden_y)
-    won, h = hard_preference(m), len(m) // 2  # a tie counts ½; halves: a sweep's envelope is cross-fitted (shared.results.curves)
-    res = {"win_rate": float(won.mean()), "win_rate_a": float(won[:h].mean()), "win_rate_b": float(won[h:2 * h].mean())}
+    won, tie, h = m > 0, m == 0, len(m) // 2  # halves: a sweep's envelope is cross-fitted (shared.results.curves)
+    res = {"win_rate": float(win_rate_from_labels(won, tie)), "win_rate_a": float(win_rate_from_labels(won[:h], tie[:h])),
+           "win_rate_b": float(win_rate_from_labels(won[h:2 * h], tie[h:2 * h]))}
     k = min(pipe.cfg.eval.kl_prompts, len(x))
     res["kl"] = float(tokenwise_kl(model, ref, pipe.prompts, x[:k], y[:k], **ops).mean())
     if arm.name == "golden":

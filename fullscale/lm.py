@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from shared.metrics import kl_tokenwise_per_sample
 from shared.sampling import geometric_mixture
 
 __all__ = [
@@ -181,14 +182,12 @@ def tokenwise_kl(model, ref_model, prompts: Prompts, x: torch.Tensor, y: torch.T
     Tang et al. 2024, §3: the KL is estimated by sampling one response per prompt
     and summing the exact next-token KLs along it; its mean over samples is an
     unbiased estimate of KL(π‖π_ref) (chain rule). x: [B]; y: [B, T] -> [B].
-    The mean over prompts is ``shared.metrics.kl_tokenwise_estimate``.
+    The sum is ``shared.metrics.kl_tokenwise_per_sample``; its mean over prompts is
+    ``shared.metrics.kl_tokenwise_estimate``.
     """
     lp, mask = response_logits(model, prompts, x, y, eos, pad)
     lq, _ = response_logits(ref_model, prompts, x, y, eos, pad)
-    lp, lq = torch.log_softmax(lp, -1), torch.log_softmax(lq, -1)
-    p = lp.exp()
-    per_token = torch.where(p > 0, p * (lp - lq), torch.zeros_like(p)).sum(-1)  # 0·(−∞ − −∞) at pad is 0
-    return (per_token * mask).sum(-1)
+    return kl_tokenwise_per_sample(lp, lq, mask)
 
 
 class LMPolicy:

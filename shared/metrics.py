@@ -22,6 +22,7 @@ __all__ = [
     "win_rate_exact",
     "win_rate_from_labels",
     "kl_exact",
+    "kl_tokenwise_per_sample",
     "kl_tokenwise_estimate",
     "policy_margin",
     "classifier_accuracy",
@@ -71,15 +72,13 @@ def kl_exact(logp, ref_logp):
     return terms.sum(-1).mean(-1)
 
 
-def kl_tokenwise_estimate(pi_logits, ref_logits, mask):
-    """The paper's KL estimator: sample y ~ π, sum along y the exact KL between
-    the two next-token distributions, average over prompts.
-
-    KL(π‖π_sft) ≈ mean_i Σ_t KL(π(·|x_i, y_<t) ‖ π_sft(·|x_i, y_<t)),
-    Tang et al. 2024, §3 ("KL divergence"). Unbiased for the sequence KL when
-    y is sampled from π (tests/test_metrics.py checks it against enumeration).
-    Shapes: pi_logits [N, T, V], ref_logits [N, T, V] (next-token logits at
-    each response position), mask [N, T] (1 on response tokens) -> scalar.
+def kl_tokenwise_per_sample(pi_logits, ref_logits, mask):
+    """Σ_t KL(π(·|x, y_<t) ‖ π_ref(·|x, y_<t)) along each sampled response: the summand of the
+    paper's KL estimator (Tang et al. 2024, §3, "KL divergence"; ``kl_tokenwise_estimate`` is
+    its mean). A token of zero probability under π contributes 0 (also where both log-probs
+    are −∞, as at a masked position).
+    Shapes: pi_logits [N, T, V], ref_logits [N, T, V] (next-token logits at each response
+    position), mask [N, T] (1 on response tokens) -> [N].
     """
     same_shape(pi_logits=pi_logits, ref_logits=ref_logits)
     if mask.shape != pi_logits.shape[:-1]:
@@ -87,8 +86,21 @@ def kl_tokenwise_estimate(pi_logits, ref_logits, mask):
     dt = torch.promote_types(pi_logits.dtype, torch.float32)  # bf16 logits are summed in fp32
     lp = torch.log_softmax(pi_logits.to(dt), -1)
     lq = torch.log_softmax(ref_logits.to(dt), -1)
-    per_token = (lp.exp() * (lp - lq)).sum(-1)
-    return (per_token * mask.to(per_token.dtype)).sum(-1).mean()
+    p = lp.exp()
+    per_token = torch.where(p > 0, p * (lp - lq), torch.zeros_like(p)).sum(-1)
+    return (per_token * mask.to(per_token.dtype)).sum(-1)
+
+
+def kl_tokenwise_estimate(pi_logits, ref_logits, mask):
+    """The paper's KL estimator: sample y ~ π, sum along y the exact KL between
+    the two next-token distributions, average over prompts.
+
+    KL(π‖π_sft) ≈ mean_i Σ_t KL(π(·|x_i, y_<t) ‖ π_sft(·|x_i, y_<t)),
+    Tang et al. 2024, §3 ("KL divergence"). Unbiased for the sequence KL when
+    y is sampled from π (tests/test_metrics.py checks it against enumeration).
+    Shapes: pi_logits [N, T, V], ref_logits [N, T, V], mask [N, T] -> scalar.
+    """
+    return kl_tokenwise_per_sample(pi_logits, ref_logits, mask).mean()
 
 
 def policy_margin(pi_logp_1, pi_logp_2, ref_logp_1, ref_logp_2):

@@ -117,8 +117,8 @@ def stream_read_by(arm: Arm) -> str | None:
 
 
 def online_partner(arm: Arm) -> str | None:
-    """The online arm whose own pairs ``arm``'s "online pairs" accuracies are measured on (Tang et
-    al. 2024, §4.3, Fig. 5) and whose curve it is compared with: the online arm of the same study
+    """The online arm whose own pairs ``arm``'s "online pairs" accuracies are measured on
+    (Tang et al. 2024, §4.3, Fig. 5) and whose curve it is compared with: the online arm of the same study
     and capacity, with the same loss where the study has one. An online arm is its own partner;
     an arm no study declares has none."""
     if provides_stream(arm):

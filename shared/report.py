@@ -41,10 +41,10 @@ def summary_rows(results: dict) -> list[dict]:
     return rows
 
 
-def _pm(m, h, digits=3):
+def _pm(m, half, digits=3):
     if math.isnan(m):
         return "—"
-    return f"{m:.{digits}f} ± {h:.{digits}f}" if not math.isnan(h) else f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {half:.{digits}f}" if not math.isnan(half) else f"{m:.{digits}f}"
 
 
 def format_table(results: dict, markdown: bool = False) -> str:
@@ -184,7 +184,7 @@ def figures(results: dict, out: Path) -> list[str]:
             arms = [a.name for a in sorted(STUDIES["scale"].arms, key=lambda a: a.capacity) if a.source == source and a.name in results["arms"]]
             caps = [ARMS[a].capacity for a in arms]
             ci = [seed_ci([peak(results, a, s) for s in seeds_of(results, a)]) for a in arms]
-            ax.errorbar(caps, [m for m, _ in ci], yerr=[0 if math.isnan(h) else h for _, h in ci], marker="o", capsize=3, label=prefix)
+            ax.errorbar(caps, [m for m, _ in ci], yerr=[0 if math.isnan(half) else half for _, half in ci], marker="o", capsize=3, label=prefix)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("policy width (× the default number of features)")
         ax.set_ylabel("peak win rate")

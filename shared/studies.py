@@ -111,19 +111,19 @@ def _rise_then_fall(results: dict) -> tuple[str, str]:
 def _online_ge_offline(results):
     if not has(results, "online", "offline"):
         return _missing(results, "online", "offline")
-    m, h = gap(results, "online", "offline")
-    evidence = f"win rate online − offline at matched KL: {fmt(m, h)}"
+    m, half = gap(results, "online", "offline")
+    evidence = f"win rate online − offline at matched KL: {fmt(m, half)}"
     if has_halves(results, "online") and has_halves(results, "offline"):
         # estimated win rates: the envelope over the sweep is cross-fitted; the plain one is biased towards offline
         evidence += f" (cross-fitted over halves of the evaluation prompts; plain envelope: {fmt(*gap(results, 'online', 'offline', crossfit=False))})"
-    return verdict_from_ci(m, h), evidence
+    return verdict_from_ci(m, half), evidence
 
 
 def _online_peak(results):
     if not has(results, "online", "offline"):
         return _missing(results, "online", "offline")
-    m, h = ci_over_seeds(per_seed(results, ("online", "offline"), lambda s: peak(results, "online", s) - peak(results, "offline", s)))
-    return verdict_from_ci(m, h), f"peak win rate online − best-of-sweep offline: {fmt(m, h)}"
+    m, half = ci_over_seeds(per_seed(results, ("online", "offline"), lambda s: peak(results, "online", s) - peak(results, "offline", s)))
+    return verdict_from_ci(m, half), f"peak win rate online − best-of-sweep offline: {fmt(m, half)}"
 
 
 def _ordered_replay(results):
@@ -148,14 +148,14 @@ def _recovered(results, arm, lo="offline", hi="online"):
 def _tandem(results):
     if not has(results, "online", "offline", "tandem"):
         return _missing(results, "online", "offline", "tandem")
-    m_t, h_t = gap(results, "online", "tandem")
-    r, hr = _recovered(results, "tandem")
-    evidence = (f"online − tandem at matched KL: {fmt(m_t, h_t)}; tandem recovers {fmt(r, hr)} "
+    m_t, half_t = gap(results, "online", "tandem")
+    r, half_r = _recovered(results, "tandem")
+    evidence = (f"online − tandem at matched KL: {fmt(m_t, half_t)}; tandem recovers {fmt(r, half_r)} "
                 "of the online − offline gap (supported needs < 0.5)")
     if math.isnan(r):
         return "inconclusive", evidence + "; online does not beat offline here, so no gap is defined"
-    below_half = verdict_from_ci(0.5 - r, hr)
-    if verdict_from_ci(m_t, h_t) == "supported" and below_half == "supported":
+    below_half = verdict_from_ci(0.5 - r, half_r)
+    if verdict_from_ci(m_t, half_t) == "supported" and below_half == "supported":
         return "supported", evidence
     return ("not supported" if below_half == "not supported" else "mixed"), evidence
 
@@ -169,11 +169,11 @@ def _windows(results):
     vals = [m for _, m, _ in rec]
     if any(math.isnan(v) for v in vals):
         return "inconclusive", "online does not beat offline at matched KL here, so no fraction of a gap is defined: " + ", ".join(
-            f"{a} {fmt(m, h)}" for a, m, h in rec)
+            f"{a} {fmt(m, half)}" for a, m, half in rec)
     small_ok = rec[0][1] > 0.8
     degrades = all(b <= a + 0.1 for a, b in zip(vals, vals[1:])) and vals[-1] < vals[0]
     v = "supported" if small_ok and degrades else "mixed" if small_ok or degrades else "not supported"
-    return v, "fraction of the online − offline gap recovered: " + ", ".join(f"{a} {fmt(m, h)}" for a, m, h in rec)
+    return v, "fraction of the online − offline gap recovered: " + ", ".join(f"{a} {fmt(m, half)}" for a, m, half in rec)
 
 
 def _quality(results):
@@ -183,8 +183,8 @@ def _quality(results):
         wr0 = runs_of(results, "online", s)[0]["series"]["win_rate"][0]
         top = runs_of(results, "online", s)[0]["series"]["win_rate"][-1]
         return (peak(results, "self-final", s) - wr0) / (top - wr0) if top > wr0 else math.nan
-    m, h = ci_over_seeds(per_seed(results, ("online", "self-final"), f))
-    return verdict_from_ci(0.25 - m, h), f"self-final's peak gain over SFT as a fraction of the final online policy's gain: {fmt(m, h)} (supported needs < 0.25)"
+    m, half = ci_over_seeds(per_seed(results, ("online", "self-final"), f))
+    return verdict_from_ci(0.25 - m, half), f"self-final's peak gain over SFT as a fraction of the final online policy's gain: {fmt(m, half)} (supported needs < 0.25)"
 
 
 def _proxy_beats_policies(results):
@@ -197,20 +197,20 @@ def _proxy_beats_policies(results):
         off = [a for st, a in zip(best_off["step"], best_off["acc_online_pairs"]) if 0 < st <= last]
         proxy = float(np.mean(on["proxy_acc_online_pairs"][1:]))
         return proxy - max(float(np.mean(on["acc_online_pairs"][1:])), float(np.mean(off)))
-    m, h = ci_over_seeds(per_seed(results, ("online", "offline"), margin))
+    m, half = ci_over_seeds(per_seed(results, ("online", "offline"), margin))
     decay = ci_over_seeds(per_seed(results, ("online",), lambda s: runs_of(results, "online", s)[0]["series"]["proxy_acc_online_pairs"][1]
                                  - runs_of(results, "online", s)[0]["series"]["proxy_acc_online_pairs"][-1]))
-    v1, v2 = verdict_from_ci(m, h), verdict_from_ci(*decay)
+    v1, v2 = verdict_from_ci(m, half), verdict_from_ci(*decay)
     v = v1 if v1 == v2 else "mixed"
     return v, (f"proxy accuracy on online pairs − the better policy's (online: mean over its trained checkpoints; offline: mean over "
-               f"its checkpoints within the online run's steps): {fmt(m, h)}; proxy accuracy first trained − last checkpoint: {fmt(*decay)}")
+               f"its checkpoints within the online run's steps): {fmt(m, half)}; proxy accuracy first trained − last checkpoint: {fmt(*decay)}")
 
 
 def _offline_classifies_better(results):
     if not has(results, "online", "offline"):
         return _missing(results, "online", "offline")
-    m, h = ci_over_seeds(per_seed(results, ("online", "offline"), lambda s: final(results, "offline", s, "acc_golden") - final(results, "online", s, "acc_golden")))
-    return verdict_from_ci(m, h), f"accuracy on D_golden, offline − online (final checkpoints): {fmt(m, h)}"
+    m, half = ci_over_seeds(per_seed(results, ("online", "offline"), lambda s: final(results, "offline", s, "acc_golden") - final(results, "online", s, "acc_golden")))
+    return verdict_from_ci(m, half), f"accuracy on D_golden, offline − online (final checkpoints): {fmt(m, half)}"
 
 
 def _acc_uncorrelated(results):
@@ -221,10 +221,10 @@ def _acc_uncorrelated(results):
         acc = [r["series"]["acc_golden"][int(np.argmax(r["series"]["win_rate"]))] for r in rs]
         wr = [max(r["series"]["win_rate"]) for r in rs]
         return abs(float(np.corrcoef(acc, wr)[0, 1])) if np.std(acc) > 0 and np.std(wr) > 0 else math.nan
-    m, h = ci_over_seeds(per_seed(results, ("offline",), f))
+    m, half = ci_over_seeds(per_seed(results, ("offline",), f))
     if math.isnan(m):
         return "not tested", "the sweep has fewer than two distinct runs per seed"
-    return verdict_from_ci(0.5 - m, h), f"|Pearson r|(accuracy on D_golden, peak win rate) across the offline sweep, per seed: {fmt(m, h)} (supported needs < 0.5)"
+    return verdict_from_ci(0.5 - m, half), f"|Pearson r|(accuracy on D_golden, peak win rate) across the offline sweep, per seed: {fmt(m, half)} (supported needs < 0.5)"
 
 
 def _chosen_falls(results):
@@ -232,11 +232,11 @@ def _chosen_falls(results):
     if len(arms) < 2:
         return _missing(results, "online", "offline")
     shifts = {a: ci_over_seeds(per_seed(results, (a,), lambda s, a=a: final(results, a, s, "chosen_logp_shift"))) for a in arms}
-    all_fall = all(verdict_from_ci(-m, h) == "supported" for m, h in shifts.values())
-    m, h = ci_over_seeds(per_seed(results, ("online", "offline"), lambda s: final(results, "online", s, "chosen_logp_shift") - final(results, "offline", s, "chosen_logp_shift")))
-    most = verdict_from_ci(m, h)
+    all_fall = all(verdict_from_ci(-m, half) == "supported" for m, half in shifts.values())
+    m, half = ci_over_seeds(per_seed(results, ("online", "offline"), lambda s: final(results, "online", s, "chosen_logp_shift") - final(results, "offline", s, "chosen_logp_shift")))
+    most = verdict_from_ci(m, half)
     v = "supported" if all_fall and most == "supported" else "mixed" if all_fall or most == "supported" else "not supported"
-    return v, "chosen log-likelihood shift (D_golden): " + ", ".join(f"{a} {fmt(*shifts[a])}" for a in arms) + f"; online − offline {fmt(m, h)}"
+    return v, "chosen log-likelihood shift (D_golden): " + ", ".join(f"{a} {fmt(*shifts[a])}" for a in arms) + f"; online − offline {fmt(m, half)}"
 
 
 def _self_chance(results):
@@ -245,10 +245,10 @@ def _self_chance(results):
         return _missing(results, "online", "offline")
     parts, ok = [], True
     for a in arms:
-        m, h = ci_over_seeds(per_seed(results, (a,), lambda s, a=a: float(np.max(
+        m, half = ci_over_seeds(per_seed(results, (a,), lambda s, a=a: float(np.max(
             max(runs_of(results, a, s), key=lambda r: max(r["series"]["win_rate"]))["series"]["acc_self"][1:]))))
-        ok &= verdict_from_ci(0.55 - m, h) == "supported"
-        parts.append(f"{a} best accuracy on its own samples {fmt(m, h)}")
+        ok &= verdict_from_ci(0.55 - m, half) == "supported"
+        parts.append(f"{a} best accuracy on its own samples {fmt(m, half)}")
     return ("supported" if ok else "not supported"), "; ".join(parts) + " (supported needs < 0.55)"
 
 
@@ -257,15 +257,15 @@ def _bo2(results):
     need not share a KL range; the paper compares them by their best win rate."""
     if not has(results, "online-bo2", "offline-bo2", "tandem-bo2"):
         return _missing(results, "online-bo2", "offline-bo2", "tandem-bo2")
-    m, h = ci_over_seeds(per_seed(results, ("online-bo2", "offline-bo2"), lambda s: peak(results, "online-bo2", s) - peak(results, "offline-bo2", s)))
+    m, half = ci_over_seeds(per_seed(results, ("online-bo2", "offline-bo2"), lambda s: peak(results, "online-bo2", s) - peak(results, "offline-bo2", s)))
     def rec(s):
         g = peak(results, "online-bo2", s) - peak(results, "offline-bo2", s)
         return (peak(results, "tandem-bo2", s) - peak(results, "offline-bo2", s)) / g if g > 0 else math.nan
-    r, hr = ci_over_seeds(per_seed(results, ("online-bo2", "offline-bo2", "tandem-bo2"), rec))
-    v1 = verdict_from_ci(m, h)
-    v2 = verdict_from_ci(r - 0.8, hr)
+    r, half_r = ci_over_seeds(per_seed(results, ("online-bo2", "offline-bo2", "tandem-bo2"), rec))
+    v1 = verdict_from_ci(m, half)
+    v2 = verdict_from_ci(r - 0.8, half_r)
     v = "supported" if v1 == v2 == "supported" else "not supported" if "supported" not in (v1, v2) else "mixed"
-    return v, f"peak win rate Bo2 online − offline: {fmt(m, h)}; tandem-Bo2 recovers {fmt(r, hr)} of that peak gap (supported needs > 0.8)"
+    return v, f"peak win rate Bo2 online − offline: {fmt(m, half)}; tandem-Bo2 recovers {fmt(r, half_r)} of that peak gap (supported needs > 0.8)"
 
 
 def _scale_arms(results, source):
@@ -312,19 +312,19 @@ def _scale_tandem(results):
 def _separation(results):
     if not has(results, "sft-vs-800", "sft-vs-4k"):
         return _missing(results, "sft-vs-800", "sft-vs-4k")
-    m, h = ci_over_seeds(per_seed(results, ("sft-vs-800", "sft-vs-4k"), lambda s: peak(results, "sft-vs-800", s) - peak(results, "sft-vs-4k", s)))
-    return verdict_from_ci(m + 0.01, h), f"peak win rate sft-vs-800 − sft-vs-4k (wider pair): {fmt(m, h)} (supported unless the wider pair is better by > 0.01)"
+    m, half = ci_over_seeds(per_seed(results, ("sft-vs-800", "sft-vs-4k"), lambda s: peak(results, "sft-vs-800", s) - peak(results, "sft-vs-4k", s)))
+    return verdict_from_ci(m + 0.01, half), f"peak win rate sft-vs-800 − sft-vs-4k (wider pair): {fmt(m, half)} (supported unless the wider pair is better by > 0.01)"
 
 
 def _proximity(results):
     if not has(results, "sft-vs-800", "800-vs-4k", "offline"):
         return _missing(results, "sft-vs-800", "800-vs-4k", "offline")
-    m, h = ci_over_seeds(per_seed(results, ("sft-vs-800", "800-vs-4k"), lambda s: peak(results, "sft-vs-800", s) - peak(results, "800-vs-4k", s)))
+    m, half = ci_over_seeds(per_seed(results, ("sft-vs-800", "800-vs-4k"), lambda s: peak(results, "sft-vs-800", s) - peak(results, "800-vs-4k", s)))
     others = [a for a in ("sft-vs-800", "800-vs-4k", "sft-vs-4k", "4k-vs-4k") if has(results, a)]
-    g, hg = ci_over_seeds(per_seed(results, ("offline", *others), lambda s: peak(results, "offline", s) - max(peak(results, a, s) for a in others)))
-    v1, v2 = verdict_from_ci(m, h), verdict_from_ci(g + 0.01, hg)
+    g, half_g = ci_over_seeds(per_seed(results, ("offline", *others), lambda s: peak(results, "offline", s) - max(peak(results, a, s) for a in others)))
+    v1, v2 = verdict_from_ci(m, half), verdict_from_ci(g + 0.01, half_g)
     v = "supported" if v1 == v2 == "supported" else "mixed" if "supported" in (v1, v2) else "not supported"
-    return v, f"peak sft-vs-800 − 800-vs-4k: {fmt(m, h)}; D_golden − best checkpoint dataset: {fmt(g, hg)}"
+    return v, f"peak sft-vs-800 − 800-vs-4k: {fmt(m, half)}; D_golden − best checkpoint dataset: {fmt(g, half_g)}"
 
 
 def _theory(results):
@@ -354,11 +354,11 @@ def _equivalence(results):
 def _rlhf_vs_offline_dpo(results):
     if not has(results, "rlhf", "offline-dpo"):
         return _missing(results, "rlhf", "offline-dpo")
-    m, h = gap(results, "rlhf", "offline-dpo")
-    parts = [f"win rate RLHF − offline DPO at matched KL: {fmt(m, h)}"]
+    m, half = gap(results, "rlhf", "offline-dpo")
+    parts = [f"win rate RLHF − offline DPO at matched KL: {fmt(m, half)}"]
     if has(results, "online-dpo"):
         parts.append(f"online DPO − offline DPO: {fmt(*gap(results, 'online-dpo', 'offline-dpo'))}")
-    return verdict_from_ci(m, h), "; ".join(parts)
+    return verdict_from_ci(m, half), "; ".join(parts)
 
 
 def _refresh(results):
@@ -367,7 +367,7 @@ def _refresh(results):
         return _missing(results, "online", "offline", "refresh-*")
     rec = [(a, *_recovered(results, a)) for a in arms]
     vals = [m for _, m, _ in rec]
-    listing = ", ".join(f"{a} {fmt(m, h)}" for a, m, h in rec)
+    listing = ", ".join(f"{a} {fmt(m, half)}" for a, m, half in rec)
     if any(math.isnan(v) for v in vals):
         return "inconclusive", "online does not beat offline at matched KL here, so no fraction of a gap is defined: " + listing
     first, last = arms[0], arms[-1]
@@ -378,11 +378,11 @@ def _refresh(results):
             return math.nan
         return (gap_at_matched_kl(curves(results, first, s), curves(results, "offline", s))
                 - gap_at_matched_kl(curves(results, last, s), curves(results, "offline", s))) / g
-    m, h = ci_over_seeds(per_seed(results, (first, last, "online", "offline"), spread))
+    m, half = ci_over_seeds(per_seed(results, (first, last, "online", "offline"), spread))
     monotone = all(b <= a + 0.1 for a, b in zip(vals, vals[1:]))
-    v = verdict_from_ci(m, h)
+    v = verdict_from_ci(m, half)
     v = "mixed" if v == "supported" and not monotone else v
-    return v, (f"fraction of the online − offline gap recovered at matched KL: {listing}; {first} − {last}: {fmt(m, h)}"
+    return v, (f"fraction of the online − offline gap recovered at matched KL: {listing}; {first} − {last}: {fmt(m, half)}"
                f" (supported needs > 0 and no rise of more than 0.1 as k grows)")
 
 

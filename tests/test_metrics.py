@@ -195,3 +195,18 @@ def test_seed_ci_matches_t_interval():
     # t_{0.975, 3} = 3.182446305284263
     assert h == pytest.approx(3.182446305284263 * np.std(v, ddof=1) / 2, rel=1e-9)
     assert math.isnan(M.seed_ci([0.3])[1])
+
+
+def test_the_per_sample_kl_sums_to_the_estimate_and_ignores_impossible_tokens():
+    """kl_tokenwise_per_sample's mean is kl_tokenwise_estimate; a token π gives probability 0
+    (logit −∞ in both models, as at a masked position) adds 0, not nan."""
+    g = torch.Generator().manual_seed(0)
+    pl, ql = torch.randn(3, 4, 5, generator=g), torch.randn(3, 4, 5, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
+    per = M.kl_tokenwise_per_sample(pl, ql, mask)
+    assert per.shape == (3,) and torch.allclose(per.mean(), M.kl_tokenwise_estimate(pl, ql, mask))
+    want = [sum(float((torch.softmax(pl[i, t], -1) * (torch.log_softmax(pl[i, t], -1) - torch.log_softmax(ql[i, t], -1))).sum())
+                for t in range(4) if mask[i, t]) for i in range(3)]  # a plain loop
+    assert per.tolist() == pytest.approx(want, rel=1e-5)
+    pl[0, 0, 0] = ql[0, 0, 0] = -float("inf")
+    assert torch.isfinite(M.kl_tokenwise_per_sample(pl, ql, mask)).all()
