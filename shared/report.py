@@ -17,7 +17,7 @@ import numpy as np
 from shared.metrics import gap_curve_at_matched_kl, seed_ci
 from shared.protocol import online_partner
 from shared.results import curves, gap, has, has_halves, peak, per_seed, runs_of, seeds_of
-from shared.studies import ARMS, STUDIES
+from shared.studies import ARMS, scale_arms
 
 __all__ = ["summary_rows", "format_table", "figures", "write_report"]
 
@@ -181,7 +181,7 @@ def figures(results: dict, out: Path) -> list[str]:
         fig = _figure(figsize=(5.6, 3.8))
         ax = fig.subplots()
         for prefix, source in (("online", "online"), ("offline", "offline"), ("tandem", "replay")):
-            arms = [a.name for a in sorted(STUDIES["scale"].arms, key=lambda a: a.capacity) if a.source == source and a.name in results["arms"]]
+            arms = scale_arms(results, source)
             caps = [ARMS[a].capacity for a in arms]
             ci = [seed_ci([peak(results, a, s) for s in seeds_of(results, a)]) for a in arms]
             ax.errorbar(caps, [m for m, _ in ci], yerr=[0 if math.isnan(half) else half for _, half in ci], marker="o", capsize=3, label=prefix)

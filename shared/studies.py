@@ -25,7 +25,7 @@ import numpy as np
 from shared.metrics import gap_at_matched_kl
 from shared.results import ci_over_seeds, curves, final, fmt, gap, has, has_halves, peak, per_seed, runs_of, seeds_of, verdict_from_ci
 
-__all__ = ["Arm", "SOURCES", "Claim", "Study", "STUDIES", "ARMS", "CLAIMS", "judge"]
+__all__ = ["Arm", "SOURCES", "Claim", "Study", "STUDIES", "ARMS", "CLAIMS", "judge", "scale_arms"]
 
 
 @dataclass(frozen=True)
@@ -268,13 +268,14 @@ def _bo2(results):
     return v, f"peak win rate Bo2 online − offline: {fmt(m, half)}; tandem-Bo2 recovers {fmt(r, half_r)} of that peak gap (supported needs > 0.8)"
 
 
-def _scale_arms(results, source):
-    """The scale study's arms of one source the results hold, smallest capacity first."""
+def scale_arms(results, source):
+    """The scale study's arms of one source the results hold, smallest capacity first
+    (Tang et al. 2024 scale the policy to XL and XXL with the same Large proxy; here ×¼, ×1, ×4 the width)."""
     return [a.name for a in sorted(STUDIES["scale"].arms, key=lambda a: a.capacity) if a.source == source and a.name in results["arms"]]
 
 
 def _scale_peaks(results):
-    arms = _scale_arms(results, "online")
+    arms = scale_arms(results, "online")
     if len(arms) < 2:
         return _missing(results, "online@*")
     peaks = [ci_over_seeds(per_seed(results, (a,), lambda s, a=a: peak(results, a, s))) for a in arms]
@@ -296,7 +297,7 @@ def _scale_peaks(results):
 
 
 def _scale_tandem(results):
-    on, ta, of = (_scale_arms(results, source) for source in ("online", "replay", "offline"))
+    on, ta, of = (scale_arms(results, source) for source in ("online", "replay", "offline"))
     if len(on) < 2 or len(ta) != len(on) or len(of) != len(on):
         return _missing(results, "online@*", "tandem@*", "offline@*")
     def norm(arm, ref, s):  # 90th percentile over runs would need many runs; we use the peak (documented)
