@@ -28,10 +28,11 @@ from fullscale.evaluate import evaluate_checkpoint
 from fullscale.lm import LMPolicy, sample_responses, sequence_logp
 from fullscale.train import atomic_save, optimise, safe_load
 from fullscale.world import World, generator_for
+from shared.claims import judge
 from shared.protocol import (SamplerWorld, checkpoint_steps, dataset_fractions, make_sampler, provides_stream, run_order,
                              stream_read_by, sweep_configs)
 from shared.sampling import Batch, policy_pair_dataset
-from shared.studies import STUDIES, Arm, judge
+from shared.studies import STUDIES, Arm
 
 __all__ = ["Pipeline", "run_study"]
 

@@ -1,4 +1,4 @@
-"""Known answers for the claim rules of shared.studies: for each rule, small synthetic results
+"""Known answers for the claim rules of shared.claims: for each rule, small synthetic results
 where it must say "supported" and results where it must not. (Claims 1–5, 10 and 21 have
 more cases in tests/test_studies.py.) The results use the schema of docs/results-schema.md;
 curves share one KL grid, so a gap at matched KL is the difference of win-rate offsets."""
@@ -6,7 +6,7 @@ curves share one KL grid, so a gap at matched KL is the difference of win-rate o
 import numpy as np
 import pytest
 
-from shared.studies import CLAIMS
+from shared.claims import CLAIMS
 
 KL = [0.0, 0.05, 0.2, 0.5, 1.0, 2.0, 5.0]
 SHAPE = np.array([0.0, 0.05, 0.10, 0.14, 0.12, 0.08, 0.04])  # rises, then falls (over-optimisation)

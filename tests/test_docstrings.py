@@ -6,11 +6,11 @@ import re
 
 import pytest
 
-MODULES = ["shared.losses", "shared.preferences", "shared.sampling", "shared.metrics", "shared.studies", "shared.results",
+MODULES = ["shared.losses", "shared.preferences", "shared.sampling", "shared.metrics", "shared.studies", "shared.claims", "shared.results",
            "shared.protocol", "fullscale.lm"]
 SOURCE = re.compile(r"et al\.|arXiv|Algorithm|Bradley|Student|docs/[a-z]")  # a paper, or a docs page a reader can open
 # plumbing, not formulas: each carries a docstring but has no equation to cite
-PLUMBING = {"shared.sampling.stack_batches", "shared.studies.judge", "shared.results.verdict_from_ci", "shared.results.fmt",
+PLUMBING = {"shared.sampling.stack_batches", "shared.claims.judge", "shared.results.verdict_from_ci", "shared.results.fmt",
             "shared.results.seeds_of", "shared.results.runs_of", "shared.results.curves", "shared.results.final",
             "shared.results.per_seed", "shared.results.has", "shared.results.has_halves",
             "shared.protocol.run_order", "shared.protocol.make_sampler",

@@ -1,4 +1,4 @@
-"""shared/studies.py: the claim rules on synthetic results whose answer is known."""
+"""shared/claims.py: the claim rules on synthetic results whose answer is known."""
 
 import math
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from shared.results import verdict_from_ci
-from shared.studies import CLAIMS, STUDIES, judge
+from shared.claims import CLAIMS, judge
+from shared.studies import STUDIES
 
 
 def _run(seed, kl, wr, **extra):
@@ -140,7 +141,7 @@ def test_claim_10_uses_absolute_correlation_per_seed():
 
 def test_scale_rule_with_a_peak_at_sft_is_not_a_crash():
     """A peak at step 0 (KL 0) leaves the KL-at-peak ratio undefined, not a ZeroDivisionError."""
-    from shared.studies import CLAIMS
+    from shared.claims import CLAIMS
 
     def run(wr, kl):
         return [{"seed": 0, "config": {}, "series": {"step": [0, 1, 2], "kl": kl, "win_rate": wr}}]

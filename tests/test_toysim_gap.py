@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.studies import CLAIMS, STUDIES
+from shared.claims import CLAIMS
+from shared.studies import STUDIES
 
 ROOT = Path(__file__).resolve().parents[1]
 

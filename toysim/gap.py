@@ -109,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cli(GapConfig, argv, prog="python -m toysim.gap", description=__doc__.split("\n\n")[0])
     except SystemExit as e:  # --help (0), or a bad argument reported in one line (2)
         return 0 if e.code in (0, None) else 2
-    from shared.studies import STUDIES
 
     studies = list(STUDIES) if cfg.hypothesis == "all" else [cfg.hypothesis]
     problem = _check(cfg, studies)

@@ -19,11 +19,12 @@ from dataclasses import asdict
 
 import torch
 
+from shared.claims import judge
 from shared.preferences import hard_preference
 from shared.protocol import (LOSSES, STREAM_SOURCES, SamplerWorld, checkpoint_steps, make_sampler, online_partner, provides_stream,
                              run_order, stream_read_by, sweep_configs)
 from shared.sampling import Batch, geometric_mixture, policy_pair_dataset, stack_batches
-from shared.studies import Arm, Study, judge
+from shared.studies import Arm, Study
 from toysim.engine import Evaluator, LogLinearPolicy, sample_rows, train
 from toysim.env import TableOracle, World, golden_training_oracle, make_world
 from toysim.presets import Preset

@@ -139,7 +139,7 @@ def random_bandit(num_prompts: int, num_responses: int, seed: int, dtype=torch.f
 
 
 def theory_checks(seed: int = 0, beta: float = 0.5, num_prompts: int = 4, num_responses: int = 8) -> dict:
-    """Claim 18, computed exactly. Returns the numbers ``shared.studies`` judges."""
+    """Claim 18, computed exactly. Returns the numbers ``shared.claims`` judges."""
 
     ref_logp, reward, pref = random_bandit(num_prompts, num_responses, seed)
     mu = ref_logp.exp()  # offline data from the reference policy, full support

@@ -233,7 +233,7 @@ def _same(a, b) -> bool:
 
 
 def check_4(mod, args, ok):
-    from shared.studies import gap, runs_of, seeds_of
+    from shared.results import gap, runs_of, seeds_of
 
     res = _ex4_results(args)
     f = need(mod, "answer")
