@@ -39,3 +39,25 @@ def test_bench_prints_both_rates_and_their_ratio():
     assert p.returncode == 0, p.stderr
     lines = [line for line in p.stdout.splitlines() if line.startswith("[")]
     assert len(lines) == 2 and all("run-steps/s" in line and "ratio:" in line for line in lines)
+
+
+def test_figures_quick_never_writes_into_docs(tmp_path, monkeypatch, capsys):
+    """--quick runs are checks, not the committed figures: pointed at docs/ they are refused
+    with one line and nothing there changes; without --out they go to runs/figures-quick."""
+    from pathlib import Path
+
+    from toysim import figures
+
+    root = Path(__file__).resolve().parents[1]
+    committed = root / "docs" / "figures" / "toysim-default" / "coverage" / "results.json"
+    before = committed.read_bytes(), committed.stat().st_mtime_ns
+    for out in (root / "docs" / "figures", root / "docs" / "elsewhere"):
+        assert figures.main(["--quick", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --quick figures are not the committed ones") and "\n" not in err
+    assert (committed.read_bytes(), committed.stat().st_mtime_ns) == before
+    assert not (root / "docs" / "elsewhere").exists()
+    monkeypatch.setattr(figures, "JOBS", [j for j in figures.JOBS if j[0] == "sweep"])  # one quick job keeps it fast
+    monkeypatch.chdir(tmp_path)
+    assert figures.main(["--quick"]) == 0
+    assert (tmp_path / "runs" / "figures-quick" / "sweep" / "sweep.json").exists()

@@ -19,7 +19,7 @@ import contextlib
 import io
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 __all__ = ["FiguresConfig", "JOBS", "main", "study_section", "update_study_pages"]
@@ -37,10 +37,10 @@ QUICK = {"toysim.gap": ["--quick", "--seeds", "1"], "toysim.sweep": ["--quick", 
 class FiguresConfig:
     """Regenerate the committed toysim results and figures."""
 
-    out: Path = Path("docs/figures")
-    """where the figures live (one folder per run, plus its .log)"""
+    out: Path | None = None
+    """where the figures go (one folder per run, plus its .log); default docs/figures, the committed ones; with --quick, runs/figures-quick"""
     quick: bool = False
-    """a fast, smaller version of every run (for a check; not the committed figures)"""
+    """a fast, smaller version of every run (for a check; not the committed figures, so never written into docs/)"""
 
 
 START, END = "<!-- results:start (python -m toysim.figures writes this block) -->", "<!-- results:end -->"
@@ -109,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cli(FiguresConfig, argv, prog="python -m toysim.figures", description=__doc__.split("\n\n")[0])
     except SystemExit as e:
         return 0 if e.code in (0, None) else 2
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    out = cfg.out or Path("runs/figures-quick" if cfg.quick else "docs/figures")
+    if cfg.quick and (out.resolve() == docs or docs in out.resolve().parents):
+        print(f"error: --quick figures are not the committed ones and are never written into {docs}; choose another --out",
+              file=sys.stderr)
+        return 2
+    cfg = replace(cfg, out=out)
     try:
         cfg.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
