@@ -147,7 +147,7 @@ def check_config(cfg: RunConfig) -> str | None:
             problem = check_model_dir(path, flag(f"models.{which}_path"))
             if problem:
                 return problem
-    if cfg.study == "scale" and m.policy_path is not None:
+    if cfg.hypothesis == "scale" and m.policy_path is not None:
         return "the scale study builds policies of several widths; it cannot scale a model loaded from --models.policy-path"
     if cfg.device == "cuda":
         import torch

@@ -118,20 +118,20 @@ class RunConfig:
     """smoke (≤ 2 min on a laptop CPU), small (the coverage study in ≤ 30 min on CPU), paper (the paper's hyper-parameters; GPU)"""
     config: Path | None = None
     """a JSON or TOML file of overrides, applied after the preset and before these flags"""
-    study: StudyName = "coverage"
-    """which study of shared/studies.py to run"""
+    hypothesis: StudyName = "coverage"
+    """which study (also --study): coverage (H1), quality (H2), classification (H3), contrastive (H4), scale (H5), data (§5), equivalence (RLHF vs DPO), refresh (semi-online k); docs/studies/"""
     seeds: int = 1
     """training seeds per arm (CIs are over seeds)"""
-    out: Path = Path("runs/fullscale")
-    """output directory: results.json, figures, report.md, metrics.jsonl, and the stage cache"""
+    out: Path | None = None
+    """output directory for results.json, figures, report.md, metrics.jsonl and the stage cache; default a new runs/fullscale/<hypothesis>-<preset>-<date-time> per run; a given DIR must not hold a finished run"""
     resume: bool = False
-    """continue in an existing --out: reuse finished stages, resume unfinished runs"""
+    """continue the run in --out DIR (required): reuse finished stages, resume unfinished runs"""
     cache: Path | None = None
     """stage cache directory (default DIR/cache); point several runs at one to share stages"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: cuda when available"""
     threads: int = 0
-    """CPU threads for torch (0: torch's default). Recorded in config.json; --resume restores it, since results depend on it in their last digits"""
+    """CPU threads for torch (0: the cores idle at start-up, shared/machine.py). Recorded in config.json; --resume restores it, since results depend on it in their last digits"""
     seed: int = 0
     """seed of model initialisation and of the golden policy"""
     data: DataConfig = field(default_factory=DataConfig)
@@ -290,6 +290,8 @@ def _merge(obj, overrides, file: Path, prefix: str = ""):
     hints = typing.get_type_hints(type(obj))
     changes = {}
     for k, v in overrides.items():
+        if not prefix and k == "study":  # the key's earlier name (shared.cli.ALIASES)
+            k = "hypothesis"
         name = prefix + k
         if k not in names:
             raise ConfigFileError(f"{file}: unknown key {name!r}; expected one of {', '.join(sorted(names))}")

@@ -18,9 +18,8 @@ import torch
 
 from fullscale.lm import sample_responses, sequence_logp, tokenwise_kl
 from fullscale.train import safe_load
-from fullscale.world import generator_for
 from shared.metrics import classifier_accuracy, logp_shift, policy_margin, win_rate_from_labels
-from shared.protocol import online_partner, provides_stream
+from shared.protocol import online_partner, provides_stream, stream_generator
 from shared.studies import Arm
 
 __all__ = ["evaluate_checkpoint"]
@@ -32,7 +31,7 @@ def evaluate_checkpoint(pipe, model, ref, arm: Arm, seed: int, step: int):
     sampling seed per checkpoint so that curves differ by the policy, not by sampling noise."""
     ops = pipe.policy_ops()
     L, temp = pipe.cfg.data.max_response_tokens, pipe.t.temperature
-    g = generator_for(seed, f"eval/{step}", pipe.device)
+    g = stream_generator(seed, f"eval/{step}", pipe.device)
     x = pipe.win_x
     y = sample_responses(model, pipe.prompts, x, L, **ops, generator=g, temperature=temp)
     m = pipe.golden_oracle.margin(x, y, pipe.golden_y)

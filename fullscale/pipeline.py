@@ -27,10 +27,10 @@ from fullscale.data import Prepared
 from fullscale.evaluate import evaluate_checkpoint
 from fullscale.lm import LMPolicy, sample_responses, sequence_logp
 from fullscale.train import atomic_save, optimise, safe_load
-from fullscale.world import World, generator_for
+from fullscale.world import World
 from shared.claims import judge
 from shared.protocol import (SamplerWorld, checkpoint_steps, dataset_fractions, make_sampler, provides_stream, run_order,
-                             stream_read_by, sweep_configs)
+                             stream_generator, stream_read_by, sweep_configs)
 from shared.sampling import Batch, policy_pair_dataset
 from shared.studies import STUDIES, Arm
 
@@ -59,7 +59,7 @@ class Pipeline(World):
         model = self._new_policy(1.0)
         model.load_state_dict(safe_load(d / "final.pt"))
         n = min(self.cfg.eval.win_prompts, len(self.prompts.ids))
-        g = generator_for(self.cfg.seed, "golden-responses", self.device)
+        g = stream_generator(self.cfg.seed, "golden-responses", self.device)
         self.win_x = torch.arange(n, device=self.device)
         self.golden_y = sample_responses(model, self.prompts, self.win_x, self.cfg.data.max_response_tokens, self.ids["eos"],
                                          self.ids["pad"], g, self.t.temperature)
@@ -107,7 +107,7 @@ class Pipeline(World):
         ref = self.sft[arm.capacity]
         model = self._new_policy(arm.capacity)
         model.load_state_dict(ref.state_dict())
-        g = generator_for(seed, f"{arm.name}/{c}", self.device)
+        g = stream_generator(seed, f"{arm.name}/{c}", self.device)
         policy = LMPolicy(model, self.prompts, self.cfg.data.max_response_tokens, self.ids["eos"], self.ids["pad"], t.temperature)
         steps = c["steps"]
         sampler = self._sampler(arm, policy, seed, g, steps)

@@ -1,16 +1,17 @@
 """Run a study of the online/offline gap with language models: the protocol of
 Tang et al. 2024 on small models trained from scratch, or on your own local models and data.
 
-    python -m fullscale.run --preset smoke
-    python -m fullscale.run --preset small --study coverage --out runs/fs-small
+    python -m fullscale.run --preset smoke                  # every stage on tiny models, about 15 s on a CPU
+    python -m fullscale.run --preset small --hypothesis coverage --out runs/fs-small
     python -m fullscale.run --preset small --data.source hh --data.path hh.jsonl
-    python -m fullscale.run --config my.toml --train.steps 200 --resume
-    python -m fullscale.run --help
+    python -m fullscale.run --preset small --hypothesis coverage --out runs/fs-small --resume  # after a kill
+    python -m fullscale.run --config my.toml --train.steps 200
 
 Writes DIR/results.json (the schema of docs/results-schema.md, shared with
 toysim), PNG figures, DIR/report.md, DIR/metrics.jsonl (one line per
-checkpoint) and DIR/config.json; stages are cached in DIR/cache. Docs:
-docs/fullscale.md.
+checkpoint) and DIR/config.json; stages are cached in DIR/cache. DIR is
+--out, or a new runs/fullscale/<hypothesis>-<preset>-<date-time> per run.
+Docs: docs/fullscale.md.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _resolve(argv: list[str] | None):
     base = preset(known.preset)
     if known.config:
         base = apply_file(base, Path(known.config))
-    return cli(RunConfig, argv, default=base, prog="python -m fullscale.run", description=__doc__.split("\n\n")[0])
+    return cli(RunConfig, argv, default=base, prog="python -m fullscale.run", description="\n\n".join(__doc__.split("\n\n")[:2]))
 
 
 def _check_out(cfg) -> str | None:
@@ -61,12 +62,11 @@ def _check_out(cfg) -> str | None:
     if out.exists() and not out.is_dir():
         return f"--out {out} is a file; choose a directory"
     if (out / "results.json").exists():
-        if cfg.resume:
-            return f"{out}/results.json exists: that run is finished; choose a new --out"
-        return f"{out} holds a finished run; choose a new --out (results are never overwritten)"
+        return (f"{out} holds a finished run (its report: {out}/report.md); to run again, leave out --out "
+                "(each run gets a new folder) or choose a new --out")
     if (out / "config.json").exists():
         if not cfg.resume:
-            return f"{out} holds a run; pass --resume to continue it or choose a new --out (results are never overwritten)"
+            return f"{out} holds an unfinished run; add --resume to continue it, or leave out --out to start a new one"
         try:
             saved = json.loads((out / "config.json").read_text())
         except (ValueError, OSError) as e:
@@ -90,16 +90,24 @@ def _check_out(cfg) -> str | None:
 
 def _threads(cfg):
     """Fix torch's CPU thread count: --threads, else the count a resumed run recorded, else
-    torch's default. Results depend on it in their last digits (docs/fullscale.md)."""
-    import torch
+    the cores idle at start-up (``shared.machine.default_threads``). Results depend on it in
+    their last digits (docs/fullscale.md)."""
+    from shared.machine import apply_threads
 
     n = cfg.threads
     if n == 0 and cfg.resume and (cfg.out / "config.json").is_file():
         with contextlib.suppress(ValueError, OSError, AttributeError):
             n = int(json.loads((cfg.out / "config.json").read_text()).get("threads") or 0)
-    n = n or torch.get_num_threads()
-    torch.set_num_threads(n)
-    return replace(cfg, threads=n)
+    return replace(cfg, threads=apply_threads(n))
+
+
+def _run_dir(cfg):
+    """--out as given, else a new folder per run (``shared.cli.new_run_dir``)."""
+    from shared.cli import new_run_dir
+
+    if cfg.out is not None:
+        return cfg
+    return replace(cfg, out=new_run_dir(Path("runs/fullscale"), f"{cfg.hypothesis}-{cfg.preset}"))
 
 
 def _jsonable(cfg) -> dict:
@@ -166,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     problem = check_config(cfg)
     if problem:
         return fail(problem)
-    cfg = _threads(cfg)
+    if cfg.resume and cfg.out is None:
+        return fail("--resume continues the run in --out DIR; name that folder")
+    cfg = _threads(_run_dir(cfg))
     problem = _check_out(cfg)
     if problem:
         return fail(problem)
@@ -189,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"cannot write to {e.filename or cfg.out}: {e.strerror or e}")
     print(f"resolved config: {json.dumps(resolved)}")
 
+    # lazy: torch and transformers load only once the inputs are checked (fast --help and errors)
     from fullscale.pipeline import Pipeline, run_study
-    from shared import report
+    from shared import plots, report
 
     t0 = time.time()
     metrics, logged = _open_log(cfg.out / "metrics.jsonl", cfg.resume)
@@ -205,14 +216,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         pipe = Pipeline(cfg, _progress, log, data=prepared)
-        res = run_study(pipe, cfg.study)
+        res = run_study(pipe, cfg.hypothesis)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     finally:
         metrics.close()
     _write_json(cfg.out / "results.json", res)
-    figs = report.figures(res, cfg.out)
+    figs = plots.figures(res, cfg.out)
     path = report.write_report([res], cfg.out, {res["study"]: figs}, title="fullscale report", flat=True)
     print(f"\n== {res['study']}: {res['question']}  ({time.time() - t0:.1f} s, {res['extras']['machine']})")
     print(report.format_table(res))

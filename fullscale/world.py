@@ -33,7 +33,7 @@ from shared.metrics import classifier_accuracy
 from shared.preferences import label_pairs
 from shared.sampling import Batch
 
-__all__ = ["World", "config_hash", "data_stage_dir", "generator_for"]
+__all__ = ["World", "config_hash", "data_stage_dir"]
 
 
 def data_stage_deps(cfg: RunConfig) -> tuple:
@@ -50,11 +50,6 @@ def data_stage_dir(cfg: RunConfig) -> Path:
 def config_hash(*parts) -> str:
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def generator_for(seed: int, name: str, device) -> torch.Generator:
-    """The generator of one stream of draws (a run, an evaluation), seeded by its name."""
-    return torch.Generator(device=device).manual_seed(int(config_hash(seed, name), 16) % (2**62))
 
 
 def _null_progress(total, desc):

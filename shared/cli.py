@@ -11,8 +11,14 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
+import time
+from pathlib import Path
 
-__all__ = ["cli", "one_line"]
+__all__ = ["cli", "one_line", "ALIASES", "new_run_dir"]
+
+ALIASES = {"--study": "--hypothesis"}
+"""Other spellings of a flag, accepted by every command that has the flag: one concept, one name
+(``--hypothesis``, the documented command's) across toysim and fullscale."""
 
 _BOX = "╭╮╰╯│─ "
 
@@ -33,11 +39,39 @@ def one_line(message: str) -> str:
     return " ".join(words) or "invalid arguments"
 
 
+def _canonical(argv: list[str]) -> list[str]:
+    """``argv`` with every alias of ``ALIASES`` (``--study x``, ``--study=x``) spelled canonically."""
+    out = []
+    for a in argv:
+        flag, eq, value = a.partition("=")
+        out.append(ALIASES.get(flag, flag) + eq + value if flag in ALIASES else a)
+    return out
+
+
+def new_run_dir(base: Path, name: str) -> Path:
+    """A folder for one run that does not exist yet: ``base/<name>-<YYYYmmdd-HHMMSS>``, with
+    ``-2``, ``-3``… appended when two runs start in the same second. The convention of the
+    field's run loggers (a study name and a timestamp), so a command can be run again as
+    printed and never overwrites results. Docs: docs/tutorial.md (A first figure)."""
+    stem = base / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, k = stem, 1
+    while path.exists():
+        k += 1
+        path = stem.with_name(f"{stem.name}-{k}")
+    return path
+
+
 def cli(cls, argv: list[str] | None, prog: str, description: str, **kwargs):
     """``tyro.cli(cls, ...)``; a bad argument prints ``error: <tyro's message>`` as one
-    line on stderr and raises ``SystemExit(2)``. ``--help`` is untouched."""
+    line on stderr and raises ``SystemExit(2)``. ``--help`` is untouched; the spellings of
+    ``ALIASES`` are accepted."""
     import tyro
 
+    import dataclasses
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(f.name == "hypothesis" for f in dataclasses.fields(cls)):
+        argv = _canonical(argv)
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):

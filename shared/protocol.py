@@ -13,19 +13,22 @@ world, its policy and its training step.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import torch
 
 from shared import losses
 from shared.sampling import Batch, OfflineSampler, OnlineSampler, RefreshSampler, ReplaySampler, RolloutSampler
 from shared.studies import STUDIES, Arm
 
 __all__ = ["LOSSES", "Schedule", "OFFLINE_SOURCES", "STREAM_SOURCES", "dataset_fractions", "steps_of",
-           "sweep_configs", "checkpoint_steps", "provides_stream", "stream_read_by", "online_partner", "run_order", "SamplerWorld", "make_sampler"]
+           "sweep_configs", "checkpoint_steps", "provides_stream", "stream_read_by", "online_partner", "run_order", "stream_generator", "SamplerWorld", "make_sampler"]
 
 LOSSES = {"ipo": losses.ipo_loss, "dpo": losses.dpo_loss, "slic": losses.slic_loss, "bo2": losses.bo2_loss,
           "rloo": losses.rloo_loss}
@@ -135,6 +138,16 @@ def run_order(arms) -> list[Arm]:
     """The arms in the order they run: the arms others read first (``provides_stream``),
     otherwise as declared."""
     return sorted(arms, key=lambda a: not provides_stream(a))
+
+
+def stream_generator(seed: int, name: str, device="cpu") -> torch.Generator:
+    """The generator of one named stream of draws (an arm's runs, an evaluation, the golden
+    policy's responses) in the world of ``seed``: seeded by the SHA-256 of ``[seed, name]``, so
+    two streams of one world never share draws and a stream's draws do not depend on which
+    other streams ran before it (the run order of ``run_order`` can change freely).
+    Docs: docs/tutorial.md (Seeds)."""
+    digest = hashlib.sha256(json.dumps([seed, name]).encode()).hexdigest()[:12]
+    return torch.Generator(device=device).manual_seed(int(digest, 16) % (2**62))
 
 
 @dataclass

@@ -43,3 +43,25 @@ def test_good_arguments_and_help_pass_through(capsys):
 def test_one_line_reads_the_text_inside_the_box_up_to_its_rule():
     box = "╭─ Invalid choice ─╮\n│ first part       │\n│ second part.     │\n│ ──────────────── │\n│ For full help    │\n╰──────────────────╯\n"
     assert one_line(box) == "first part second part."
+
+
+def test_the_choices_the_help_lists_are_the_real_ones():
+    """toysim's preset choices are the keys of PRESETS; the sweep's knobs are WorldConfig's numeric fields."""
+    import dataclasses
+    import typing
+
+    from toysim.env import WorldConfig
+    from toysim.gap import PresetName
+    from toysim.presets import PRESETS
+    from toysim.sweep import KNOBS
+
+    assert set(typing.get_args(PresetName)) == set(PRESETS)
+    numeric = {f.name for f in dataclasses.fields(WorldConfig) if f.type in ("int", "float", int, float)} - {"seed"}
+    assert set(KNOBS) == numeric
+
+
+def test_study_is_an_alias_of_hypothesis_only_where_hypothesis_exists():
+    from shared.cli import _canonical
+
+    assert _canonical(["--study", "x", "--study=y", "--studyx"]) == ["--hypothesis", "x", "--hypothesis=y", "--studyx"]
+    assert cli(_Config, ["--study", "theory"], prog="prog", description="A command.").study == "theory"  # a real --study stays

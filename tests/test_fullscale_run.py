@@ -140,7 +140,8 @@ def test_the_smoke_preset_twice_gives_the_same_results(tmp_path):
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--train.beta", "-1"], "--train.beta must be a number > 0"),
     (["--data.source", "hh"], "needs --data.path"),
-    (["--study", "nonsense"], "invalid choice 'nonsense' for argument '--study'"),
+    (["--hypothesis", "nonsense"], "invalid choice 'nonsense' for argument '--hypothesis'"),
+    (["--study", "nonsense"], "invalid choice 'nonsense' for argument '--hypothesis'"),  # the alias
     (["--train.steps", "abc"], "--train.steps"),
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
@@ -152,8 +153,12 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
 
 
 def test_existing_run_is_never_overwritten_and_resume_checks_the_config(tmp_path, uninterrupted, tiny_config):
-    r = run("--config", tiny_config, "--out", uninterrupted[0])
-    assert r.returncode == 2 and "never overwritten" in r.stderr
+    before = (uninterrupted[0] / "results.json").read_text()
+    for extra in ([], ["--resume"]):  # a finished run: one line that says what works, either way
+        r = run("--config", tiny_config, "--out", uninterrupted[0], *extra)
+        assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+        assert "holds a finished run" in r.stderr and "leave out --out" in r.stderr
+    assert (uninterrupted[0] / "results.json").read_text() == before
     out = tmp_path / "r"
     out.mkdir()
     (out / "config.json").write_text(json.dumps({"seeds": 7}))
@@ -171,6 +176,22 @@ def test_bad_config_file_key(tmp_path):
 def test_help_is_generated_from_the_config():
     r = run("--help")
     assert r.returncode == 0 and "--train.steps" in r.stdout and "offline runs" in r.stdout
+    assert "python -m fullscale.run --preset smoke" in r.stdout  # the examples
+    assert "{smoke,small,paper}" in r.stdout and "{coverage,quality," in r.stdout  # the choices
+
+
+def test_the_same_command_runs_twice_into_two_folders(tmp_path, tiny_config):
+    """Without --out every run gets a new folder, so the documented command can be run again as printed."""
+    for _ in range(2):
+        r = run("--config", tiny_config, "--hypothesis", "coverage", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+    runs = sorted((tmp_path / "runs" / "fullscale").iterdir())
+    assert len(runs) == 2 and all(d.name.startswith("coverage-") and (d / "results.json").exists() for d in runs)
+
+
+def test_resume_needs_the_folder_it_continues(tmp_path):
+    r = run("--resume")
+    assert r.returncode == 2 and "--resume continues the run in --out DIR" in r.stderr
 
 
 @pytest.mark.parametrize("init", ["sft", "scratch"])

@@ -1,13 +1,18 @@
 """shared.protocol: the rules of the study both backends call, against plain references;
 and the study-name lists of both command lines come from shared.studies.STUDIES."""
 
+import hashlib
 import math
 import typing
 
 import pytest
+import torch
 
+import fullscale.evaluate
+import fullscale.pipeline
+import toysim.study
 from shared import losses
-from shared.protocol import LOSSES, Schedule, checkpoint_steps, dataset_fractions, run_order, steps_of, sweep_configs
+from shared.protocol import LOSSES, Schedule, checkpoint_steps, dataset_fractions, run_order, steps_of, stream_generator, sweep_configs
 from shared.studies import SOURCES, STUDIES, Arm
 
 
@@ -133,3 +138,17 @@ def test_an_arms_online_partner_is_the_online_arm_of_its_study_capacity_and_loss
             "refresh-4": "online", "ipo-md": "online", "sft-vs-800": "online", "online@4": "online@4"}
     assert {name: online_partner(ARMS[name]) for name in want} == want
     assert online_partner(Arm("mine", "offline")) is None  # declared by no study
+
+
+def test_one_seeding_scheme_names_each_stream():
+    """Each stream's seed is the SHA-256 of ``[seed, name]`` (worked by hand here), the same in
+    both backends, and does not depend on which streams were drawn before it."""
+    by_hand = int(hashlib.sha256(b'[3, "online-ipo/0"]').hexdigest()[:12], 16) % (2**62)
+    assert stream_generator(3, "online-ipo/0").initial_seed() == by_hand
+    first = torch.rand(4, generator=stream_generator(3, "offline-ipo"))
+    stream_generator(3, "online-ipo").seed()  # another stream drawn in between changes nothing
+    assert torch.equal(first, torch.rand(4, generator=stream_generator(3, "offline-ipo")))
+    assert not torch.equal(first, torch.rand(4, generator=stream_generator(4, "offline-ipo")))
+    assert not torch.equal(first, torch.rand(4, generator=stream_generator(3, "online-ipo")))
+    for module in (toysim.study, fullscale.pipeline, fullscale.evaluate):
+        assert module.stream_generator is stream_generator

@@ -81,7 +81,7 @@ def test_population_mode_runs_online_and_offline(tmp_path):
     (["--lr", "1e300"], "--lr must be > 0"),
     (["--seeds", "0"], "--seeds must be at least 1"),
     (["--seeds", "1000000000"], "--seeds must be at least 1 and at most 100"),
-    (["--preset", "nope"], "unknown preset"),
+    (["--preset", "nope"], "invalid choice 'nope' for argument '--preset'"),
     (["--out", "/proc/forbidden"], "cannot write"),
 ])
 def test_bad_arguments_exit_2_without_traceback(args, message, tmp_path):
@@ -116,3 +116,29 @@ def test_the_printed_config_is_the_one_in_effect(tmp_path):
     line = next(ln for ln in p.stdout.splitlines() if ln.startswith("resolved config: "))
     cfg = json.loads(line.removeprefix("resolved config: "))
     assert cfg["train"]["beta"] == 0.3 and cfg["train"]["lr"] == 0.02 and cfg["train"]["steps"] == 80  # --quick's steps
+
+
+def test_the_documented_command_runs_twice_into_two_folders(tmp_path):
+    """``python -m toysim.gap --hypothesis contrastive`` as printed, twice in a row (here at
+    --quick): both succeed, each in a new runs/toysim/<hypothesis>-<date-time>; --study is the alias."""
+    for flag in ("--hypothesis", "--study"):
+        p = _run(flag, "contrastive", "--quick", "--seeds", "1", cwd=tmp_path)
+        assert p.returncode == 0, p.stderr
+    runs = sorted((tmp_path / "runs" / "toysim").iterdir())
+    assert len(runs) == 2 and all(d.name.startswith("contrastive-") for d in runs)
+    assert all((d / "contrastive" / "results.json").exists() and (d / "report.md").exists() for d in runs)
+
+
+def test_quick_verdicts_are_marked_as_plumbing_checks(quick_all):
+    out, stdout = quick_all
+    assert stdout.count("note: preset default-quick is sized to check that every stage runs") >= len(STUDIES)  # by each verdict list
+    report = (out / "report.md").read_text()
+    assert report.count("> preset default-quick is sized to check") == len(STUDIES)
+
+
+def test_help_lists_the_choices():
+    p = _run("--help")
+    assert "{default,arena}" in p.stdout and "{sgd,population}" in p.stdout and "{coverage,quality," in p.stdout
+    assert "python -m toysim.gap --hypothesis contrastive" in p.stdout  # the examples
+    p = subprocess.run([sys.executable, "-m", "toysim.sweep", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert "{label_noise,golden_pairs," in p.stdout and "{default,arena}" in p.stdout

@@ -61,3 +61,25 @@ def test_figures_quick_never_writes_into_docs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert figures.main(["--quick"]) == 0
     assert (tmp_path / "runs" / "figures-quick" / "sweep" / "sweep.json").exists()
+
+
+def test_figures_put_the_earlier_results_back_when_a_run_crashes(tmp_path, monkeypatch):
+    """A run that raises (a bug, Ctrl-C) must not leave the committed folder deleted."""
+    import toysim.figures
+    import toysim.gap
+
+    earlier = tmp_path / "toysim-default"
+    earlier.mkdir()
+    (earlier / "results.json").write_text("{}")
+
+    def crash(argv):
+        (tmp_path / "toysim-default").mkdir()
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(toysim.gap, "main", crash)
+    try:
+        toysim.figures.main(["--out", str(tmp_path)])
+    except RuntimeError:
+        pass
+    assert (earlier / "results.json").read_text() == "{}"
+    assert not (tmp_path / ".toysim-default.old").exists()

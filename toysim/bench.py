@@ -44,9 +44,9 @@ class BenchConfig:
     loop_runs: int = 2
     """runs timed in the one-at-a-time loop"""
     repeats: int = 5
-    """timed repetitions (the median is reported); this shared 2-core VM varies ±15% run to run"""
+    """timed repetitions (the median is reported); a busy or shared machine varies from one run to the next"""
     threads: int = 0
-    """torch threads (0: torch's default)"""
+    """CPU threads for torch (0: the cores idle at start-up, shared/machine.py; OMP_NUM_THREADS when set)"""
 
 
 def _setup(cfg: BenchConfig, runs: int, policy: str):
@@ -88,14 +88,15 @@ def _measure(cfg: BenchConfig, policy: str) -> tuple[list[float], list[float]]:
 
 def main(argv=None) -> int:
     import torch
+
     from shared.cli import cli
+    from shared.machine import apply_threads
 
     cfg = cli(BenchConfig, argv, prog="python -m toysim.bench", description=__doc__.split("\n\n")[0])
     if min(cfg.prompts, cfg.runs, cfg.steps, cfg.loop_runs, cfg.repeats) < 1 or cfg.responses < 2:
         print("error: sizes must be positive (responses ≥ 2)", file=sys.stderr)
         return 2
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    apply_threads(cfg.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
     print(f"config: {cfg}")
     policies = ("loglinear", "tabular") if cfg.policy == "both" else (cfg.policy,)

@@ -128,13 +128,17 @@ def main(argv: list[str] | None = None) -> int:
             dest.rename(old)
         args = args + (QUICK[module] if cfg.quick else []) + ["--out", str(dest)]
         print(f"== {name}: python -m {module} {' '.join(args)}", flush=True)
-        with (cfg.out / f"{name}.log").open("w") as log, contextlib.redirect_stdout(_Tee(sys.stdout, log)):
-            rc = importlib.import_module(module).main(args)
+        rc = 1
+        try:
+            with (cfg.out / f"{name}.log").open("w") as log, contextlib.redirect_stdout(_Tee(sys.stdout, log)):
+                rc = importlib.import_module(module).main(args)
+        finally:  # a failed run, an exception or Ctrl-C: the earlier results go back in place
+            if rc != 0:
+                shutil.rmtree(dest, ignore_errors=True)
+                if old.exists():
+                    old.rename(dest)
+                print(f"error: {name} failed (exit {rc}); the earlier {dest} is kept", file=sys.stderr)
         if rc != 0:
-            shutil.rmtree(dest, ignore_errors=True)
-            if old.exists():
-                old.rename(dest)
-            print(f"error: {name} failed (exit {rc}); the earlier {dest} is kept", file=sys.stderr)
             return rc
         shutil.rmtree(old, ignore_errors=True)
     if not cfg.quick and cfg.out.resolve() == (Path(__file__).resolve().parents[1] / "docs" / "figures"):

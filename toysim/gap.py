@@ -1,14 +1,16 @@
 """Why does online preference optimisation beat offline at the same KL budget?
 Run one study (or all) of Tang et al. 2024 in the exact tabular simulator.
 
-    python -m toysim.gap --hypothesis contrastive
-    python -m toysim.gap --hypothesis all --seeds 5 --out runs/toysim
-    python -m toysim.gap --help
+    python -m toysim.gap --hypothesis contrastive            # one study, about 10 s
+    python -m toysim.gap --hypothesis all --seeds 5           # every study, about a minute
+    python -m toysim.gap --hypothesis coverage --quick        # a plumbing check in seconds
+    python -m toysim.gap --hypothesis coverage --mode population --out runs/exact
 
 Prints per study a table (arm, peak win rate ± 95% CI over seeds, KL at the
 peak, win rate at matched KL against online) and a verdict for each claim of
 the study tests (the README's claims table); writes DIR/<study>/results.json (schema:
-docs/results-schema.md), PNG figures, and DIR/report.md. Docs: docs/tutorial.md.
+docs/results-schema.md), PNG figures, and DIR/report.md. DIR is --out, or a new
+runs/toysim/<hypothesis>-<date-time> per run. Docs: docs/tutorial.md.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from shared.studies import STUDIES
 __all__ = ["GapConfig", "main", "fail"]
 
 Hypothesis = Literal[(*STUDIES, "all")]  # type: ignore[valid-type]  (the study names of shared.studies, or all)
+PresetName = Literal["default", "arena"]  # the keys of toysim.presets.PRESETS (tests/test_cli.py holds them equal)
 
 
 @dataclass(frozen=True)
@@ -34,21 +37,23 @@ class GapConfig:
     """Run a study of the online/offline gap in the exact simulator."""
 
     hypothesis: Hypothesis = "coverage"
-    """which study: coverage (H1), quality (H2), classification (H3), contrastive (H4), scale (H5), data (§5), theory, equivalence (RLHF vs DPO), refresh (semi-online k), or all"""
-    preset: str = "default"
-    """world and training settings: default (large gap) or arena (small gap); see toysim/presets.py"""
+    """which study (also --study): coverage (H1), quality (H2), classification (H3), contrastive (H4), scale (H5), data (§5), theory, equivalence (RLHF vs DPO), refresh (semi-online k), or all"""
+    preset: PresetName = "default"
+    """world and training settings: default (large gap, the paper's TL;DR and helpfulness) or arena (small gap, Chatbot Arena); toysim/presets.py"""
     seeds: int = 5
     """training seeds per arm (CIs are over seeds); at most 100, since all of them train at once"""
-    out: Path = Path("runs/toysim")
-    """output directory; DIR/<study> and DIR/report.md must not exist yet (results are never overwritten)"""
+    out: Path | None = None
+    """output directory; default a new runs/toysim/<hypothesis>-<date-time> per run; a given DIR must not hold DIR/<study> or DIR/report.md yet (results are never overwritten)"""
     quick: bool = False
-    """a smaller, shorter world and run, for a first look in seconds"""
+    """a smaller, shorter world and run: a plumbing check in seconds, whose verdicts are not the study's (the preset is named <preset>-quick)"""
     mode: Literal["sgd", "population"] = "sgd"
     """sgd: minibatch pairs (the paper's setting); population: exact expected gradients (online/offline arms only)"""
     beta: float | None = None
     """override the preset's baseline β (the offline sweep scales with it)"""
     lr: float | None = None
     """override the preset's baseline Adam learning rate"""
+    threads: int = 0
+    """CPU threads for torch (0: the cores idle at start-up, shared/machine.py; OMP_NUM_THREADS when set)"""
 
 
 MAX_SEEDS = 100
@@ -82,6 +87,8 @@ def _check(cfg: GapConfig, studies: list[str]) -> str | None:
         return f"--beta must be > 0 and at most 1e3, got {cfg.beta}"
     if cfg.lr is not None and not (math.isfinite(cfg.lr) and 0 < cfg.lr <= 10):
         return f"--lr must be > 0 and at most 10, got {cfg.lr}"
+    if not 0 <= cfg.threads <= 4096:
+        return f"--threads must be 0 (the cores idle at start-up) or a count up to 4096, got {cfg.threads}"
     for s in studies + ["report.md"]:
         if (cfg.out / s).exists():
             return f"{cfg.out / s} exists; choose a new --out (results are never overwritten)"
@@ -103,19 +110,23 @@ def _write_json(path: Path, obj) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shared.cli import cli
+    from shared.cli import cli, new_run_dir
 
     try:
-        cfg = cli(GapConfig, argv, prog="python -m toysim.gap", description=__doc__.split("\n\n")[0])
+        cfg = cli(GapConfig, argv, prog="python -m toysim.gap", description="\n\n".join(__doc__.split("\n\n")[:2]))
     except SystemExit as e:  # --help (0), or a bad argument reported in one line (2)
         return 0 if e.code in (0, None) else 2
 
     studies = list(STUDIES) if cfg.hypothesis == "all" else [cfg.hypothesis]
+    if cfg.out is None:
+        cfg = replace(cfg, out=new_run_dir(Path("runs/toysim"), cfg.hypothesis))
     problem = _check(cfg, studies)
     if problem:
         return fail(problem)
 
-    from shared import report
+    # lazy: torch loads only once the inputs are checked (fast --help and errors)
+    from shared import plots, report
+    from shared.machine import apply_threads
     from toysim.presets import PRESETS, quick
     from toysim.study import Runner, run_study
 
@@ -129,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     preset = replace(preset, train=train)
     command = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
     # the settings in effect (the preset's, with --quick, --beta and --lr applied), not only the flags
-    print(f"resolved config: {json.dumps({**command, 'world': asdict(preset.world), 'train': asdict(preset.train)})}")
+    threads = apply_threads(cfg.threads)
+    print(f"resolved config: {json.dumps({**command, 'threads': threads, 'world': asdict(preset.world), 'train': asdict(preset.train)})}")
 
     t0 = time.time()
     runner = Runner(preset, cfg.seeds, cfg.mode, _progress)
@@ -145,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         d = cfg.out / name
         d.mkdir(parents=True)
         _write_json(d / "results.json", res)
-        figs[name] = report.figures(res, d)
+        figs[name] = plots.figures(res, d)
         all_results.append(res)
         print(f"\n== {name}: {res['question']}  ({time.time() - t:.1f} s)")
         if res["arms"]:

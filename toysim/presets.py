@@ -55,8 +55,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
 
 
 def quick(p: Preset) -> Preset:
-    """A smaller, shorter version of a preset for smoke runs (``--quick``)."""
+    """A smaller, shorter version of a preset for plumbing checks (``--quick``), named
+    ``<preset>-quick`` so every table and report of its results says what it is
+    (``shared.report.plumbing_note``)."""
     w = replace(p.world, prompts=12, responses=24, golden_pairs=min(p.world.golden_pairs, 256),
                 policy_features=min(p.world.policy_features, 16))
     t = replace(p.train, steps=80, offline_mult=2, checkpoints=8)
-    return replace(p, world=w, train=t)
+    return replace(p, name=f"{p.name}-quick", world=w, train=t)

@@ -14,7 +14,6 @@ Order of work (same sections as fullscale.run):
 from __future__ import annotations
 
 import contextlib
-import zlib
 from dataclasses import asdict
 
 import torch
@@ -22,7 +21,7 @@ import torch
 from shared.claims import judge
 from shared.preferences import hard_preference
 from shared.protocol import (LOSSES, STREAM_SOURCES, SamplerWorld, checkpoint_steps, make_sampler, online_partner, provides_stream,
-                             run_order, stream_read_by, sweep_configs)
+                             run_order, stream_generator, stream_read_by, sweep_configs)
 from shared.sampling import Batch, geometric_mixture, policy_pair_dataset, stack_batches
 from shared.studies import Arm, Study
 from toysim.engine import Evaluator, LogLinearPolicy, sample_rows, train
@@ -31,10 +30,6 @@ from toysim.presets import Preset
 from toysim.theory import equivalence_checks, population_loss, rlhf_objective, theory_checks
 
 __all__ = ["Runner", "run_study"]
-
-
-def _gen(seed: int, name: str) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
 
 
 class Runner:
@@ -110,7 +105,7 @@ class Runner:
         samplers, tables = [], [{} for _ in arms]
         oracles = [self.golden_oracle if arm.labels == "golden" else self.proxy_oracle for arm in arms]
         for arm, sl, tab, oracle in zip(arms, parts, tables, oracles):
-            sampler = self.sampler(arm, _Runs(policy, sl), oracle, sl.stop - sl.start, _gen(self.p.world.seed, arm.name), seed_idx[sl], steps)
+            sampler = self.sampler(arm, _Runs(policy, sl), oracle, sl.stop - sl.start, stream_generator(self.p.world.seed, arm.name), seed_idx[sl], steps)
             if provides_stream(arm):  # registered now: arms of this group may read its tables as they are filled
                 self.online_state[arm.name] = {"tables": tab, "log": getattr(sampler, "log", None)}
             samplers.append(sampler)

@@ -9,7 +9,8 @@ seeds and records the win-rate gaps at matched KL and the peak gaps
 (``shared.results.gap``). It writes ``sweep.json`` and ``phase.png``: a phase
 diagram of where the gap lives. The paper has no such map (Tang et al. 2024
 compare four fixed tasks); it tells a user which properties of a task create
-the gap. Docs: docs/studies/coverage.md (§ the map).
+the gap. Docs: docs/studies/coverage.md (§ the map). Tests:
+tests/test_toysim_tools.py, tests/test_plots.py (the cell text colours).
 """
 
 from __future__ import annotations
@@ -20,37 +21,43 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 from shared.metrics import seed_ci
 from shared.results import gap, peak, per_seed
 from shared.studies import Arm, Study
+from toysim.gap import MAX_SEEDS, PresetName, fail
 
-__all__ = ["SweepConfig", "sweep", "main"]
+__all__ = ["SweepConfig", "sweep", "plot", "text_colors", "main"]
 
 KNOBS = ("label_noise", "golden_pairs", "proxy_features", "proxy_l2", "policy_features", "sft_temp", "mu_shift",
-         "responses", "penalty", "noise")
+         "responses", "prompts", "traits", "penalty", "noise")
+"""The numeric fields of ``toysim.env.WorldConfig`` a sweep can vary (tests/test_cli.py holds them equal)."""
+Knob = Literal[KNOBS]  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True)
 class SweepConfig:
     """Sweep two knobs of the world and map the gaps."""
 
-    x: str = "label_noise"
-    """knob on the horizontal axis (a WorldConfig field)"""
+    x: Knob = "label_noise"
+    """knob on the horizontal axis (a field of toysim.env.WorldConfig: what it does is in its docstring)"""
     x_values: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3)
     """its values"""
-    y: str = "policy_features"
-    """knob on the vertical axis (a WorldConfig field)"""
+    y: Knob = "policy_features"
+    """knob on the vertical axis (a field of toysim.env.WorldConfig)"""
     y_values: tuple[float, ...] = (16, 32, 64, 128)
     """its values"""
-    preset: str = "default"
-    """preset whose other settings every cell keeps"""
+    preset: PresetName = "default"
+    """preset whose other settings every cell keeps: default (large gap) or arena (small gap)"""
     seeds: int = 3
     """training seeds per cell"""
     quick: bool = False
-    """use the preset's quick (smaller, shorter) version"""
-    out: Path = Path("runs/sweep")
-    """output directory (must not exist yet)"""
+    """use the preset's quick (smaller, shorter) version: a plumbing check, not the map"""
+    out: Path | None = None
+    """output directory; default a new runs/sweep/<x>-<y>-<date-time> per run; a given DIR must not exist yet"""
+    threads: int = 0
+    """CPU threads for torch (0: the cores idle at start-up, shared/machine.py; OMP_NUM_THREADS when set)"""
 
 
 _STUDY = Study("sweep", "where does the gap live?", (
@@ -97,9 +104,24 @@ def sweep(cfg: SweepConfig, progress=None) -> dict:
     return {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}, "cells": cells}
 
 
-def plot(result: dict, path: Path) -> None:
+def text_colors(rgba):
+    """"black" or "white" per cell colour, whichever contrasts more with it: white where the WCAG 2
+    relative luminance L = 0.2126 R + 0.7152 G + 0.0722 B of the linearised sRGB channels is below
+    0.179, where (1 + 0.05) / (L + 0.05) exceeds (L + 0.05) / (0 + 0.05).
+
+    ``rgba``: [..., 3 or 4] colours in [0, 1] (a colormap's output); returns [...] of str."""
     import numpy as np
-    from matplotlib.figure import Figure
+
+    rgb = np.asarray(rgba, dtype=float)[..., :3]
+    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    lum = lin @ np.array([0.2126, 0.7152, 0.0722])
+    return np.where(lum < 0.179, "white", "black")
+
+
+def plot(result: dict, path: Path):
+    """Write the phase diagram of a sweep's result to ``path``; returns the figure."""
+    import numpy as np
+    from matplotlib.figure import Figure  # lazily: matplotlib is heavy, and only drawing needs it
 
     c = result["config"]
     xs, ys = list(c["x_values"]), list(c["y_values"])
@@ -112,8 +134,9 @@ def plot(result: dict, path: Path) -> None:
         grid = np.array([[next(cl[key][0] for cl in result["cells"] if cl[c["x"]] == xv and cl[c["y"]] == yv) for xv in xs] for yv in ys])
         lim = max(np.nanmax(np.abs(grid)), 1e-3)
         im = ax.imshow(grid, origin="lower", cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+        ink = text_colors(im.cmap(im.norm(grid)))  # [y, x]: readable on each cell's own colour
         for (i, j), v in np.ndenumerate(grid):
-            ax.text(j, i, f"{v:+.3f}", ha="center", va="center", fontsize=8)
+            ax.text(j, i, f"{v:+.3f}", ha="center", va="center", fontsize=8, color=ink[i, j])
         ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
         ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
         ax.set_xlabel(c["x"])
@@ -122,27 +145,30 @@ def plot(result: dict, path: Path) -> None:
         fig.colorbar(im, ax=ax, shrink=0.8)
     fig.suptitle(f"Where the gap lives (preset {c['preset']}, {c['seeds']} seeds; blue = first arm better)", fontsize=10)
     fig.savefig(path, dpi=110)
+    return fig
 
 
 def main(argv=None) -> int:
-    from shared.cli import cli
     from tqdm import tqdm
 
-    from toysim.env import WorldConfig
-    from toysim.gap import MAX_SEEDS, fail
+    from shared.cli import cli, new_run_dir
+    from shared.machine import apply_threads
     from toysim.presets import PRESETS
 
-    cfg = cli(SweepConfig, argv, prog="python -m toysim.sweep", description=__doc__.split("\n\n")[0])
-    fields = {f.name for f in dataclasses.fields(WorldConfig)}
-    for knob in (cfg.x, cfg.y):
-        if knob not in fields:
-            return fail(f"unknown knob {knob!r}; choose from {', '.join(sorted(fields))}")
+    try:
+        cfg = cli(SweepConfig, argv, prog="python -m toysim.sweep", description="\n\n".join(__doc__.split("\n\n")[:2]))
+    except SystemExit as e:  # --help (0), or a bad argument reported in one line (2)
+        return 0 if e.code in (0, None) else 2
     if cfg.preset not in PRESETS:
         return fail(f"unknown preset {cfg.preset!r}; choose from {', '.join(PRESETS)}")
     if not 1 <= cfg.seeds <= MAX_SEEDS:
         return fail(f"--seeds must be at least 1 and at most {MAX_SEEDS}, got {cfg.seeds}")
+    if not 0 <= cfg.threads <= 4096:
+        return fail(f"--threads must be 0 (the cores idle at start-up) or a count up to 4096, got {cfg.threads}")
+    cfg = replace(cfg, out=cfg.out or new_run_dir(Path("runs/sweep"), f"{cfg.x}-{cfg.y}"))
     if cfg.out.exists():
-        return fail(f"{cfg.out} exists; choose a new --out (results are never overwritten)")
+        return fail(f"{cfg.out} exists; choose a new --out, or leave it out for a new folder (results are never overwritten)")
+    apply_threads(cfg.threads)
     t0 = time.time()
     with tqdm(total=len(cfg.x_values) * len(cfg.y_values), desc="cells", file=sys.stderr) as bar:
         result = sweep(cfg, bar)
