@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from shared.metrics import KL_FLOOR, envelope_on_grid, gap_curve_at_matched_kl, seed_ci
-from shared.results import curves, has, has_halves, peak, per_seed, runs_of, seeds_of
-from shared.studies import ARMS, STUDIES, scale_arms
+from shared.results import arm_order, curves, has, has_halves, peak, per_seed, runs_of, seeds_of
+from shared.studies import ARMS, scale_arms
 
 __all__ = ["figures", "mean_curve", "coinciding"]
 
@@ -54,10 +54,7 @@ def _colors(results: dict) -> dict[str, str]:
     import matplotlib  # lazily: matplotlib is heavy
 
     cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    study = STUDIES.get(results["study"])
-    declared = [a.name for a in study.arms if a.name in results["arms"]] if study else []
-    order = declared + [a for a in results["arms"] if a not in declared]
-    return {a: cycle[i % len(cycle)] for i, a in enumerate(order)}
+    return {a: cycle[i % len(cycle)] for i, a in enumerate(arm_order(results))}
 
 
 def _best_run(results: dict, arm: str, seed: int) -> dict:

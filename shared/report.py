@@ -16,10 +16,10 @@ import numpy as np
 
 from shared.metrics import seed_ci
 from shared.protocol import online_partner
-from shared.results import gap, has, peak, runs_of, seeds_of
+from shared.results import arm_order, gap, has, peak, runs_of, seeds_of
 from shared.studies import ARMS
 
-__all__ = ["PLUMBING_PRESETS", "plumbing_note", "summary_rows", "format_table", "format_claims", "write_report"]
+__all__ = ["PLUMBING_PRESETS", "plumbing_note", "summary_rows", "format_table", "format_claims", "write_report", "redraw", "main"]
 
 
 def summary_rows(results: dict) -> list[dict]:
@@ -28,7 +28,7 @@ def summary_rows(results: dict) -> list[dict]:
     ``shared.protocol.online_partner``)."""
     rows = []
     arms = results["arms"]
-    for arm in arms:
+    for arm in arm_order(results):
         seeds = seeds_of(results, arm)
         pk = seed_ci([peak(results, arm, s) for s in seeds])
 
@@ -80,7 +80,8 @@ def _heading(r: dict) -> str:
             if path:
                 return f"{kind} `{path}`"
             a = m[kind]
-            return f"{kind} {a['arch']} {a['layers']}×{a['width']} (from scratch)"
+            layers = f"{a['layers']} layer" + ("s" if a["layers"] != 1 else "")
+            return f"{kind} {a['arch']} ({layers} × width {a['width']}, from scratch)"
 
         parts += [f"data: {source}", "models: " + ", ".join(model(k) for k in ("policy", "golden_pm", "proxy_pm"))]
     else:
@@ -131,3 +132,52 @@ def write_report(all_results: list[dict], out: Path, figs: dict[str, list[str]],
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def redraw(run_dir: Path) -> Path:
+    """Draw the figures and report.md of a finished run again from its results.json (after a
+    change to the figures or the report): a fullscale run (DIR/results.json) or a toysim one
+    (DIR/<study>/results.json). Nothing else in DIR changes."""
+    import json
+
+    from shared import plots
+
+    run_dir = Path(run_dir)
+    flat = (run_dir / "results.json").exists()
+    paths = [run_dir / "results.json"] if flat else sorted(run_dir.glob("*/results.json"))
+    if not paths:
+        raise FileNotFoundError(f"{run_dir} holds no results.json (nor DIR/<study>/results.json)")
+    all_results, figs = [], {}
+    for p in paths:
+        res = json.loads(p.read_text())
+        figs[res["study"]] = plots.figures(res, p.parent)
+        all_results.append(res)
+    if not flat:  # the order toysim.gap wrote them in: the studies' declared order
+        from shared.studies import STUDIES
+
+        order = list(STUDIES)
+        all_results.sort(key=lambda r: order.index(r["study"]) if r["study"] in order else len(order))
+    title = "fullscale report" if all_results[0].get("backend") == "fullscale" else "toysim report"
+    return write_report(all_results, run_dir, figs, title=title, flat=flat)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m shared.report DIR [DIR ...]``: ``redraw`` each finished run."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: python -m shared.report DIR [DIR ...]\n\nDraw the figures and report.md of finished runs again from their "
+              "results.json (toysim or fullscale).")
+        return 0 if args else 2
+    for d in args:
+        try:
+            print(f"wrote {redraw(Path(d))}")
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            print(f"error: {d}: {e}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -17,8 +17,9 @@ from __future__ import annotations
 import math
 
 from shared.metrics import gap_at_matched_kl, seed_ci
+from shared.studies import STUDIES
 
-__all__ = ["seeds_of", "runs_of", "curves", "peak", "final", "per_seed", "gap", "has", "has_halves", "ci_over_seeds", "verdict_from_ci", "fmt"]
+__all__ = ["arm_order", "seeds_of", "runs_of", "curves", "peak", "final", "per_seed", "gap", "has", "has_halves", "ci_over_seeds", "verdict_from_ci", "fmt"]
 
 
 def ci_over_seeds(values) -> tuple[float, float]:
@@ -100,6 +101,14 @@ def gap(results: dict, a: str, b: str, crossfit: bool = True) -> tuple[float, fl
 def has_halves(results: dict, arm: str) -> bool:
     """Whether an arm's win rates were also measured on two halves of the evaluation prompts."""
     return all("win_rate_a" in r["series"] for r in results["arms"][arm])
+
+
+def arm_order(results: dict) -> list[str]:
+    """The results' arms in the order their study declares them (``shared.studies.STUDIES``),
+    then any others as listed: a results.json written with sorted keys reads like the run."""
+    study = STUDIES.get(results["study"])
+    declared = [a.name for a in study.arms if a.name in results["arms"]] if study else []
+    return declared + [a for a in results["arms"] if a not in declared]
 
 
 def has(results: dict, *arms: str) -> bool:
