@@ -105,7 +105,8 @@ def has_halves(results: dict, arm: str) -> bool:
 
 def arm_order(results: dict) -> list[str]:
     """The results' arms in the order their study declares them (``shared.studies.STUDIES``),
-    then any others as listed: a results.json written with sorted keys reads like the run."""
+    then any others as listed: a results.json written with sorted keys reads like the run.
+    Docs: docs/results-schema.md."""
     study = STUDIES.get(results["study"])
     declared = [a.name for a in study.arms if a.name in results["arms"]] if study else []
     return declared + [a for a in results["arms"] if a not in declared]

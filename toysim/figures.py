@@ -69,7 +69,7 @@ def study_section(study: str, figures: Path = Path("docs/figures"), page_dir: Pa
     lines += ["", f"Data: `docs/figures/toysim-{{{','.join(PRESETS)}}}/{study}/results.json` (5 seeds).", ""]
     if study != "theory":
         lines += ["Confirm it with language models (docs/fullscale.md):", "", "```bash",
-                  f"python -m fullscale.run --preset small --hypothesis {study}{study}", "```", ""]
+                  f"python -m fullscale.run --preset small --hypothesis {study}", "```", ""]
     return "\n".join(lines + [END])
 
 
