@@ -27,22 +27,27 @@ _TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenize
 
 
 def check_data_file(path: Path, name: str = "--data.path") -> str | None:
-    """A readable file of JSON text (not a folder, not compressed)."""
+    """A readable data file (JSON lines or array, gzipped or not, parquet) or a folder of
+    parquet shards (``fullscale.records``); parquet only when its extra is installed."""
+    import importlib.util
+
     if path.is_dir():
-        return f"{name} {path} is a directory; give the data file itself"
-    if not path.exists():
+        if not any(path.glob("*.parquet")):
+            return f"{name} {path} is a directory without *.parquet shards; give the data file itself"
+        kind = "parquet"
+    elif not path.exists():
         return f"{name} {path} does not exist"
-    if not path.is_file():
+    elif not path.is_file():
         return f"{name} {path} is not a regular file"
-    try:
-        with path.open("rb") as f:
-            head = f.read(4)
-    except OSError as e:
-        return f"{name} {path} cannot be read: {e.strerror or e}"
-    if head[:2] == b"\x1f\x8b":
-        return f"{name} {path} is gzip-compressed; decompress it first (gunzip -k {path.name})"
-    if head == b"PAR1":
-        return f"{name} {path} is a Parquet file; export it as JSON lines first"
+    else:
+        try:
+            with path.open("rb") as f:
+                head = f.read(4)
+        except OSError as e:
+            return f"{name} {path} cannot be read: {e.strerror or e}"
+        kind = "parquet" if head == b"PAR1" else "other"
+    if kind == "parquet" and importlib.util.find_spec("pyarrow") is None:
+        return f"{name} {path} is parquet; reading it needs pyarrow: pip install -e \".[parquet]\""
     return None
 
 

@@ -41,6 +41,8 @@ class DataConfig:
     """the local data file, for every source but synthetic"""
     task: TaskSpec = field(default_factory=TaskSpec)
     """the synthetic task's size and noise"""
+    split: str | None = None
+    """use only records whose 'split' field is this (TL;DR: train, valid1, valid2); default every record"""
     max_pairs: int | None = None
     """use at most this many pairs of a file (the first ones)"""
     max_prompt_tokens: int = 16

@@ -23,9 +23,11 @@ def test_tldr():
     out = load_pairs(FIX / "tldr.jsonl", "tldr")
     assert len(out.pairs) == 2 and not out.skipped
     p = out.pairs[0]
-    assert p.prompt.startswith("SUBREDDIT: legaladvice\nTITLE: Rent went up") and p.prompt.endswith("\nTL;DR:")
+    assert p.prompt == ("SUBREDDIT: r/legaladvice\n\nTITLE: Rent went up, heater still broken\n\nPOST: My landlord raised the rent "
+                        "twice this year and will not fix the heater.\n\nTL;DR:")  # the paper's query format
     assert p.a.startswith("Landlord raises rent") and p.a_wins is True
-    assert out.pairs[1].a_wins is False and "bike lane" in out.pairs[1].prompt  # "article" instead of "post"
+    assert out.pairs[1].a_wins is False  # "article" instead of "post": the CNN/DM query format
+    assert out.pairs[1].prompt == "Article:\nThe city council approved a new bike lane network on Tuesday.\n\nTL;DR:"
 
 
 def test_hh_splits_at_the_last_assistant_turn_and_counts_mismatches():
@@ -113,3 +115,97 @@ def test_rater_on_tokens_equals_the_word_level_reference(doc, picks, ended):
     rater = Rater(task, tok.get_vocab(), ids["eos"], ids["pad"], [task.prompt_text(i) for i in range(10)])
     got = rater.reward(torch.tensor([doc]), torch.tensor([y]))[0].item()
     assert got == pytest.approx(_score_words(task.docs[doc], words, ended, task.salience), abs=1e-5)
+
+
+# ---------------------------------------------------------------- as people download them
+
+def test_tldr_hugging_face_export_with_nulls_cnn_dm_rows_and_splits():
+    """The Hub export writes every info key (null where a row lacks it); validation has CNN/DM rows."""
+    out = load_pairs(FIX / "tldr_hf.jsonl", "tldr")
+    assert [p.prompt.split("\n")[0] for p in out.pairs] == ["SUBREDDIT: r/cats", "SUBREDDIT: r/legaladvice", "Article:"]
+    assert "TITLE" not in out.pairs[1].prompt  # title null: left out, not "None"
+    assert [p.a_wins for p in out.pairs] == [True, False, True]
+    train = load_pairs(FIX / "tldr_hf.jsonl", "tldr", split="train")
+    assert len(train.pairs) == 1 and train.skipped == {"split 'valid1', not 'train'": 1, "split 'valid2', not 'train'": 1}
+
+
+def test_hh_identical_final_turns_are_skipped_and_counted():
+    out = load_pairs(FIX / "hh_identical.jsonl", "hh")
+    assert [(p.a, p.b) for p in out.pairs] == [("Hi!", "Go away.")]
+    assert out.skipped == {"hh: chosen and rejected final turns are identical (no preference)": 1}
+
+
+def test_arena_multi_turn_both_bad_and_text_parts():
+    out = load_pairs(FIX / "arena_multiturn.jsonl", "arena")
+    assert [(p.prompt, p.a, p.b, p.a_wins) for p in out.pairs] == [("Spell dog.", "D-O-O-G.", "D-O-G.", False)]
+    assert sum(v for k, v in out.skipped.items() if k.startswith("arena: multi-turn battle")) == 1
+    assert out.skipped["arena: both_bad (no preference for a pairwise loss)"] == 1
+
+
+def test_arena_55k_export():
+    out = load_pairs(FIX / "arena_55k.jsonl", "arena")
+    assert [(p.prompt, p.a, p.b, p.a_wins) for p in out.pairs] == [("Add 1 and 1.", "2", "11", True)]
+    assert sum(out.skipped.values()) == 3 and out.skipped["arena: tie (no preference for a pairwise loss)"] == 1
+
+
+def test_trl_standard_conversational_and_implicit_prompt_formats():
+    out = load_pairs(FIX / "trl_formats.jsonl", "jsonl")
+    assert [(p.prompt, p.a, p.b) for p in out.pairs] == [
+        ("\n\nUser: What colour is the sky?\n\nAssistant:", "Blue.", "Green."),   # conversational
+        ("\n\nUser: Two plus two?\n\nAssistant:", "Four.", "Five."),             # implicit prompt, messages
+        ("The sky is ", "blue.", "green."),                                      # implicit prompt, strings
+    ]
+    assert out.skipped == {"jsonl: chosen and rejected are identical (no preference)": 1}
+
+
+def test_implicit_prompt_boundary_backs_off_to_a_word():
+    from fullscale.data import _common_prefix
+
+    assert _common_prefix("Paris is nice", "Paris is nicer") == len("Paris is ")
+    assert _common_prefix("abc", "abc") == 3 and _common_prefix("x", "y") == 0
+
+
+def test_gzip_and_json_array_are_read_by_content_whatever_the_suffix(tmp_path):
+    import gzip
+
+    raw = (FIX / "pairs.jsonl").read_bytes()
+    (tmp_path / "pairs.jsonl.gz").write_bytes(gzip.compress(raw))
+    (tmp_path / "misnamed.json").write_bytes(gzip.compress(raw))  # gzip without the suffix
+    want = load_pairs(FIX / "pairs.jsonl", "jsonl").pairs
+    assert load_pairs(tmp_path / "pairs.jsonl.gz", "jsonl").pairs == want == load_pairs(tmp_path / "misnamed.json", "jsonl").pairs
+    (tmp_path / "bad.jsonl.gz").write_bytes(gzip.compress(raw)[:-9])
+    with pytest.raises(DataError, match="damaged gzip"):
+        load_pairs(tmp_path / "bad.jsonl.gz", "jsonl")
+
+
+def test_parquet_file_and_folder_of_shards(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import json
+
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in (FIX / "tldr_hf.jsonl").read_text().splitlines()]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train.parquet")
+    want = load_pairs(FIX / "tldr_hf.jsonl", "tldr").pairs
+    assert load_pairs(tmp_path / "train.parquet", "tldr").pairs == want
+    shards = tmp_path / "hub"
+    shards.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows[:2]), shards / "train-00000-of-00002.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[2:]), shards / "train-00001-of-00002.parquet")
+    assert load_pairs(shards, "tldr").pairs == want
+
+
+def test_parquet_without_its_extra_is_one_line_naming_it(tmp_path, monkeypatch):
+    import builtins
+
+    (tmp_path / "d.parquet").write_bytes(b"PAR1" + b"\0" * 8 + b"PAR1")
+    real = builtins.__import__
+
+    def no_pyarrow(name, *a, **k):
+        if name.startswith("pyarrow"):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    with pytest.raises(DataError, match=r'needs pyarrow: pip install -e "\.\[parquet\]"'):
+        load_pairs(tmp_path / "d.parquet", "jsonl")
