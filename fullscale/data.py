@@ -25,8 +25,9 @@ folder of parquet shards, told apart by content). Formats:
 - ``jsonl``: TRL's preference formats (the TRL docs, "Dataset formats": preference): standard
   ``{"prompt", "chosen", "rejected"}`` strings; conversational, the same keys as lists of
   ``{"role", "content"}`` messages; and implicit prompt, only ``chosen``/``rejected`` (strings
-  or message lists) whose shared beginning is the prompt. Messages are rendered plainly, as
-  HH is: ``"\n\n{Role}: {content}"`` per message, the prompt ending in ``"\n\nAssistant:"``.
+  or message lists) whose shared beginning is the prompt. Messages are rendered with the
+  policy tokenizer's chat template when it has one (``apply_chat_template``), else plainly,
+  as HH is: ``"\n\n{Role}: {content}"`` per message, the prompt ending in ``"\n\nAssistant:"``.
 
 Any format: a record whose ``split`` field differs from ``--data.split`` (when given) is
 skipped and counted. Malformed input (invalid JSON, non-UTF-8 bytes, a missing key, an empty
@@ -46,7 +47,7 @@ import torch
 
 from fullscale.records import DataError, records
 
-__all__ = ["Pair", "Loaded", "DataError", "FORMATS", "load_pairs", "Encoded", "encode_pairs", "Prepared", "prepare"]
+__all__ = ["Pair", "Loaded", "DataError", "FORMATS", "load_pairs", "apply_chat_template", "Encoded", "encode_pairs", "Prepared", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class Pair:
     a: str
     b: str
     a_wins: bool | None
+    messages: tuple | None = None
+    """conversational data: (prompt, a, b) as tuples of (role, content) messages, which
+    ``apply_chat_template`` renders again with the policy tokenizer's chat template"""
 
 
 @dataclass
@@ -266,7 +270,7 @@ def _trl_pair(rec: dict, where: str) -> Pair | None:
                 raise DataError(f"{where}: fields 'chosen' and 'rejected' share no first message to be the prompt (or give 'prompt')")
         if not c or not r:
             return None
-        return Pair(_render(p) + HH_TURN, _response(c), _response(r), True)
+        return Pair(_render(p) + HH_TURN, _response(c), _response(r), True, (tuple(p), tuple(c), tuple(r)))
     if "prompt" in rec:
         return Pair(_text(rec, "prompt", where), _text(rec, "chosen", where), _text(rec, "rejected", where), True)
     chosen, rejected = _text(rec, "chosen", where), _text(rec, "rejected", where)  # implicit prompt
@@ -319,6 +323,33 @@ class Encoded:
     y_b: torch.Tensor
     a_wins: torch.Tensor
     tie: torch.Tensor
+
+
+def apply_chat_template(pairs: list[Pair], tokenizer) -> list[Pair]:
+    """Conversational pairs rendered with the tokenizer's chat template, when it has one
+    (the transformers docs, "Chat templates"): the prompt is the template applied to the
+    prompt messages with the generation prompt; a response is what the template adds after
+    that prompt when the response's messages follow it (its end-of-turn tokens included).
+    Other pairs, and every pair when the tokenizer has no template, are returned as they are
+    (the plain rendering of ``_render``)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return pairs
+    out = []
+    for pair in pairs:
+        if pair.messages is None:
+            out.append(pair)
+            continue
+        p, a, b = ([{"role": r, "content": c} for r, c in m] for m in pair.messages)
+        prompt = tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+        responses = []
+        for resp in (a, b):
+            full = tokenizer.apply_chat_template(p + resp, tokenize=False)
+            if not full.startswith(prompt):
+                raise DataError("the tokenizer's chat template renders a conversation differently from its prompt "
+                                f"(prompt {prompt[-40:]!r}, conversation {full[:len(prompt)][-40:]!r}); the response boundary is undefined")
+            responses.append(full[len(prompt):])
+        out.append(Pair(prompt, responses[0], responses[1], pair.a_wins, pair.messages))
+    return out
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -381,6 +412,7 @@ def prepare(cfg) -> Prepared:
         counts = Counter(w for p in pairs for t in (p.prompt, p.a, p.b) for w in t.split())
         words = [w for w, _ in counts.most_common(cfg.data.vocab_words)]
     tok = load_tokenizer(cfg.models.policy_path) if cfg.models.policy_path is not None else word_tokenizer(words)
+    pairs = apply_chat_template(pairs, tok)
     ids = special_ids(tok)
     enc = encode_pairs(pairs, tok, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens, ids["eos"], ids["pad"])
     g = torch.Generator().manual_seed(cfg.seed)

@@ -209,3 +209,23 @@ def test_parquet_without_its_extra_is_one_line_naming_it(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_pyarrow)
     with pytest.raises(DataError, match=r'needs pyarrow: pip install -e "\.\[parquet\]"'):
         load_pairs(tmp_path / "d.parquet", "jsonl")
+
+
+def test_conversational_pairs_take_the_policy_tokenizers_chat_template():
+    """A tokenizer with a chat template renders the prompt with the generation prompt and each
+    response as what the template adds after it; the boundary is exact in tokens."""
+    from fullscale.data import apply_chat_template
+
+    tok = word_tokenizer("<|user|> <|assistant|> <|end|> What colour is the sky? Blue. Green.".split())
+    pairs = load_pairs(FIX / "trl_formats.jsonl", "jsonl").pairs
+    assert apply_chat_template(pairs, tok) == pairs  # no template: the plain rendering stays
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+    out = apply_chat_template(pairs, tok)
+    assert (out[0].prompt, out[0].a, out[0].b) == ("<|user|> What colour is the sky? <|end|> <|assistant|> ", "Blue. <|end|> ", "Green. <|end|> ")
+    assert out[2] == pairs[2]  # a string pair is not conversational: unchanged
+    ids = special_ids(tok)
+    enc = encode_pairs(out[:1], tok, 32, 8, ids["eos"], ids["pad"])
+    full = tok(out[0].prompt + out[0].a, add_special_tokens=False)["input_ids"]
+    prompt = enc.prompt_ids[0][enc.prompt_mask[0].bool()].tolist()
+    assert prompt + enc.y_a[0].tolist()[: len(full) - len(prompt)] == full  # prompt tokens then response tokens
