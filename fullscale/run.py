@@ -102,7 +102,8 @@ def _threads(cfg):
 
 
 def _run_dir(cfg):
-    """--out as given, else a new folder per run (``shared.cli.new_run_dir``)."""
+    """--out as given, else the name of a new folder per run (``shared.cli.new_run_dir``; made
+    by ``claim_run_dir`` once the inputs are read)."""
     from shared.cli import new_run_dir
 
     if cfg.out is not None:
@@ -164,6 +165,7 @@ _LOG_KEY = ("arm", "seed", "lr", "beta", "step")
 def main(argv: list[str] | None = None) -> int:
     from fullscale.checks import check_config
     from fullscale.config import ConfigFileError
+    from shared.cli import claim_run_dir
 
     try:
         cfg = _resolve(argv)
@@ -176,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(problem)
     if cfg.resume and cfg.out is None:
         return fail("--resume continues the run in --out DIR; name that folder")
+    auto_out = cfg.out is None
     cfg = _threads(_run_dir(cfg))
     problem = _check_out(cfg)
     if problem:
@@ -189,8 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         return fail(problem)
     # inputs read and checked: only now is anything written to --out
-    resolved = _jsonable(cfg)
     try:
+        if auto_out:  # a folder of its own: another run may have taken the name since
+            cfg = replace(cfg, out=claim_run_dir(cfg.out))
+        resolved = _jsonable(cfg)
         for d in (cfg.out, cfg.cache):
             if d is not None:
                 Path(d).mkdir(parents=True, exist_ok=True)

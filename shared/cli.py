@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["cli", "one_line", "ALIASES", "new_run_dir"]
+__all__ = ["cli", "one_line", "ALIASES", "new_run_dir", "claim_run_dir"]
 
 ALIASES = {"--study": "--hypothesis"}
 """Other spellings of a flag, accepted by every command that has the flag: one concept, one name
@@ -59,6 +59,20 @@ def new_run_dir(base: Path, name: str) -> Path:
         k += 1
         path = stem.with_name(f"{stem.name}-{k}")
     return path
+
+
+def claim_run_dir(path: Path) -> Path:
+    """Create the new run folder ``path`` (``new_run_dir``'s name) atomically, or, when another
+    run created it first (two runs started in the same second), the next free name after it
+    (``-2``, ``-3``…); returns the folder created. Only a run that writes calls this."""
+    stem, k = path, 1
+    while True:
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            k += 1
+            path = stem.with_name(f"{stem.name}-{k}")
 
 
 def cli(cls, argv: list[str] | None, prog: str, description: str, **kwargs):

@@ -65,3 +65,12 @@ def test_study_is_an_alias_of_hypothesis_only_where_hypothesis_exists():
 
     assert _canonical(["--study", "x", "--study=y", "--studyx"]) == ["--hypothesis", "x", "--hypothesis=y", "--studyx"]
     assert cli(_Config, ["--study", "theory"], prog="prog", description="A command.").study == "theory"  # a real --study stays
+
+
+def test_a_claimed_run_folder_is_never_shared(tmp_path):
+    from shared.cli import claim_run_dir, new_run_dir
+
+    name = new_run_dir(tmp_path / "runs", "coverage")
+    first, second = claim_run_dir(name), claim_run_dir(name)  # two runs that picked the same name
+    assert first == name and second == name.with_name(name.name + "-2") and first.is_dir() and second.is_dir()
+    assert new_run_dir(tmp_path / "runs", "coverage") != name  # the next proposal skips taken names

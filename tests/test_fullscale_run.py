@@ -121,17 +121,19 @@ def test_killed_and_resumed_run_reproduces_results(tmp_path, tiny_config, uninte
     assert sorted(logged) == sorted(key(line) for line in (uninterrupted[0] / "metrics.jsonl").read_text().splitlines())
 
 
-def test_the_smoke_preset_twice_gives_the_same_results(tmp_path):
-    """Determinism: the same command in two fresh directories, one thread each, writes the same
-    results.json (its config never records --out)."""
-    a, b = tmp_path / "a", tmp_path / "b"
+def test_the_smoke_preset_twice_side_by_side_gives_two_folders_and_the_same_results(tmp_path):
+    """The documented command as printed (no --out), twice at once from one folder: each run
+    gets a folder of its own even when both start in the same second, and, one thread each,
+    both write the same results.json (its config never records --out)."""
     e = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "fullscale.run", "--preset", "smoke", "--out", str(d)], cwd=ROOT, env=e,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for d in (a, b)]  # side by side
+    procs = [subprocess.Popen([sys.executable, "-m", "fullscale.run", "--preset", "smoke"], cwd=tmp_path, env=e,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]  # side by side
     for p in procs:
         _, err = p.communicate()
         assert p.returncode == 0, err[-2000:]
-    ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
+    runs = sorted((tmp_path / "runs" / "fullscale").iterdir())
+    assert len(runs) == 2 and all(d.name.startswith("coverage-smoke-") for d in runs)
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in runs)
     assert ra == rb and ra["config"]["preset"] == "smoke" and "out" not in ra["config"]
 
 
@@ -178,15 +180,6 @@ def test_help_is_generated_from_the_config():
     assert r.returncode == 0 and "--train.steps" in r.stdout and "offline runs" in r.stdout
     assert "python -m fullscale.run --preset smoke" in r.stdout  # the examples
     assert "{smoke,small,paper}" in r.stdout and "{coverage,quality," in r.stdout  # the choices
-
-
-def test_the_same_command_runs_twice_into_two_folders(tmp_path, tiny_config):
-    """Without --out every run gets a new folder, so the documented command can be run again as printed."""
-    for _ in range(2):
-        r = run("--config", tiny_config, "--hypothesis", "coverage", cwd=tmp_path)
-        assert r.returncode == 0, r.stderr[-2000:]
-    runs = sorted((tmp_path / "runs" / "fullscale").iterdir())
-    assert len(runs) == 2 and all(d.name.startswith("coverage-") and (d / "results.json").exists() for d in runs)
 
 
 def test_resume_needs_the_folder_it_continues(tmp_path):

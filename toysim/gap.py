@@ -89,6 +89,11 @@ def _check(cfg: GapConfig, studies: list[str]) -> str | None:
         return f"--lr must be > 0 and at most 10, got {cfg.lr}"
     if not 0 <= cfg.threads <= 4096:
         return f"--threads must be 0 (the cores idle at start-up) or a count up to 4096, got {cfg.threads}"
+    return None
+
+
+def _check_out(cfg: GapConfig, studies: list[str]) -> str | None:
+    """--out holds none of the run's results yet and can be written (made if missing)."""
     for s in studies + ["report.md"]:
         if (cfg.out / s).exists():
             return f"{cfg.out / s} exists; choose a new --out (results are never overwritten)"
@@ -110,7 +115,7 @@ def _write_json(path: Path, obj) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shared.cli import cli, new_run_dir
+    from shared.cli import claim_run_dir, cli, new_run_dir
 
     try:
         cfg = cli(GapConfig, argv, prog="python -m toysim.gap", description="\n\n".join(__doc__.split("\n\n")[:2]))
@@ -118,9 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if e.code in (0, None) else 2
 
     studies = list(STUDIES) if cfg.hypothesis == "all" else [cfg.hypothesis]
-    if cfg.out is None:
-        cfg = replace(cfg, out=new_run_dir(Path("runs/toysim"), cfg.hypothesis))
     problem = _check(cfg, studies)
+    if problem:
+        return fail(problem)
+    if cfg.out is None:  # the arguments are good: this run writes, into a folder of its own
+        cfg = replace(cfg, out=claim_run_dir(new_run_dir(Path("runs/toysim"), cfg.hypothesis)))
+    problem = _check_out(cfg, studies)
     if problem:
         return fail(problem)
 
