@@ -114,11 +114,14 @@ class World:
         self.data_key = d.name
         self.sft, self.sft_dir = {}, {}
         self.sft[1.0] = self._sft(1.0)
-        golden_from, golden_key = cfg.models.golden_pm_path, None
-        if golden_from is None and cfg.models.golden_pm_init == "sft":  # π_sft's weights, a new scalar head
-            golden_from, golden_key = self.sft_dir[1.0] / "model", self.sft_dir[1.0].name
-        self.golden_pm = self._pm("golden_pm", cfg.models.golden_pm, golden_from, *self._human_labels(), path_key=golden_key)
-        self.golden_oracle = PMOracle(self.golden_pm, self.prompts, cfg.models.pm_kind, self.ids["eos"], self.ids["pad"], self.ids["cls"])
+        if cfg.models.golden_judge_path is not None:  # an off-the-shelf reward model, used as trained
+            self.golden_oracle = self._judge(cfg.models.golden_judge_path)
+        else:
+            golden_from, golden_key = cfg.models.golden_pm_path, None
+            if golden_from is None and cfg.models.golden_pm_init == "sft":  # π_sft's weights, a new scalar head
+                golden_from, golden_key = self.sft_dir[1.0] / "model", self.sft_dir[1.0].name
+            golden_pm = self._pm("golden_pm", cfg.models.golden_pm, golden_from, *self._human_labels(), path_key=golden_key)
+            self.golden_oracle = PMOracle(golden_pm, self.prompts, cfg.models.pm_kind, self.ids["eos"], self.ids["pad"], self.ids["cls"])
         self.d_golden = self._relabel()
         frac = self.t.proxy_fraction
         tr = torch.nonzero(self.split).squeeze(-1)
@@ -127,6 +130,20 @@ class World:
                                  self.d_golden.x[tr], self.d_golden.y_w[tr], self.d_golden.y_l[tr], extra=self.golden_key)
         self.proxy_oracle = PMOracle(self.proxy_pm, self.prompts, cfg.models.pm_kind, self.ids["eos"], self.ids["pad"], self.ids["cls"])
         self._pm_report()
+
+    def _judge(self, path):
+        """The golden judge from a local reward model (``fullscale.judge``); stages that depend
+        on the judge are cached under its path and the time its weights were written."""
+        from fullscale.judge import TextJudge, load_judge
+
+        model, tok = load_judge(path, device=str(self.device))
+        stamp = max((f.stat().st_mtime_ns for f in Path(path).glob("*") if f.is_file()), default=0)
+        self.golden_key = "judge-" + config_hash(str(Path(path).resolve()), stamp)
+        self.extras.setdefault("models", {})["golden_judge"] = {"path": str(path), "params": sum(q.numel() for q in model.parameters()),
+                                                                "architecture": type(model).__name__, "max_length": 0}
+        judge = TextJudge(model, tok, self.tokenizer, self.prompts, self.ids["eos"], self.ids["pad"])
+        self.extras["models"]["golden_judge"]["max_length"] = judge.max_length
+        return judge
 
     def _human_labels(self):
         """The initial labels (rater or dataset): chosen/rejected of the training pairs, ties dropped."""
