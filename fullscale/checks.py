@@ -152,17 +152,22 @@ def check_config(cfg: RunConfig) -> str | None:
             problem = check_model_dir(path, flag(f"models.{which}_path"))
             if problem:
                 return problem
-    if m.golden_judge_path is not None:
-        if m.golden_pm_path is not None or m.golden_pm_init != "scratch":
-            return "--models.golden-judge-path replaces the golden PM; drop --models.golden-pm-path / --models.golden-pm-init"
-        problem = check_model_dir(m.golden_judge_path, flag("models.golden_judge_path"))
+    if m.golden_judge_path is not None and (m.golden_pm_path is not None or m.golden_pm_init != "scratch"):
+        return "--models.golden-judge-path replaces the golden PM; drop --models.golden-pm-path / --models.golden-pm-init"
+    if m.proxy_judge_path is not None and m.proxy_pm_path is not None:
+        return "--models.proxy-judge-path replaces the proxy PM; drop --models.proxy-pm-path"
+    for which in ("golden", "proxy"):
+        path = getattr(m, f"{which}_judge_path")
+        if path is None:
+            continue
+        problem = check_model_dir(path, flag(f"models.{which}_judge_path"))
         if problem:
             return problem
         from transformers import AutoConfig
 
-        n = AutoConfig.from_pretrained(m.golden_judge_path, local_files_only=True, trust_remote_code=False).num_labels
+        n = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False).num_labels
         if n != 1:
-            return f"--models.golden-judge-path {m.golden_judge_path}: a judge must be a reward model with one score per text (num_labels 1), this one has {n}"
+            return f"{flag(f'models.{which}_judge_path')} {path}: a judge must be a reward model with one score per text (num_labels 1), this one has {n}"
     if cfg.hypothesis == "scale" and m.policy_path is not None:
         return "the scale study builds policies of several widths; it cannot scale a model loaded from --models.policy-path"
     if cfg.device == "cuda":
@@ -183,8 +188,9 @@ def check_world(cfg: RunConfig, prompt_len: int, pairs: int, train_pairs: int) -
     T = cfg.data.max_response_tokens
     per_pm = 2 if cfg.models.pm_kind == "pairwise" else 1
     needs = {"policy": prompt_len + T, "golden_pm": prompt_len + per_pm * T + 1, "proxy_pm": prompt_len + per_pm * T + 1}
-    if cfg.models.golden_judge_path is not None:  # a judge cuts its own texts to its own maximum length
-        del needs["golden_pm"]
+    for which in ("golden", "proxy"):  # a judge cuts its own texts to its own maximum length
+        if getattr(cfg.models, f"{which}_judge_path") is not None:
+            del needs[f"{which}_pm"]
     names = {"policy": "policy", "golden_pm": "golden PM", "proxy_pm": "proxy PM"}
     for which, need in needs.items():
         have = model_max_len(cfg, which)

@@ -71,6 +71,8 @@ class ModelsConfig:
     """a local causal LM directory to start the proxy PM from"""
     golden_judge_path: Path | None = None
     """a local reward model (sequence classification, one score per text) as the golden judge, used as trained: its own tokenizer, chat template and maximum length, pointwise Bradley–Terry decisions; replaces the golden PM, which is then not trained"""
+    proxy_judge_path: Path | None = None
+    """a local reward model (as --models.golden-judge-path) as the proxy that labels the online arms' pairs, used as trained; replaces the proxy PM, which is then not trained"""
     golden_pm_init: Literal["scratch", "sft"] = "scratch"
     """scratch: the golden PM is built from ``golden_pm``; sft: it starts from π_sft's weights with a new scalar head, as reward models do in Stiennon et al. 2020 and Ouyang et al. 2022 (``golden_pm_path``, when given, wins)"""
     pm_kind: Literal["pairwise", "bt"] = "pairwise"

@@ -115,7 +115,7 @@ class World:
         self.sft, self.sft_dir = {}, {}
         self.sft[1.0] = self._sft(1.0)
         if cfg.models.golden_judge_path is not None:  # an off-the-shelf reward model, used as trained
-            self.golden_oracle = self._judge(cfg.models.golden_judge_path)
+            self.golden_oracle, self.golden_key = self._judge(cfg.models.golden_judge_path, "golden_judge")
         else:
             golden_from, golden_key = cfg.models.golden_pm_path, None
             if golden_from is None and cfg.models.golden_pm_init == "sft":  # π_sft's weights, a new scalar head
@@ -123,27 +123,29 @@ class World:
             golden_pm = self._pm("golden_pm", cfg.models.golden_pm, golden_from, *self._human_labels(), path_key=golden_key)
             self.golden_oracle = PMOracle(golden_pm, self.prompts, cfg.models.pm_kind, self.ids["eos"], self.ids["pad"], self.ids["cls"])
         self.d_golden = self._relabel()
-        frac = self.t.proxy_fraction
-        tr = torch.nonzero(self.split).squeeze(-1)
-        tr = tr[: max(1, int(round(frac * len(tr))))]
-        self.proxy_pm = self._pm("proxy_pm", cfg.models.proxy_pm, cfg.models.proxy_pm_path,
-                                 self.d_golden.x[tr], self.d_golden.y_w[tr], self.d_golden.y_l[tr], extra=self.golden_key)
-        self.proxy_oracle = PMOracle(self.proxy_pm, self.prompts, cfg.models.pm_kind, self.ids["eos"], self.ids["pad"], self.ids["cls"])
+        if cfg.models.proxy_judge_path is not None:  # an off-the-shelf reward model labels the online pairs
+            self.proxy_oracle, key = self._judge(cfg.models.proxy_judge_path, "proxy_judge")
+            self.world_key = config_hash(self.data_key, self.golden_key, key, self.t.sft_epochs, self.t.sft_lr)
+        else:
+            frac = self.t.proxy_fraction
+            tr = torch.nonzero(self.split).squeeze(-1)
+            tr = tr[: max(1, int(round(frac * len(tr))))]
+            proxy_pm = self._pm("proxy_pm", cfg.models.proxy_pm, cfg.models.proxy_pm_path,
+                                self.d_golden.x[tr], self.d_golden.y_w[tr], self.d_golden.y_l[tr], extra=self.golden_key)
+            self.proxy_oracle = PMOracle(proxy_pm, self.prompts, cfg.models.pm_kind, self.ids["eos"], self.ids["pad"], self.ids["cls"])
         self._pm_report()
 
-    def _judge(self, path):
-        """The golden judge from a local reward model (``fullscale.judge``); stages that depend
-        on the judge are cached under its path and the time its weights were written."""
+    def _judge(self, path, name: str):
+        """A judge from a local reward model (``fullscale.judge``) and the key its dependent
+        stages are cached under: its path and the time its files were written."""
         from fullscale.judge import TextJudge, load_judge
 
         model, tok = load_judge(path, device=str(self.device))
         stamp = max((f.stat().st_mtime_ns for f in Path(path).glob("*") if f.is_file()), default=0)
-        self.golden_key = "judge-" + config_hash(str(Path(path).resolve()), stamp)
-        self.extras.setdefault("models", {})["golden_judge"] = {"path": str(path), "params": sum(q.numel() for q in model.parameters()),
-                                                                "architecture": type(model).__name__, "max_length": 0}
         judge = TextJudge(model, tok, self.tokenizer, self.prompts, self.ids["eos"], self.ids["pad"])
-        self.extras["models"]["golden_judge"]["max_length"] = judge.max_length
-        return judge
+        self.extras.setdefault("models", {})[name] = {"path": str(path), "params": sum(q.numel() for q in model.parameters()),
+                                                      "architecture": type(model).__name__, "max_length": judge.max_length}
+        return judge, "judge-" + config_hash(str(Path(path).resolve()), stamp)
 
     def _human_labels(self):
         """The initial labels (rater or dataset): chosen/rejected of the training pairs, ties dropped."""

@@ -103,3 +103,12 @@ def test_a_judge_that_is_not_a_one_score_reward_model_is_one_line(tmp_path, caps
     assert main(args + [str(bad), "--models.golden-pm-init", "sft"]) == 2
     assert "replaces the golden PM" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_reward_model_as_the_proxy_that_labels_online_pairs(judge, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["--config", str(TINY), "--out", str(out), "--data.source", "jsonl", "--data.path", str(_pairs(tmp_path)),
+               "--data.vocab-words", "50", "--train.batch-size", "4", "--models.proxy-judge-path", str(judge)])
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    models = json.loads((out / "results.json").read_text())["extras"]["models"]
+    assert "proxy_judge" in models and "proxy_pm" not in models and "golden_pm" in models
