@@ -229,3 +229,28 @@ def test_conversational_pairs_take_the_policy_tokenizers_chat_template():
     full = tok(out[0].prompt + out[0].a, add_special_tokens=False)["input_ids"]
     prompt = enc.prompt_ids[0][enc.prompt_mask[0].bool()].tolist()
     assert prompt + enc.y_a[0].tolist()[: len(full) - len(prompt)] == full  # prompt tokens then response tokens
+
+
+@pytest.mark.parametrize("rec, fmt, message", [
+    ({"info": {"post": None, "article": None, "title": "t"}, "summaries": [{"text": "a"}, {"text": "b"}], "choice": 0},
+     "tldr", "field 'info' has neither a 'post' nor an 'article' text"),
+    ({"info": {"post": 3}, "summaries": [{"text": "a"}, {"text": "b"}], "choice": 0}, "tldr", "field 'info.post' must be a string, got int"),
+    ({"prompt": "[\"q\"]", "response_a": "[\"a\"]", "response_b": "[\"b\"]", "winner_model_a": 1, "winner_model_b": 1, "winner_tie": 0},
+     "arena", "exactly one 1"),
+    ({"prompt": "not json", "response_a": "[\"a\"]", "response_b": "[\"b\"]", "winner_model_a": 1, "winner_model_b": 0, "winner_tie": 0},
+     "arena", "field 'prompt' must be a JSON-encoded list of turns"),
+    ({"winner": "model_a", "conversation_a": [{"role": "user"}], "conversation_b": []}, "arena", "conversation_a[0] must be an object with 'role' and 'content'"),
+    ({"prompt": [{"role": "user", "content": "q"}], "chosen": [{"content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]},
+     "jsonl", "field 'chosen[0].role' must be a string"),
+    ({"chosen": "apple", "rejected": "banana"}, "jsonl", "share no beginning to be the prompt"),
+])
+def test_malformed_rows_of_the_downloaded_layouts_name_line_and_field(tmp_path, rec, fmt, message):
+    import json
+    import re
+
+    f = tmp_path / "bad.jsonl"
+    f.write_text(json.dumps({"prompt": "ok", "chosen": "a", "rejected": "b"}) + "\n" if fmt == "jsonl" else "")
+    with f.open("a") as out:
+        out.write(json.dumps(rec) + "\n")
+    with pytest.raises(DataError, match=re.escape(f"bad.jsonl:{2 if fmt == 'jsonl' else 1}: ") + ".*" + re.escape(message)):
+        load_pairs(f, fmt)

@@ -43,29 +43,50 @@ def _config(arch: str, vocab: int, eos: int):
     return tf.GPTNeoXConfig(**shared)  # Pythia's architecture
 
 
+TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|endoftext|>{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("byo")
     rows = [{"prompt": f"doc {i % 5} says {i % 3}", "chosen": f" says {i % 3}", "rejected": f" um {i % 4}"} for i in range(40)]
     (d / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tok = _bpe_tokenizer([f"{r['prompt']}{r['chosen']}{r['rejected']}" for r in rows])
+    chat = [{k: [{"role": "user" if k == "prompt" else "assistant", "content": v.strip()}] for k, v in r.items()} for r in rows]
+    (d / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat))  # TRL's conversational form
+    tok = _bpe_tokenizer([f"<|user|>{r['prompt']}<|assistant|>{r['chosen']}{r['rejected']}" for r in rows])
     return d, tok
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "gpt_neox"])
-def test_a_local_causal_lm_with_a_bpe_tokenizer_runs_as_the_policy(arch, data, tmp_path, capsys):
+@pytest.mark.parametrize("arch, chat", [("gpt2", False), ("llama", False), ("qwen2", True), ("gpt_neox", False)])
+def test_a_local_causal_lm_with_a_bpe_tokenizer_runs_as_the_policy(arch, chat, data, tmp_path, capsys):
+    """qwen2's tokenizer has a chat template and reads conversational data: the template renders it."""
+    import copy
+
     from transformers import AutoModelForCausalLM
 
     d, tok = data
+    tok = copy.deepcopy(tok)
+    if chat:
+        tok.chat_template = TEMPLATE
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(_config(arch, len(tok), tok.eos_token_id))
     model.save_pretrained(tmp_path / "policy")
     tok.save_pretrained(tmp_path / "policy")
     out = tmp_path / "out"
-    rc = main(["--config", str(TINY), "--out", str(out), "--data.source", "jsonl", "--data.path", str(d / "pairs.jsonl"),
+    rc = main(["--config", str(TINY), "--out", str(out), "--data.source", "jsonl", "--data.path", str(d / ("chat.jsonl" if chat else "pairs.jsonl")),
                "--train.batch-size", "4", "--models.policy-path", str(tmp_path / "policy")])
     assert rc == 0, capsys.readouterr().err[-2000:]
     res = json.loads((out / "results.json").read_text())
     assert res["extras"]["data"]["pairs"] == 40 and res["extras"]["data"]["vocab"] == len(tok)
     assert {"online", "offline"} <= set(res["arms"]) and all(c["verdict"] for c in res["claims"])
+    if chat:  # the data stage's prompts are the template's rendering, token for token
+        from fullscale.data import apply_chat_template, load_pairs
+
+        rendered = apply_chat_template(load_pairs(d / "chat.jsonl", "jsonl").pairs, tok)
+        assert rendered[0].prompt == "<|user|>doc 0 says 0<|endoftext|><|assistant|>" and rendered[0].a == "says 0<|endoftext|>"
+        (stage,) = (out / "cache").glob("data-*/data.pt")
+        t = torch.load(stage, weights_only=True)
+        first = t["prompt_ids"][0][t["prompt_mask"][0].bool()].tolist()
+        assert tok.decode(first) in {p.prompt for p in rendered}
