@@ -26,7 +26,8 @@ __all__ = ["TextJudge", "load_judge"]
 
 def load_judge(path: str | Path, device: str = "cpu"):
     """(model, tokenizer) of a local sequence-classification reward model with one output
-    (``num_labels == 1``); its head is used as trained, never replaced. No download, no remote code."""
+    (``num_labels == 1``); its head is used as trained, never replaced. No download, no remote code.
+    Docs: docs/fullscale.md (Bring your own judge)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from fullscale.models import load_tokenizer

@@ -17,7 +17,7 @@ probability ``label_noise``. The golden preference model is trained on those
 labels (it plays the humans, as in Tang et al. 2024), and the rater itself is
 available as an exact oracle for checks (``Rater`` works on token tensors).
 
-The task produces the same records as the dataset loaders (``fullscale.data``),
+The task produces the same records as the dataset loaders (``fullscale.formats``),
 so everything after this module treats synthetic and real data alike.
 """
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fullscale.data import Pair
+from fullscale.formats import Pair
 
 __all__ = ["TaskSpec", "SynthTask", "Rater", "make_task"]
 

@@ -25,7 +25,7 @@ WINDOW_S = 0.1
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the OS has one)."""
+    """The cores this process may run on (its CPU affinity where the OS has one). Docs: docs/tutorial.md (Speed)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
@@ -42,7 +42,7 @@ def _cpu_times(text: str) -> tuple[int, int]:
 def idle_cores(window_s: float = WINDOW_S) -> float | None:
     """How many cores' worth of CPU time went unused over the last ``window_s`` seconds
     (Linux: /proc/stat, sampled twice); elsewhere the cores minus the 1-minute load average;
-    None when the OS tells neither."""
+    None when the OS tells neither. Docs: docs/tutorial.md (On a busy machine)."""
     n = os.cpu_count() or 1
     try:
         with open("/proc/stat") as f:
@@ -76,7 +76,8 @@ def default_threads() -> int:
 
 
 def apply_threads(threads: int = 0) -> int:
-    """Set torch's CPU thread count: ``threads`` when > 0, else ``default_threads()``; returns it."""
+    """Set torch's CPU thread count: ``threads`` when > 0, else ``default_threads()``; returns it.
+    Docs: docs/tutorial.md (On a busy machine)."""
     import torch  # lazy: the command lines import this module before torch is needed
 
     n = threads if threads > 0 else default_threads()

@@ -311,7 +311,8 @@ def _scaling(results: dict):
 
 
 def figures(results: dict, out: Path) -> list[str]:
-    """Write the study's PNG figures into ``out``; returns their file names."""
+    """Write the study's PNG figures into ``out`` (win rate against KL as in Tang et al. 2024,
+    Fig. 2, and each study's own; docs/results-schema.md); returns their file names."""
     if not results["arms"]:
         return []
     study = results["study"]

@@ -7,7 +7,7 @@ import re
 import pytest
 
 MODULES = ["shared.losses", "shared.preferences", "shared.sampling", "shared.metrics", "shared.studies", "shared.claims", "shared.results",
-           "shared.protocol", "fullscale.lm"]
+           "shared.protocol", "shared.plots", "shared.machine", "fullscale.lm", "fullscale.judge", "fullscale.formats"]
 SOURCE = re.compile(r"et al\.|arXiv|Algorithm|Bradley|Student|docs/[a-z]")  # a paper, or a docs page a reader can open
 # plumbing, not formulas: each carries a docstring but has no equation to cite
 PLUMBING = {"shared.sampling.stack_batches", "shared.claims.judge", "shared.results.verdict_from_ci", "shared.results.fmt",

@@ -11,7 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fullscale.data import DataError, encode_pairs, load_pairs
+from fullscale.data import encode_pairs
+from fullscale.formats import DataError, load_pairs
 from fullscale.lm import Prompts
 from fullscale.models import special_ids, word_tokenizer
 from fullscale.task import FILLERS, TaskSpec, Rater, _score_words, make_task
@@ -159,7 +160,7 @@ def test_trl_standard_conversational_and_implicit_prompt_formats():
 
 
 def test_implicit_prompt_boundary_backs_off_to_a_word():
-    from fullscale.data import _common_prefix
+    from fullscale.formats import _common_prefix
 
     assert _common_prefix("Paris is nice", "Paris is nicer") == len("Paris is ")
     assert _common_prefix("abc", "abc") == 3 and _common_prefix("x", "y") == 0

@@ -82,7 +82,8 @@ def test_a_local_causal_lm_with_a_bpe_tokenizer_runs_as_the_policy(arch, chat, d
     assert res["extras"]["data"]["pairs"] == 40 and res["extras"]["data"]["vocab"] == len(tok)
     assert {"online", "offline"} <= set(res["arms"]) and all(c["verdict"] for c in res["claims"])
     if chat:  # the data stage's prompts are the template's rendering, token for token
-        from fullscale.data import apply_chat_template, load_pairs
+        from fullscale.data import apply_chat_template
+        from fullscale.formats import load_pairs
 
         rendered = apply_chat_template(load_pairs(d / "chat.jsonl", "jsonl").pairs, tok)
         assert rendered[0].prompt == "<|user|>doc 0 says 0<|endoftext|><|assistant|>" and rendered[0].a == "says 0<|endoftext|>"
