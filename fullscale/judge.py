@@ -6,7 +6,8 @@ with one score per text, its own tokenizer, its own chat template and its own ma
 ``TextJudge`` scores the policy's responses with it: it decodes the prompt and the response
 from the policy's tokens, renders them for the judge (its chat template, a user turn and an
 assistant turn, when it has one; else prompt text followed by response text), tokenises them
-with the judge's tokenizer, cut to the judge's maximum length, and reads the score. Decisions
+with the judge's tokenizer, cut to the judge's maximum length from the left (the prompt's
+beginning goes first, never the response), and reads the score. Decisions
 are pointwise Bradley–Terry, as such models are trained (Stiennon et al. 2020; Ouyang et al.
 2022): margin = r(x, y1) − r(x, y2), P(y1 ≻ y2) = σ(margin). It is never trained here.
 
@@ -86,10 +87,16 @@ class TextJudge:
         """r(x, y) for each row, in batches of ``batch`` texts. -> [B] float32 on x's device."""
         texts = self.texts(x, y)
         device = next(self.model.parameters()).device
+        templated = bool(getattr(self.tok, "chat_template", None))  # the template already wrote the special tokens
+        side, self.tok.truncation_side = self.tok.truncation_side, "left"  # too long: the prompt's start goes, never the response
         out = []
-        for i in range(0, len(texts), self.batch):
-            enc = self.tok(texts[i: i + self.batch], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-            out.append(self.model(**{k: v.to(device) for k, v in enc.items()}).logits[:, 0].float())
+        try:
+            for i in range(0, len(texts), self.batch):
+                enc = self.tok(texts[i: i + self.batch], padding=True, truncation=True, max_length=self.max_length,
+                               add_special_tokens=not templated, return_tensors="pt")
+                out.append(self.model(**{k: v.to(device) for k, v in enc.items()}).logits[:, 0].float())
+        finally:
+            self.tok.truncation_side = side
         return torch.cat(out).to(x.device) if out else torch.zeros(0, device=x.device)
 
     def margin(self, x, y1, y2):

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import zlib
 from pathlib import Path
 
-__all__ = ["DataError", "records", "container"]
+__all__ = ["DataError", "records", "container", "split_of"]
 
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
@@ -50,6 +51,10 @@ def records(path: Path):
         shards = sorted(path.glob("*.parquet"))
         if not shards:
             raise DataError(f"{path} is a folder without *.parquet shards; pass a data file or a folder of parquet shards")
+        splits = sorted({split_of(s) for s in shards})
+        if len(splits) > 1:  # the Hub names shards <split>-00000-of-00002.parquet; one split per run
+            raise DataError(f"{path} holds the shards of several splits ({', '.join(splits)}); point --data.path at one split's "
+                            "file or a folder with only its shards")
         for shard in shards:
             yield from _parquet(shard)
     elif kind == "parquet":
@@ -62,6 +67,13 @@ def records(path: Path):
         yield from _json(path, raw)
     else:
         yield from _json(path, path.read_bytes())
+
+
+def split_of(shard: Path) -> str:
+    """The split a Hub parquet shard belongs to: its name before ``-NNNNN-of-NNNNN`` (the whole
+    stem when the name has no shard number)."""
+    m = re.match(r"(.+?)-\d{5}-of-\d{5}$", shard.stem)
+    return m.group(1) if m else shard.stem
 
 
 def _json(path: Path, raw: bytes):

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     # inputs read and checked: only now is anything written to --out
     try:
         if auto_out:  # a folder of its own: another run may have taken the name since
-            cfg = replace(cfg, out=claim_run_dir(cfg.out))
+            cfg = replace(cfg, out=claim_run_dir(Path("runs/fullscale"), f"{cfg.hypothesis}-{cfg.preset}"))
         resolved = _jsonable(cfg)
         for d in (cfg.out, cfg.cache):
             if d is not None:

@@ -137,7 +137,7 @@ class World:
 
     def _judge(self, path, name: str):
         """A judge from a local reward model (``fullscale.judge``) and the key its dependent
-        stages are cached under: its path and the time its files were written."""
+        stages are cached under: the data stage, the judge's path and the time its files were written."""
         from fullscale.judge import TextJudge, load_judge
 
         model, tok = load_judge(path, device=str(self.device))
@@ -145,7 +145,7 @@ class World:
         judge = TextJudge(model, tok, self.tokenizer, self.prompts, self.ids["eos"], self.ids["pad"])
         self.extras.setdefault("models", {})[name] = {"path": str(path), "params": sum(q.numel() for q in model.parameters()),
                                                       "architecture": type(model).__name__, "max_length": judge.max_length}
-        return judge, "judge-" + config_hash(str(Path(path).resolve()), stamp)
+        return judge, "judge-" + config_hash(self.data_key, str(Path(path).resolve()), stamp)
 
     def _human_labels(self):
         """The initial labels (rater or dataset): chosen/rejected of the training pairs, ties dropped."""
@@ -238,7 +238,16 @@ class World:
 
     def reward_model(self):
         """The RLHF arm's proxy: a pointwise Bradley–Terry reward model with the proxy PM's size
-        and data (Stiennon et al. 2020; Ouyang et al. 2022), as a reward function r(x, y)."""
+        and data (Stiennon et al. 2020; Ouyang et al. 2022), as a reward function r(x, y); with
+        ``--models.proxy-judge-path``, that judge's scores, so RLHF and DPO share one labeller."""
+        if not hasattr(self, "_rm") and self.cfg.models.proxy_judge_path is not None:  # the judge's own scores
+            judge = self.proxy_oracle
+
+            @torch.no_grad()
+            def judged(x, y):  # x [B, k], y [B, k, T] -> [B, k]
+                return judge.scores(x.reshape(-1), y.reshape(-1, y.shape[-1])).reshape(x.shape)
+
+            self._rm = judged
         if not hasattr(self, "_rm"):
             tr = torch.nonzero(self.split).squeeze(-1)
             tr = tr[: max(1, int(round(self.t.proxy_fraction * len(tr))))]

@@ -61,18 +61,17 @@ def new_run_dir(base: Path, name: str) -> Path:
     return path
 
 
-def claim_run_dir(path: Path) -> Path:
-    """Create the new run folder ``path`` (``new_run_dir``'s name) atomically, or, when another
-    run created it first (two runs started in the same second), the next free name after it
-    (``-2``, ``-3``…); returns the folder created. Only a run that writes calls this."""
-    stem, k = path, 1
+def claim_run_dir(base: Path, name: str) -> Path:
+    """Create a new run folder ``new_run_dir(base, name)`` atomically and return it; when another
+    run created that name first (two runs started in the same second), take the next free one.
+    Only a run that writes calls this; an OSError (no permission, ``base`` a file) is the caller's."""
     while True:
+        path = new_run_dir(base, name)
         try:
             path.mkdir(parents=True, exist_ok=False)
             return path
         except FileExistsError:
-            k += 1
-            path = stem.with_name(f"{stem.name}-{k}")
+            continue
 
 
 def cli(cls, argv: list[str] | None, prog: str, description: str, **kwargs):

@@ -122,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(cfg.repeats):  # the conditions take turns, so a drift of the machine hits them alike
             for cond, env, load in conditions:
                 with _Load(load) if load else contextlib.nullcontext():
-                    runs[cond].append(_timed(COMMANDS[name], env))
+                    try:
+                        runs[cond].append(_timed(COMMANDS[name], env))
+                    except RuntimeError as e:
+                        print(f"error: {e}", file=sys.stderr)
+                        return 1
         times = {c: statistics.median(v) for c, v in runs.items()}
         print(f"{name:<18}" + "".join(f"{times[c]:>19.1f}s" for c, _, _ in conditions) + f"{times['loaded'] / times['quiet']:>15.2f}×",
               flush=True)

@@ -76,9 +76,14 @@ def _heading(r: dict) -> str:
         m = cfg["models"]
 
         def model(kind):
+            judge = m.get(f"{kind.removesuffix('_pm')}_judge_path")
+            if judge:
+                return f"{kind.removesuffix('_pm')} judge `{judge}` (a reward model, used as trained)"
             path = m.get(f"{kind}_path")
             if path:
                 return f"{kind} `{path}`"
+            if kind == "golden_pm" and m.get("golden_pm_init") == "sft":
+                return "golden_pm started from π_sft's weights"
             a = m[kind]
             layers = f"{a['layers']} layer" + ("s" if a["layers"] != 1 else "")
             return f"{kind} {a['arch']} ({layers} × width {a['width']}, from scratch)"
@@ -90,7 +95,6 @@ def _heading(r: dict) -> str:
 
 
 def format_table(results: dict, markdown: bool = False) -> str:
-    rows = summary_rows(results)
     """The per-arm table of ``summary_rows`` (plain text or markdown), under the plumbing-check
     note where the run's sizes call for one (``plumbing_note``)."""
     rows = summary_rows(results)

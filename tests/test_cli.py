@@ -67,10 +67,13 @@ def test_study_is_an_alias_of_hypothesis_only_where_hypothesis_exists():
     assert cli(_Config, ["--study", "theory"], prog="prog", description="A command.").study == "theory"  # a real --study stays
 
 
-def test_a_claimed_run_folder_is_never_shared(tmp_path):
-    from shared.cli import claim_run_dir, new_run_dir
+def test_a_claimed_run_folder_is_never_shared(tmp_path, monkeypatch):
+    """Runs started in the same second get <name>-<time>, then -2, then -3 (never -2-2)."""
+    import time
 
-    name = new_run_dir(tmp_path / "runs", "coverage")
-    first, second = claim_run_dir(name), claim_run_dir(name)  # two runs that picked the same name
-    assert first == name and second == name.with_name(name.name + "-2") and first.is_dir() and second.is_dir()
-    assert new_run_dir(tmp_path / "runs", "coverage") != name  # the next proposal skips taken names
+    from shared.cli import claim_run_dir
+
+    monkeypatch.setattr(time, "strftime", lambda fmt: "20261201-120000")
+    made = [claim_run_dir(tmp_path / "runs", "coverage") for _ in range(3)]
+    assert [d.name for d in made] == ["coverage-20261201-120000", "coverage-20261201-120000-2", "coverage-20261201-120000-3"]
+    assert all(d.is_dir() for d in made)

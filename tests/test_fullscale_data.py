@@ -255,3 +255,17 @@ def test_malformed_rows_of_the_downloaded_layouts_name_line_and_field(tmp_path, 
         out.write(json.dumps(rec) + "\n")
     with pytest.raises(DataError, match=re.escape(f"bad.jsonl:{2 if fmt == 'jsonl' else 1}: ") + ".*" + re.escape(message)):
         load_pairs(f, fmt)
+
+
+def test_a_folder_with_the_shards_of_two_splits_is_refused(tmp_path):
+    """The Hub lays a dataset out as <split>-00000-of-0000N.parquet: reading them all would train on the test split."""
+    pa = pytest.importorskip("pyarrow")
+    import json
+
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in (FIX / "tldr_hf.jsonl").read_text().splitlines()]
+    for name in ("train-00000-of-00001.parquet", "test-00000-of-00001.parquet"):
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / name)
+    with pytest.raises(DataError, match=r"holds the shards of several splits \(test, train\)"):
+        load_pairs(tmp_path, "tldr")

@@ -105,10 +105,34 @@ def test_a_judge_that_is_not_a_one_score_reward_model_is_one_line(tmp_path, caps
     assert not (tmp_path / "o").exists()
 
 
-def test_a_reward_model_as_the_proxy_that_labels_online_pairs(judge, tmp_path, capsys):
+def test_a_reward_model_as_the_proxy_that_labels_online_pairs_and_rewards_rlhf(judge, tmp_path, capsys):
+    """The equivalence study: online DPO's labels and the RLHF arm's reward both come from the judge."""
     out = tmp_path / "out"
     rc = main(["--config", str(TINY), "--out", str(out), "--data.source", "jsonl", "--data.path", str(_pairs(tmp_path)),
-               "--data.vocab-words", "50", "--train.batch-size", "4", "--models.proxy-judge-path", str(judge)])
+               "--data.vocab-words", "50", "--train.batch-size", "4", "--models.proxy-judge-path", str(judge),
+               "--hypothesis", "equivalence"])
     assert rc == 0, capsys.readouterr().err[-2000:]
-    models = json.loads((out / "results.json").read_text())["extras"]["models"]
-    assert "proxy_judge" in models and "proxy_pm" not in models and "golden_pm" in models
+    res = json.loads((out / "results.json").read_text())
+    models = res["extras"]["models"]
+    assert "proxy_judge" in models and "golden_pm" in models
+    assert "proxy_pm" not in models and "proxy_rm" not in models  # no proxy trained for either arm
+    assert "rlhf" in res["arms"]
+
+
+def test_a_text_longer_than_the_judge_loses_its_prompts_beginning_not_the_response(judge):
+    from fullscale.judge import TextJudge, load_judge
+    from fullscale.lm import Prompts
+    from fullscale.models import special_ids, word_tokenizer
+
+    policy_tok = word_tokenizer(WORDS)
+    ids = special_ids(policy_tok)
+    prompt = torch.tensor([policy_tok("doc 1 says 2 the sky is", add_special_tokens=False)["input_ids"]])
+    prompts = Prompts(prompt, torch.ones_like(prompt))
+    y = torch.tensor([policy_tok("blue", add_special_tokens=False)["input_ids"] + [ids["eos"]]])
+    model, tok = load_judge(judge)
+    j = TextJudge(model, tok, policy_tok, prompts, ids["eos"], ids["pad"])
+    j.max_length = 5  # [CLS] + 3 tokens + [SEP]
+    body = tok("doc 1 says 2 the sky is blue", add_special_tokens=False)["input_ids"][-3:]
+    assert tok.convert_ids_to_tokens(body) == ["sky", "is", "blue"]
+    want = model(input_ids=torch.tensor([[tok.cls_token_id, *body, tok.sep_token_id]])).logits[0, 0]
+    torch.testing.assert_close(j.scores(torch.tensor([0]), y)[0], want, atol=1e-5, rtol=1e-5)

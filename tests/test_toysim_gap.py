@@ -142,3 +142,9 @@ def test_help_lists_the_choices():
     assert "python -m toysim.gap --hypothesis contrastive" in p.stdout  # the examples
     p = subprocess.run([sys.executable, "-m", "toysim.sweep", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert "{label_noise,golden_pairs," in p.stdout and "{default,arena}" in p.stdout
+
+
+def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "runs").write_text("a file where the run folders would go")
+    p = _run("--hypothesis", "theory", "--quick", "--seeds", "1", cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.startswith("error: cannot make a run folder under runs/toysim") and "Traceback" not in p.stderr

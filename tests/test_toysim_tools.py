@@ -84,3 +84,25 @@ def test_figures_put_the_earlier_results_back_when_a_run_crashes(tmp_path, monke
         pass
     assert (earlier / "results.json").read_text() == "{}"
     assert not (tmp_path / ".toysim-default.old").exists()
+
+
+def test_figures_recover_the_results_a_killed_regeneration_kept_aside(tmp_path, monkeypatch):
+    """After a kill (no finally runs), OUT/.<name>.old holds the good results and OUT/<name> a
+    partial run: the next regeneration starts from the kept ones instead of deleting them."""
+    import toysim.figures
+    import toysim.gap
+
+    (tmp_path / ".toysim-default.old").mkdir()
+    (tmp_path / ".toysim-default.old" / "results.json").write_text("good")
+    (tmp_path / "toysim-default").mkdir()  # the partial run
+
+    def crash(argv):
+        (tmp_path / "toysim-default").mkdir()
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(toysim.gap, "main", crash)
+    try:
+        toysim.figures.main(["--out", str(tmp_path)])
+    except RuntimeError:
+        pass
+    assert (tmp_path / "toysim-default" / "results.json").read_text() == "good"

@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name, module, args in JOBS:
         dest, old = cfg.out / name, cfg.out / f".{name}.old"
-        shutil.rmtree(old, ignore_errors=True)
+        if old.exists():  # an earlier regeneration was killed mid-run: its kept results are the good ones
+            shutil.rmtree(dest, ignore_errors=True)
+            old.rename(dest)
         if dest.exists():
             dest.rename(old)
         args = args + (QUICK[module] if cfg.quick else []) + ["--out", str(dest)]

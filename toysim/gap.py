@@ -115,7 +115,7 @@ def _write_json(path: Path, obj) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shared.cli import claim_run_dir, cli, new_run_dir
+    from shared.cli import claim_run_dir, cli
 
     try:
         cfg = cli(GapConfig, argv, prog="python -m toysim.gap", description="\n\n".join(__doc__.split("\n\n")[:2]))
@@ -127,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         return fail(problem)
     if cfg.out is None:  # the arguments are good: this run writes, into a folder of its own
-        cfg = replace(cfg, out=claim_run_dir(new_run_dir(Path("runs/toysim"), cfg.hypothesis)))
+        try:
+            cfg = replace(cfg, out=claim_run_dir(Path("runs/toysim"), cfg.hypothesis))
+        except OSError as e:
+            return fail(f"cannot make a run folder under runs/toysim: {e.strerror or e}")
     problem = _check_out(cfg, studies)
     if problem:
         return fail(problem)

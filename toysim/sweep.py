@@ -151,7 +151,7 @@ def plot(result: dict, path: Path):
 def main(argv=None) -> int:
     from tqdm import tqdm
 
-    from shared.cli import cli, new_run_dir
+    from shared.cli import claim_run_dir, cli
     from shared.machine import apply_threads
     from toysim.presets import PRESETS
 
@@ -165,14 +165,18 @@ def main(argv=None) -> int:
         return fail(f"--seeds must be at least 1 and at most {MAX_SEEDS}, got {cfg.seeds}")
     if not 0 <= cfg.threads <= 4096:
         return fail(f"--threads must be 0 (the cores idle at start-up) or a count up to 4096, got {cfg.threads}")
-    cfg = replace(cfg, out=cfg.out or new_run_dir(Path("runs/sweep"), f"{cfg.x}-{cfg.y}"))
-    if cfg.out.exists():
+    if cfg.out is None:  # a folder of its own, made now so that the results have a place when the sweep ends
+        try:
+            cfg = replace(cfg, out=claim_run_dir(Path("runs/sweep"), f"{cfg.x}-{cfg.y}"))
+        except OSError as e:
+            return fail(f"cannot make a run folder under runs/sweep: {e.strerror or e}")
+    elif cfg.out.exists():
         return fail(f"{cfg.out} exists; choose a new --out, or leave it out for a new folder (results are never overwritten)")
     apply_threads(cfg.threads)
     t0 = time.time()
     with tqdm(total=len(cfg.x_values) * len(cfg.y_values), desc="cells", file=sys.stderr) as bar:
         result = sweep(cfg, bar)
-    cfg.out.mkdir(parents=True)
+    cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "sweep.json").write_text(json.dumps(result, indent=1))
     plot(result, cfg.out / "phase.png")
     print(f"wrote {cfg.out / 'sweep.json'} and {cfg.out / 'phase.png'} in {time.time() - t0:.0f} s")
