@@ -114,14 +114,15 @@ class World:
         self.data_key = d.name
         self.sft, self.sft_dir = {}, {}
         self.sft[1.0] = self._sft(1.0)
+        self.golden_pm = self.proxy_pm = None  # trained preference models; None where a judge stands in
         if cfg.models.golden_judge_path is not None:  # an off-the-shelf reward model, used as trained
             self.golden_oracle, self.golden_key = self._judge(cfg.models.golden_judge_path, "golden_judge")
         else:
             golden_from, golden_key = cfg.models.golden_pm_path, None
             if golden_from is None and cfg.models.golden_pm_init == "sft":  # π_sft's weights, a new scalar head
                 golden_from, golden_key = self.sft_dir[1.0] / "model", self.sft_dir[1.0].name
-            golden_pm = self._pm("golden_pm", cfg.models.golden_pm, golden_from, *self._human_labels(), path_key=golden_key)
-            self.golden_oracle = PMOracle(golden_pm, self.prompts, cfg.models.pm_kind, self.ids["eos"], self.ids["pad"], self.ids["cls"])
+            self.golden_pm = self._pm("golden_pm", cfg.models.golden_pm, golden_from, *self._human_labels(), path_key=golden_key)
+            self.golden_oracle = PMOracle(self.golden_pm, self.prompts, cfg.models.pm_kind, self.ids["eos"], self.ids["pad"], self.ids["cls"])
         self.d_golden = self._relabel()
         if cfg.models.proxy_judge_path is not None:  # an off-the-shelf reward model labels the online pairs
             self.proxy_oracle, key = self._judge(cfg.models.proxy_judge_path, "proxy_judge")
@@ -130,9 +131,9 @@ class World:
             frac = self.t.proxy_fraction
             tr = torch.nonzero(self.split).squeeze(-1)
             tr = tr[: max(1, int(round(frac * len(tr))))]
-            proxy_pm = self._pm("proxy_pm", cfg.models.proxy_pm, cfg.models.proxy_pm_path,
-                                self.d_golden.x[tr], self.d_golden.y_w[tr], self.d_golden.y_l[tr], extra=self.golden_key)
-            self.proxy_oracle = PMOracle(proxy_pm, self.prompts, cfg.models.pm_kind, self.ids["eos"], self.ids["pad"], self.ids["cls"])
+            self.proxy_pm = self._pm("proxy_pm", cfg.models.proxy_pm, cfg.models.proxy_pm_path,
+                                     self.d_golden.x[tr], self.d_golden.y_w[tr], self.d_golden.y_l[tr], extra=self.golden_key)
+            self.proxy_oracle = PMOracle(self.proxy_pm, self.prompts, cfg.models.pm_kind, self.ids["eos"], self.ids["pad"], self.ids["cls"])
         self._pm_report()
 
     def _judge(self, path, name: str):
