@@ -118,3 +118,27 @@ def test_batched_runs_train_as_they_do_alone():
         alone.append(run(single, lr[r:r + 1], beta[r:r + 1])[0])
     assert both.abs().sum() > 0
     torch.testing.assert_close(both, torch.stack(alone))
+
+
+def test_pair_logp_on_the_path_equals_the_table_and_its_gradient():
+    space, pol, g = _policy(runs=2)
+    theta = torch.randn(2, pol.feats.shape[-1], generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randint(0, 2, (2, 9), generator=g)
+    y = torch.randint(0, len(space), (2, 9), generator=g)
+    fast = pol.pair_logp(theta, x, y)
+    ref = pol.table(theta)[torch.arange(2)[:, None], x, y]
+    torch.testing.assert_close(fast, ref)
+    (g_fast,) = torch.autograd.grad(fast.sum(), theta)
+    (g_ref,) = torch.autograd.grad(ref.sum(), theta)
+    torch.testing.assert_close(g_fast, g_ref)
+
+
+def test_ancestral_sampling_follows_the_table_at_a_trained_theta():
+    space, pol, g = _policy(vocab=2, max_len=3, runs=2)
+    pol.set_theta(torch.randn(2, pol.feats.shape[-1], generator=g, dtype=torch.float64))
+    x = torch.tensor([[0], [1]]).expand(2, 40000)
+    y = pol.sample(x, g)
+    assert (y >= 0).all()
+    for r, xi in ((0, 0), (1, 1)):
+        freq = torch.bincount(y[r], minlength=len(space)).double() / y.shape[1]
+        torch.testing.assert_close(freq, pol.probs()[r, xi], atol=0.01, rtol=0)

@@ -25,7 +25,7 @@ import itertools
 
 import torch
 
-from toysim.engine import gather_logp, sample_rows
+from toysim.engine import gather_logp
 
 __all__ = ["SequenceSpace", "AutoregressivePolicy", "bigram_features"]
 
@@ -58,6 +58,21 @@ class SequenceSpace:
                 choice[n, t], valid[n, t] = node * (vocab + 1) + tok, True
         self.choice, self.valid = choice, valid
         self.lengths = torch.tensor([len(p) for p in prefixes])
+        # where a choice leads (ancestral sampling): child[s, v] the node after token v (−1 when the
+        # prefix then has max_len tokens), done[s, v] the response it completes (−1 if none: a
+        # shorter prefix continues); END completes the node's own prefix
+        resp_of = {p: n for n, p in enumerate(prefixes)}
+        nodes = list(node_of)
+        self.child = torch.full((self.nodes, vocab + 1), -1, dtype=torch.long)
+        self.done = torch.full((self.nodes, vocab + 1), -1, dtype=torch.long)
+        for i, p in enumerate(nodes):
+            self.done[i, self.end] = resp_of[p]
+            for v in range(vocab):
+                q = p + (v,)
+                if len(q) < max_len:
+                    self.child[i, v] = node_of[q]
+                else:
+                    self.done[i, v] = resp_of[q]
 
     def __len__(self) -> int:
         return len(self.responses)
@@ -128,13 +143,32 @@ class AutoregressivePolicy:
                 self._probs = self.table().exp()
         return self._probs
 
-    def sample(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """One response per prompt, x [R, B] -> y [R, B], from the exact table."""
-        return sample_rows(self.probs(), x, generator)
+    def sample(self, x: torch.Tensor, generator: torch.Generator | None = None, runs: slice = slice(None)) -> torch.Tensor:
+        """One response per prompt, x [R', B] -> y [R', B], token by token from (1) at the current θ
+        of ``runs`` (ancestral sampling: the table's distribution, without computing the table)."""
+        sp, (R, B), theta = self.space, x.shape, self.theta[runs]
+        node = torch.zeros(R, B, dtype=torch.long)
+        out = torch.full((R, B), -1, dtype=torch.long)
+        with torch.no_grad():
+            for _ in range(sp.max_len):
+                live = out < 0
+                logits = self.sft_tok[x, node] + torch.einsum("rbvd,rd->rbv", self.feats[x, node], theta)  # [R, B, V+1]
+                tok = torch.multinomial(torch.softmax(logits, -1).reshape(R * B, -1), 1, generator=generator).reshape(R, B)
+                finished = sp.done[node, tok]
+                out = torch.where(live & (finished >= 0), finished, out)
+                node = torch.where(live & (finished < 0), sp.child[node, tok], node)
+        return out
 
     def logp(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return gather_logp(self.table(), x, y)
 
     def pair_logp(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """log π_θ(y|x) at pairs x/y [R, K] -> [R, K], differentiable in θ."""
-        return gather_logp(self._table(theta), x, y)
+        """log π_θ(y|x) at pairs x/y [R, K] -> [R, K], differentiable in θ: (1) computed at the
+        nodes on each response's path only (at most max_len + 1 softmaxes a response)."""
+        V1 = self.space.vocab + 1
+        c = self.space.choice[y]  # [R, K, L+1]
+        node, tok = c // V1, c % V1
+        xs = x[..., None].expand_as(node)
+        logits = self.sft_tok[xs, node] + torch.einsum("rklvd,rd->rklv", self.feats[xs, node], theta)  # [R, K, L+1, V+1]
+        picked = torch.log_softmax(logits, -1).gather(-1, tok[..., None])[..., 0]
+        return (picked * self.space.valid[y]).sum(-1)
