@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -64,24 +66,26 @@ def test_figures_quick_never_writes_into_docs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "runs" / "figures-quick" / "sweep" / "sweep.json").exists()
 
 
-def test_figures_put_the_earlier_results_back_when_a_run_crashes(tmp_path, monkeypatch):
-    """A run that raises (a bug, Ctrl-C) must not leave the committed folder deleted."""
+def _crash_a_regeneration(tmp_path, monkeypatch):
+    """Run toysim.figures into ``tmp_path`` with a toysim.gap that makes its folder and raises."""
     import toysim.figures
     import toysim.gap
-
-    earlier = tmp_path / "toysim-default"
-    earlier.mkdir()
-    (earlier / "results.json").write_text("{}")
 
     def crash(argv):
         (tmp_path / "toysim-default").mkdir()
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(toysim.gap, "main", crash)
-    try:
+    with pytest.raises(RuntimeError):
         toysim.figures.main(["--out", str(tmp_path)])
-    except RuntimeError:
-        pass
+
+
+def test_figures_put_the_earlier_results_back_when_a_run_crashes(tmp_path, monkeypatch):
+    """A run that raises (a bug, Ctrl-C) must not leave the committed folder deleted."""
+    earlier = tmp_path / "toysim-default"
+    earlier.mkdir()
+    (earlier / "results.json").write_text("{}")
+    _crash_a_regeneration(tmp_path, monkeypatch)
     assert (earlier / "results.json").read_text() == "{}"
     assert not (tmp_path / ".toysim-default.old").exists()
 
@@ -89,20 +93,8 @@ def test_figures_put_the_earlier_results_back_when_a_run_crashes(tmp_path, monke
 def test_figures_recover_the_results_a_killed_regeneration_kept_aside(tmp_path, monkeypatch):
     """After a kill (no finally runs), OUT/.<name>.old holds the good results and OUT/<name> a
     partial run: the next regeneration starts from the kept ones instead of deleting them."""
-    import toysim.figures
-    import toysim.gap
-
     (tmp_path / ".toysim-default.old").mkdir()
     (tmp_path / ".toysim-default.old" / "results.json").write_text("good")
     (tmp_path / "toysim-default").mkdir()  # the partial run
-
-    def crash(argv):
-        (tmp_path / "toysim-default").mkdir()
-        raise RuntimeError("a bug")
-
-    monkeypatch.setattr(toysim.gap, "main", crash)
-    try:
-        toysim.figures.main(["--out", str(tmp_path)])
-    except RuntimeError:
-        pass
+    _crash_a_regeneration(tmp_path, monkeypatch)
     assert (tmp_path / "toysim-default" / "results.json").read_text() == "good"

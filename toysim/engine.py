@@ -20,10 +20,34 @@ import torch
 from shared.metrics import classifier_accuracy_exact, kl_exact, logp_shift, win_rate_exact
 from shared.sampling import Batch, Rollouts
 
-__all__ = ["LogLinearPolicy", "sample_rows", "gather_log_softmax", "adam_init", "adam_update", "gather_logp", "train", "Evaluator"]
+__all__ = ["TablePolicy", "LogLinearPolicy", "sample_rows", "gather_log_softmax", "adam_init", "adam_update", "gather_logp", "train", "Evaluator"]
 
 
-class LogLinearPolicy:
+class TablePolicy:
+    """What every exact policy shares once it can give its table ``table(theta)`` [R, X, N] of
+    log π(y|x): θ, π cached per θ, and log π at index pairs (``shared.sampling.Policy``)."""
+
+    theta: torch.Tensor
+    _probs: torch.Tensor | None = None
+
+    def table(self, theta: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def set_theta(self, theta: torch.Tensor) -> None:
+        self.theta, self._probs = theta, None
+
+    def probs(self) -> torch.Tensor:
+        """π(y|x) [R, X, N] at the current θ, computed once per θ (no gradient)."""
+        if self._probs is None:
+            with torch.no_grad():
+                self._probs = self.table().exp()
+        return self._probs
+
+    def logp(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return gather_logp(self.table(), x, y)
+
+
+class LogLinearPolicy(TablePolicy):
     """R log-linear policies over one world: logp table [R, X, N].
 
     ``feats`` [X, N, d] gives θ of shape [R, d]; ``feats=None`` is tabular,
@@ -53,22 +77,9 @@ class LogLinearPolicy:
         """log π(y|x) for every run, prompt and response: [R, X, N]."""
         return torch.log_softmax(self.logits(theta), -1)
 
-    def set_theta(self, theta: torch.Tensor) -> None:
-        self.theta, self._probs = theta, None
-
-    def probs(self) -> torch.Tensor:
-        """π(y|x) [R, X, N] at the current θ, computed once per θ (no gradient)."""
-        if self._probs is None:
-            with torch.no_grad():
-                self._probs = self.table().exp()
-        return self._probs
-
     def sample(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """One response per prompt, x [R, B] -> y [R, B], from the current θ (no gradient)."""
         return sample_rows(self.probs(), x, generator)
-
-    def logp(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return gather_logp(self.table(), x, y)
 
     def pair_logp(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log π_θ(y|x) at pairs x/y [R, K] -> [R, K], differentiable in θ; what a training step needs.

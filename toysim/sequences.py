@@ -25,7 +25,7 @@ import itertools
 
 import torch
 
-from toysim.engine import gather_logp
+from toysim.engine import TablePolicy
 
 __all__ = ["SequenceSpace", "AutoregressivePolicy", "bigram_features"]
 
@@ -91,7 +91,7 @@ def bigram_features(space: SequenceSpace, prompt_feats: torch.Tensor) -> torch.T
     return torch.cat([big[None].expand(X, -1, -1, -1), px[:, None].expand(-1, S, -1, -1)], -1)
 
 
-class AutoregressivePolicy:
+class AutoregressivePolicy(TablePolicy):
     """R autoregressive log-linear policies (1) over one ``SequenceSpace``: θ [R, d].
 
     ``sft_tok`` [X, S, V+1]: π_sft's token logits at every node (a prefix of ``max_len`` tokens
@@ -133,16 +133,6 @@ class AutoregressivePolicy:
         """The table itself: it is normalised, so its log-softmax is itself (what the RLHF path reads)."""
         return self.table(theta)
 
-    def set_theta(self, theta: torch.Tensor) -> None:
-        self.theta, self._probs = theta, None
-
-    def probs(self) -> torch.Tensor:
-        """π(y|x) [R, X, N] at the current θ (no gradient), computed once per θ."""
-        if self._probs is None:
-            with torch.no_grad():
-                self._probs = self.table().exp()
-        return self._probs
-
     def sample(self, x: torch.Tensor, generator: torch.Generator | None = None, runs: slice = slice(None)) -> torch.Tensor:
         """One response per prompt, x [R', B] -> y [R', B], token by token from (1) at the current θ
         of ``runs`` (ancestral sampling: the table's distribution, without computing the table)."""
@@ -158,9 +148,6 @@ class AutoregressivePolicy:
                 out = torch.where(live & (finished >= 0), finished, out)
                 node = torch.where(live & (finished < 0), sp.child[node, tok], node)
         return out
-
-    def logp(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return gather_logp(self.table(), x, y)
 
     def pair_logp(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log π_θ(y|x) at pairs x/y [R, K] -> [R, K], differentiable in θ: (1) computed at the
