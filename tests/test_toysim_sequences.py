@@ -120,7 +120,7 @@ def test_batched_runs_train_as_they_do_alone():
     torch.testing.assert_close(both, torch.stack(alone))
 
 
-def test_pair_logp_on_the_path_equals_the_table_and_its_gradient():
+def test_pair_logp_equals_the_table_and_its_gradient():
     space, pol, g = _policy(runs=2)
     theta = torch.randn(2, pol.feats.shape[-1], generator=g, dtype=torch.float64, requires_grad=True)
     x = torch.randint(0, 2, (2, 9), generator=g)

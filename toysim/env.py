@@ -19,6 +19,13 @@ Mirrors the roles of Tang et al. 2024, §3:
 - policies are log-linear: logits = sft_logits + Φ·θ with Φ the interaction
   features u_x ⊙ z_y followed by random Fourier features of (u_x, z_y);
   ``policy_features`` (the capacity knob) is the total width.
+
+``policy_kind="autoregressive"`` makes every response a token sequence
+(``toysim.sequences``): at most ``max_len`` tokens over ``vocab``, token v with
+traits e_v, and a response's traits the sum of its tokens' (z_y = Σ_t e_{y_t}),
+so responses that share a prefix share reward and features, as an LLM's do.
+π_sft and the policy are then token-level softmaxes (``sequence_features``);
+the golden reward, D_golden and the proxy are the same functions of z_y.
 """
 
 from __future__ import annotations
@@ -28,9 +35,13 @@ from dataclasses import dataclass
 
 import torch
 
-from shared.preferences import NoisyOracle, hard_preference, label_pairs
+from typing import Literal
 
-__all__ = ["WorldConfig", "World", "make_world", "features", "TableOracle", "golden_training_oracle"]
+from shared.preferences import NoisyOracle, hard_preference, label_pairs
+from toysim.engine import LogLinearPolicy
+from toysim.sequences import AutoregressivePolicy, SequenceSpace, bigram_features
+
+__all__ = ["WorldConfig", "World", "make_world", "features", "sequence_features", "TableOracle", "golden_training_oracle"]
 
 
 class TableOracle:
@@ -82,6 +93,13 @@ class WorldConfig:
     """the policy's features start with the interactions u ⊙ z (else random features only)"""
     policy_features: int = 16
     """policy capacity at ×1 (the scale study multiplies it)"""
+    policy_kind: Literal["atomic", "autoregressive"] = "atomic"
+    """atomic: each response one item (``responses`` of them); autoregressive: responses are every
+    token sequence of at most ``max_len`` tokens over ``vocab`` (``responses`` is then unused)"""
+    vocab: int = 4
+    """autoregressive only: tokens in the vocabulary (an END token comes on top)"""
+    max_len: int = 3
+    """autoregressive only: most tokens in a response; there are Σ_{l ≤ max_len} vocab^l responses"""
     seed: int = 0
     """seed of the world (traits, tastes, D_golden, proxy), fixed across training seeds"""
 
@@ -97,6 +115,9 @@ class World:
     proxy_reward: torch.Tensor  # [X, N]
     u: torch.Tensor  # [X, k]
     z: torch.Tensor  # [N, k]
+    space: SequenceSpace | None = None  # autoregressive worlds: the enumerated sequences
+    token_traits: torch.Tensor | None = None  # [V, k], e_v
+    sft_tok: torch.Tensor | None = None  # [X, S, V+1], π_sft's token logits at every node
 
     def to(self, dtype: torch.dtype) -> "World":
         """The same world with its float tables in ``dtype`` (training runs in float32)."""
@@ -106,8 +127,18 @@ class World:
     def policy_features(self, capacity: float = 1.0) -> torch.Tensor:
         """Φ for a policy of width round(capacity × cfg.policy_features): [X, N, d]."""
         width = max(1, round(capacity * self.cfg.policy_features))
+        if self.space is not None:  # [X, S, V+1, d]: per node and next token
+            return sequence_features(self.space, self.u.double(), self.token_traits.double(), width, seed=self.cfg.seed + 1000,
+                                     structured=self.cfg.policy_structured).to(self.u.dtype)
         return features(self.u.double(), self.z.double(), width, seed=self.cfg.seed + 1000,
                         structured=self.cfg.policy_structured).to(self.u.dtype)
+
+    def make_policy(self, capacity: float, runs: int):
+        """``runs`` policies at θ = 0 (π_sft) of this world's kind, with features of ``policy_features(capacity)``."""
+        feats = self.policy_features(capacity)
+        if self.space is not None:
+            return AutoregressivePolicy(self.space, self.sft_tok, feats, runs)
+        return LogLinearPolicy(self.sft_logp, feats, runs)
 
 
 def features(u: torch.Tensor, z: torch.Tensor, width: int, seed: int, squares: bool = False, structured: bool = True) -> torch.Tensor:
@@ -135,6 +166,44 @@ def features(u: torch.Tensor, z: torch.Tensor, width: int, seed: int, squares: b
     uz = torch.cat([u[:, None, :].expand(x_n, n, kk), z[None, :, :].expand(x_n, n, kk)], -1)  # [X, N, 2k]
     rff = math.sqrt(2.0) * torch.cos(uz @ a + b)[..., :n_rff]
     return torch.cat([inter, rff], -1)[..., :width]
+
+
+def _echo_states(space: SequenceSpace, emb: torch.Tensor, dim: int, g: torch.Generator) -> torch.Tensor:
+    """A fixed random recurrent state of every node's prefix: h_0 = 0, h_{t+1} = tanh(W h_t + U e_{y_t}),
+    W rescaled to spectral radius 0.9 (an echo-state network, Jaeger 2001). [S, dim]."""
+    w = torch.randn(dim, dim, generator=g, dtype=emb.dtype)
+    w *= 0.9 / torch.linalg.eigvals(w).abs().max()
+    u = torch.randn(dim, emb.shape[1], generator=g, dtype=emb.dtype)
+    h = torch.zeros(space.nodes, dim, dtype=emb.dtype)
+    for s in range(1, space.nodes):  # nodes are listed by depth: a parent comes before its children
+        h[s] = torch.tanh(w @ h[space.node_parent[s]] + u @ emb[space.node_last[s]])
+    return h
+
+
+def sequence_features(space: SequenceSpace, u: torch.Tensor, e: torch.Tensor, width: int, seed: int,
+                      structured: bool = True) -> torch.Tensor:
+    """φ(x, s, v) of an autoregressive policy, shared across prefixes: [X, S, V+1, width].
+
+    Columns: ``toysim.sequences.bigram_features`` (the structured part: a bigram table and the
+    prompt's taste per token; dropped when not ``structured``), then random Fourier features
+    (Rahimi & Recht 2007) of (u_x, h_s, e_v) with h_s a fixed random recurrent state of the whole
+    prefix (``_echo_states``): the capacity knob, a recurrent policy with a trained log-linear
+    readout. Truncated to ``width``; a smaller width is a prefix of a larger one with the same seed.
+    """
+    X, k = u.shape
+    V1, S = space.vocab + 1, space.nodes
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.cat([e, torch.randn(1, e.shape[1], generator=g, dtype=e.dtype)])  # END gets a random embedding
+    h = _echo_states(space, emb, 8, g)
+    parts = [bigram_features(space, u)] if structured else []
+    n_rff = max(width - sum(p.shape[-1] for p in parts), 0)
+    if n_rff:
+        inp = torch.cat([u[:, None, None, :].expand(X, S, V1, k), h[None, :, None, :].expand(X, S, V1, h.shape[1]),
+                         emb[None, None, :, :].expand(X, S, V1, emb.shape[1])], -1)
+        a = torch.randn(n_rff, inp.shape[-1], generator=g, dtype=u.dtype).T / math.sqrt(2.0)  # column j drawn j-th
+        b = 2 * math.pi * torch.rand(n_rff, generator=torch.Generator().manual_seed(seed + 1), dtype=u.dtype)
+        parts.append(math.sqrt(2.0) * torch.cos(inp @ a + b))
+    return torch.cat(parts, -1)[..., :width].contiguous()
 
 
 def _fit_bt(feats: torch.Tensor, x, y_w, y_l, l2: float, iters: int = 30) -> torch.Tensor:
@@ -169,15 +238,33 @@ def make_world(cfg: WorldConfig) -> World:
 
     if cfg.prompts < 1 or cfg.responses < 2 or cfg.golden_pairs < 1:
         raise ValueError("a world needs ≥ 1 prompt, ≥ 2 responses and ≥ 1 golden pair")
+    if cfg.policy_kind not in ("atomic", "autoregressive"):
+        raise ValueError(f"policy_kind must be 'atomic' or 'autoregressive', got {cfg.policy_kind!r}")
     g = torch.Generator().manual_seed(cfg.seed)
     dt = torch.float64
     u = torch.randn(cfg.prompts, cfg.traits, generator=g, dtype=dt)
-    z = torch.randn(cfg.responses, cfg.traits, generator=g, dtype=dt)
+    space = e = sft_tok = None
+    if cfg.policy_kind == "autoregressive":
+        space = SequenceSpace(cfg.vocab, cfg.max_len)
+        e = torch.randn(cfg.vocab, cfg.traits, generator=g, dtype=dt) / math.sqrt(cfg.max_len)
+        counts = torch.zeros(len(space), cfg.vocab, dtype=dt)
+        for n, p in enumerate(space.responses):
+            for t in p:
+                counts[n, t] += 1
+        z = counts @ e  # z_y = Σ_t e_{y_t}
+    else:
+        z = torch.randn(cfg.responses, cfg.traits, generator=g, dtype=dt)
     sq = (z**2).sum(-1)  # [N]
     fit = u @ z.T  # [X, N]
-    golden = fit - cfg.penalty * sq[None, :] + cfg.noise * torch.randn(cfg.prompts, cfg.responses, generator=g, dtype=dt)
+    golden = fit - cfg.penalty * sq[None, :] + cfg.noise * torch.randn(cfg.prompts, z.shape[0], generator=g, dtype=dt)
     golden_pref = hard_preference(golden[:, :, None] - golden[:, None, :])
-    sft_logp = torch.log_softmax(-sq[None, :] / (2 * cfg.sft_temp) + 0.5 * fit, -1)
+    if space is None:
+        sft_logp = torch.log_softmax(-sq[None, :] / (2 * cfg.sft_temp) + 0.5 * fit, -1)
+    else:  # the same preference per token: moderate tokens matched to the prompt; END scores as the average token
+        tok = -(e**2).sum(-1)[None, :] / (2 * cfg.sft_temp) + 0.5 * u @ e.T  # [X, V]
+        tok = torch.cat([tok, tok.mean(-1, keepdim=True)], -1)
+        sft_tok = tok[:, None, :].expand(cfg.prompts, space.nodes, cfg.vocab + 1).contiguous()
+        sft_logp = AutoregressivePolicy(space, sft_tok, sft_tok.new_zeros(*sft_tok.shape, 1), 1).sft_logp
     mu_logp = torch.log_softmax(sft_logp + cfg.mu_shift * fit, -1)
 
     # D_golden: prompts uniform, both responses from μ, hard golden labels (ties by coin).
@@ -189,4 +276,4 @@ def make_world(cfg: WorldConfig) -> World:
 
     proxy_feats = features(u, z, cfg.proxy_features, seed=cfg.seed + 2000, squares=cfg.proxy_squares)
     proxy = _fit_bt(proxy_feats, d_golden.x, d_golden.y_w, d_golden.y_l, cfg.proxy_l2)
-    return World(cfg, golden, golden_pref, sft_logp, mu_logp, d_golden, proxy, u, z)
+    return World(cfg, golden, golden_pref, sft_logp, mu_logp, d_golden, proxy, u, z, space, e, sft_tok)

@@ -29,7 +29,7 @@ from shared.studies import STUDIES
 __all__ = ["GapConfig", "main", "fail"]
 
 Hypothesis = Literal[(*STUDIES, "all")]  # type: ignore[valid-type]  (the study names of shared.studies, or all)
-PresetName = Literal["default", "arena"]  # the keys of toysim.presets.PRESETS (tests/test_cli.py holds them equal)
+PresetName = Literal["default", "arena", "paper-protocol"]  # the keys of toysim.presets.PRESETS (tests/test_cli.py holds them equal)
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ class SequenceSpace:
         self.responses = prefixes  # response n: the tokens of prefixes[n] (END not listed)
         self.node_depth = torch.tensor([len(p) for p in node_of])
         self.node_last = torch.tensor([p[-1] if p else vocab for p in node_of])  # vocab: no token yet (BOS)
+        self.node_parent = torch.tensor([node_of[p[:-1]] if p else -1 for p in node_of])  # −1: the root has none
         choice = torch.zeros(len(prefixes), max_len + 1, dtype=torch.long)
         valid = torch.zeros(len(prefixes), max_len + 1, dtype=torch.bool)
         for n, p in enumerate(prefixes):
@@ -106,7 +107,7 @@ class AutoregressivePolicy(TablePolicy):
             raise ValueError(f"sft_tok {tuple(sft_tok.shape)} and feats {tuple(feats.shape)} do not match the space "
                              f"({space.nodes} nodes, {space.vocab + 1} choices)")
         self.space, self.sft_tok, self.feats = space, sft_tok, feats
-        self._feats_flat = feats.reshape(X * S * V1, d)
+        self._feats_t = feats.reshape(X * S * V1, d).T.contiguous()  # [d, X·S·(V+1)]: θ @ it is one GEMM laid out as [R, X, S, V+1]
         self.theta = torch.zeros(runs, d, dtype=sft_tok.dtype)
         self.grad_mask = None
         self._probs = None
@@ -116,7 +117,7 @@ class AutoregressivePolicy(TablePolicy):
     def token_logp(self, theta: torch.Tensor) -> torch.Tensor:
         """log π(v | x, s) for every run, prompt, node and choice: [R, X, S, V+1]."""
         X, S, V1, _ = self.feats.shape
-        logits = self.sft_tok + (self._feats_flat @ theta.T).T.reshape(theta.shape[0], X, S, V1)
+        logits = self.sft_tok + (theta @ self._feats_t).reshape(theta.shape[0], X, S, V1)
         return torch.log_softmax(logits, -1)
 
     def _table(self, theta: torch.Tensor) -> torch.Tensor:
@@ -150,12 +151,11 @@ class AutoregressivePolicy(TablePolicy):
         return out
 
     def pair_logp(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """log π_θ(y|x) at pairs x/y [R, K] -> [R, K], differentiable in θ: (1) computed at the
-        nodes on each response's path only (at most max_len + 1 softmaxes a response)."""
-        V1 = self.space.vocab + 1
-        c = self.space.choice[y]  # [R, K, L+1]
-        node, tok = c // V1, c % V1
-        xs = x[..., None].expand_as(node)
-        logits = self.sft_tok[xs, node] + torch.einsum("rklvd,rd->rklv", self.feats[xs, node], theta)  # [R, K, L+1, V+1]
-        picked = torch.log_softmax(logits, -1).gather(-1, tok[..., None])[..., 0]
+        """log π_θ(y|x) at pairs x/y [R, K] -> [R, K], differentiable in θ: (1) summed over each
+        response's choices, read off the token log-prob table of every node (one GEMM: the
+        [X·S·(V+1)] token logits cost less than gathering the features of every pair's path)."""
+        R, (X, S, V1, _) = theta.shape[0], self.feats.shape
+        flat = self.token_logp(theta).reshape(R, X * S * V1)
+        at = x[..., None] * (S * V1) + self.space.choice[y]  # [R, K, L+1]
+        picked = flat.gather(1, at.reshape(R, -1)).reshape(at.shape)
         return (picked * self.space.valid[y]).sum(-1)

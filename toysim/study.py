@@ -24,7 +24,7 @@ from shared.protocol import (LOSSES, STREAM_SOURCES, SamplerWorld, checkpoint_st
                              run_order, stream_generator, stream_read_by, sweep_configs)
 from shared.sampling import Batch, geometric_mixture, policy_pair_dataset, stack_batches
 from shared.studies import Arm, Study
-from toysim.engine import Evaluator, LogLinearPolicy, sample_rows, train
+from toysim.engine import Evaluator, TablePolicy, sample_rows, train
 from toysim.env import TableOracle, World, golden_training_oracle, make_world
 from toysim.presets import Preset
 from toysim.theory import equivalence_checks, population_loss, rlhf_objective, theory_checks
@@ -96,8 +96,8 @@ class Runner:
         seed_idx = torch.tensor([s for _, s in runs])
         beta = torch.tensor([[c["beta"]] for c, _ in runs], dtype=torch.float64)
         lr = torch.tensor([[c["lr"]] for c, _ in runs], dtype=torch.float64)
-        feats = w.policy_features(max(a.capacity for a in arms))
-        policy = LogLinearPolicy(w.sft_logp, feats, R)
+        policy = w.make_policy(max(a.capacity for a in arms), R)
+        feats = policy.feats
         widths = [w.policy_features(a.capacity).shape[-1] for a in arms]
         if min(widths) < feats.shape[-1]:
             policy.grad_mask = torch.cat([(torch.arange(feats.shape[-1]) < wd).to(feats.dtype).expand(sl.stop - sl.start, -1)
@@ -221,7 +221,7 @@ class _Runs:
     """Runs ``sl`` of a policy that trains several arms at once, as a ``shared.sampling.Policy``
     that samples (the table is computed once per step for all runs, then sliced)."""
 
-    def __init__(self, policy: LogLinearPolicy, sl: slice):
+    def __init__(self, policy: TablePolicy, sl: slice):
         self.policy, self.sl = policy, sl
 
     @property

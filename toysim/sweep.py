@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Literal
 
 from shared.metrics import seed_ci
-from shared.results import gap, peak, per_seed
+from shared.results import final, gap, peak, per_seed
 from shared.studies import Arm, Study
 from toysim.gap import MAX_SEEDS, PresetName, fail
 
-__all__ = ["SweepConfig", "sweep", "plot", "text_colors", "main"]
+__all__ = ["SweepConfig", "sweep", "cell", "plot", "PANELS", "text_colors", "main"]
 
 KNOBS = ("label_noise", "golden_pairs", "proxy_features", "proxy_l2", "policy_features", "sft_temp", "mu_shift",
-         "responses", "prompts", "traits", "penalty", "noise")
+         "responses", "prompts", "traits", "penalty", "noise", "vocab", "max_len")
 """The numeric fields of ``toysim.env.WorldConfig`` a sweep can vary (tests/test_cli.py holds them equal)."""
 Knob = Literal[KNOBS]  # type: ignore[valid-type]
 
@@ -75,7 +75,9 @@ def _cast(knob: str, value: float):
 
 
 def cell(preset, seeds: int) -> dict:
-    """Gaps for one world: online−offline and tandem−offline at matched KL and at the peak."""
+    """Gaps for one world: online−offline and tandem−offline at matched KL and at the peak, and
+    claim 11's signature: each arm's final chosen log-likelihood shift on D_golden and online −
+    offline (``shared.claims``' rule for claim 11 reads the same numbers). Each [mean, 95% half-width]."""
     from toysim.study import run_study
 
     res = run_study(_STUDY, preset, seeds)
@@ -85,6 +87,10 @@ def cell(preset, seeds: int) -> dict:
         pm, ph = seed_ci(per_seed(res, (a, "offline"), lambda s, a=a: peak(res, a, s) - peak(res, "offline", s)))
         out[f"{a}_minus_offline_matched_kl"] = [m, h]
         out[f"{a}_minus_offline_peak"] = [pm, ph]
+    shift = {a: per_seed(res, (a,), lambda s, a=a: final(res, a, s, "chosen_logp_shift")) for a in ("online", "offline")}
+    for a in ("online", "offline"):
+        out[f"{a}_chosen_shift"] = list(seed_ci(shift[a]))
+    out["online_minus_offline_chosen_shift"] = list(seed_ci([u - v for u, v in zip(shift["online"], shift["offline"])]))
     return out
 
 
@@ -118,16 +124,20 @@ def text_colors(rgba):
     return np.where(lum < 0.179, "white", "black")
 
 
-def plot(result: dict, path: Path):
-    """Write the phase diagram of a sweep's result to ``path``; returns the figure."""
+PANELS = [("online_minus_offline_matched_kl", "online − offline at matched KL"),
+          ("tandem_minus_offline_matched_kl", "tandem − offline at matched KL"),
+          ("online_minus_offline_peak", "online − offline, peak win rate")]
+"""The phase diagrams ``plot`` draws by default: (cell key, title)."""
+
+
+def plot(result: dict, path: Path, keys=PANELS, title: str | None = None):
+    """Write the phase diagram of a sweep's result to ``path``, one panel per (cell key, title) of
+    ``keys``; returns the figure. Knob values may be numbers or names."""
     import numpy as np
     from matplotlib.figure import Figure  # lazily: matplotlib is heavy, and only drawing needs it
 
     c = result["config"]
     xs, ys = list(c["x_values"]), list(c["y_values"])
-    keys = [("online_minus_offline_matched_kl", "online − offline at matched KL"),
-            ("tandem_minus_offline_matched_kl", "tandem − offline at matched KL"),
-            ("online_minus_offline_peak", "online − offline, peak win rate")]
     fig = Figure(figsize=(4.6 * len(keys), 3.8), layout="constrained")
     axes = fig.subplots(1, len(keys))
     for ax, (key, title) in zip(axes, keys):
@@ -137,15 +147,19 @@ def plot(result: dict, path: Path):
         ink = text_colors(im.cmap(im.norm(grid)))  # [y, x]: readable on each cell's own colour
         for (i, j), v in np.ndenumerate(grid):
             ax.text(j, i, f"{v:+.3f}", ha="center", va="center", fontsize=8, color=ink[i, j])
-        ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
-        ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
+        ax.set_xticks(range(len(xs)), [_label(v) for v in xs])
+        ax.set_yticks(range(len(ys)), [_label(v) for v in ys])
         ax.set_xlabel(c["x"])
         ax.set_ylabel(c["y"])
         ax.set_title(title, fontsize=10)
         fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.suptitle(f"Where the gap lives (preset {c['preset']}, {c['seeds']} seeds; blue = first arm better)", fontsize=10)
+    fig.suptitle(title or f"Where the gap lives (preset {c['preset']}, {c['seeds']} seeds; blue = first arm better)", fontsize=10)
     fig.savefig(path, dpi=110)
     return fig
+
+
+def _label(v) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
 def main(argv=None) -> int:
