@@ -1,5 +1,5 @@
 """Every command in a code block of docs/ and the README runs, at fast settings, so the
-docs cannot drift from the code. Substitutions: --seeds 1, --quick added (fullscale: the
+docs cannot drift from the code. Substitutions: --seeds 1 (2 where an interval is needed), --quick added (fullscale: the
 tiny config of tests/fixtures/fullscale-tiny.json), --out in a
 temporary folder, a 1×1 sweep grid; install lines (venv, pip) are skipped."""
 
@@ -18,6 +18,8 @@ FAST = {"toysim.gap": ["--quick", "--seeds", "1"],
         # one stage cache for every fullscale command: the world (data, SFT, PMs, golden policy) is built once
         "fullscale.run": ["--config", "tests/fixtures/fullscale-tiny.json", "--seeds", "1", "--cache", tempfile.mkdtemp(prefix="fs-doc-cache-")],
         "toysim.sweep": ["--quick", "--seeds", "1", "--x-values", "0.3", "--y-values", "8"],
+        "toysim.search": ["--quick", "--seeds", "2", "--confirm-seeds", "0", "--panels", "P4"],
+        "toysim.displacement": ["--quick", "--seeds", "2"],
         # later flags win: a tiny CPU step, whatever shape the page shows
         "fullscale.bench": ["--model", "tiny", "--vocab", "64", "--batch", "2", "--prompt-tokens", "4", "--new-tokens", "3",
                             "--steps", "1", "--warmup", "0", "--device", "cpu"]}
@@ -35,7 +37,7 @@ def _commands():
 
 def _fast(module, args, out):
     args = list(args)
-    for flag, n in (("--seeds", 1), ("--out", 1), ("--x-values", None), ("--y-values", None)):
+    for flag, n in (("--seeds", 1), ("--out", 1), ("--x-values", None), ("--y-values", None), ("--panels", None), ("--confirm-seeds", 1)):
         while flag in args:
             i = args.index(flag)
             j = i + 1

@@ -33,7 +33,7 @@ TOLERANCE = (1e-4, 1e-4)  # (relative, absolute): 13× the largest measured diff
 ACCURACY_TOLERANCE = (0.0, 0.02)  # above the 0.016 measured in any study
 
 
-@pytest.mark.parametrize("preset, study", [("default", "coverage")])
+@pytest.mark.parametrize("preset, study", [("default", "coverage"), ("paper-protocol", "coverage")])
 def test_regenerated_study_data_matches_the_committed(tmp_path, preset, study):
     """The same command as toysim.figures runs (its seeds and preset), for the study the
     README's figure shows; one study keeps the suite fast, and the other studies and
@@ -77,7 +77,7 @@ def test_every_figure_the_docs_show_exists_with_its_data():
             assert path.exists(), f"{page.relative_to(ROOT)} shows {link}, which does not exist"
             shown.append(path)
             if FIG in path.parents:
-                assert (path.parent / "results.json").exists() or (path.parent / "sweep.json").exists(), path
+                assert any((path.parent / f).exists() for f in ("results.json", "sweep.json", "search.json", "displacement.json")), path
     assert len(shown) >= 2
 
 
@@ -91,3 +91,31 @@ def test_study_pages_show_the_committed_results():
         assert START in text and END in text, f"{page.name} has no results block"
         block = text[text.index(START): text.index(END) + len(END)]
         assert block == study_section(page.stem, FIG, page.parent), f"{page.name} is stale: run python -m toysim.figures"
+
+
+def test_the_verdict_tables_show_the_committed_results():
+    """The README's and docs/findings.md's table of every claim in every preset is what the
+    committed results.json files give."""
+    from toysim.figures import TABLE_END, TABLE_PAGES, TABLE_START, verdict_table
+
+    table = verdict_table(FIG)
+    assert table.count("\n| ") >= 21 and "paper-protocol" in table
+    for name in TABLE_PAGES:
+        text = (ROOT / name).read_text()
+        assert text[text.index(TABLE_START): text.index(TABLE_END) + len(TABLE_END)] == table, f"{name} is stale: run python -m toysim.figures"
+
+
+def test_the_committed_search_reproduces_its_centre_cell():
+    """One cell of the committed pre-registered search (the centre: the paper-protocol preset),
+    rerun with its seeds: the same numbers within the cross-CPU tolerance and the same readings
+    (the whole search takes about 20 minutes: python -m toysim.search)."""
+    from results_diff import differences
+
+    from toysim.search import cell_preset, reading, signature
+    from toysim.sweep import cell
+
+    committed = json.loads((FIG / "search" / "search.json").read_text())
+    old = next(c for c in committed["cells"] if c["settings"] == {"policy": "ar-recurrent", "golden_pairs": 512})
+    new = cell(cell_preset(old["settings"]), old["seeds"])
+    assert reading(new["online_minus_offline_matched_kl"]) == old["reading"] and signature(new) == old["signature"]
+    assert not differences(new, {k: old[k] for k in new}, *TOLERANCE)

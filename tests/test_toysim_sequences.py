@@ -142,3 +142,57 @@ def test_ancestral_sampling_follows_the_table_at_a_trained_theta():
     for r, xi in ((0, 0), (1, 1)):
         freq = torch.bincount(y[r], minlength=len(space)).double() / y.shape[1]
         torch.testing.assert_close(freq, pol.probs()[r, xi], atol=0.01, rtol=0)
+
+
+def test_exact_kl_and_win_rate_equal_plain_sums_over_every_sequence():
+    """shared.metrics' exact KL and win rate on the autoregressive table equal sums written out over
+    every enumerated sequence, each log-prob from the plain token loop."""
+    from shared.metrics import kl_exact, win_rate_exact
+
+    space, pol, g = _policy(vocab=2, max_len=2, prompts=2, runs=1)
+    theta = torch.randn(1, pol.feats.shape[-1], generator=g, dtype=torch.float64)
+    pref = torch.rand(2, len(space), len(space), generator=g, dtype=torch.float64)
+    pref = (pref + 1 - pref.transpose(1, 2)) / 2  # P(y ≻ y') + P(y' ≻ y) = 1
+    zero = [0.0] * pol.feats.shape[-1]
+    for x in range(2):
+        lp = [_plain_logp(space, pol.sft_tok, pol.feats, theta[0].tolist(), x, y) for y in space.responses]
+        lq = [_plain_logp(space, pol.sft_tok, pol.feats, zero, x, y) for y in space.responses]
+        kl = sum(math.exp(a) * (a - b) for a, b in zip(lp, lq))
+        win = sum(math.exp(lp[i]) * math.exp(lq[j]) * float(pref[x, i, j]) for i in range(len(space)) for j in range(len(space)))
+        table = pol.table(theta)[:, x:x + 1]
+        assert kl_exact(table, pol.sft_logp[x:x + 1].expand_as(table)).item() == pytest.approx(kl, abs=1e-10)
+        assert win_rate_exact(table.exp(), pol.sft_logp[x:x + 1].exp()[None], pref[x:x + 1]).item() == pytest.approx(win, abs=1e-10)
+
+
+def test_an_autoregressive_world_is_built_from_its_tokens():
+    """toysim.env: a response's traits are the sum of its tokens' traits, π_sft is the token-level
+    softmax of the SFT logits (a plain loop), the recurrent state follows its recursion, and a
+    narrower policy's features are a prefix of a wider one's."""
+    from toysim.env import WorldConfig, _echo_states, make_world
+
+    w = make_world(WorldConfig(prompts=3, policy_kind="autoregressive", vocab=3, max_len=2, golden_pairs=16, policy_features=40))
+    sp = w.space
+    for n, y in enumerate(sp.responses):
+        want = sum((w.token_traits[t] for t in y), torch.zeros(w.cfg.traits, dtype=torch.float64))
+        torch.testing.assert_close(w.z[n], want)
+        lp = _plain_logp(sp, w.sft_tok, torch.zeros(*w.sft_tok.shape, 1, dtype=torch.float64), [0.0], 1, y)
+        assert w.sft_logp[1, n].item() == pytest.approx(lp, abs=1e-12)
+    assert torch.allclose(w.sft_logp.exp().sum(-1), torch.ones(3, dtype=torch.float64))
+    narrow, wide = w.policy_features(0.5), w.policy_features(2.0)
+    assert narrow.shape == (3, sp.nodes, 4, 20) and wide.shape[-1] == 80
+    torch.testing.assert_close(wide[..., :20], narrow)
+    # the recurrent state of prefix (a, b) is tanh(W·h(a) + U·e_b), h(()) = 0
+    emb = torch.randn(4, 2, dtype=torch.float64)
+    g = torch.Generator().manual_seed(5)
+    h = _echo_states(sp, emb, 3, g)
+    g = torch.Generator().manual_seed(5)
+    wm = torch.randn(3, 3, generator=g, dtype=torch.float64)
+    wm *= 0.9 / torch.linalg.eigvals(wm).abs().max()
+    um = torch.randn(3, 2, generator=g, dtype=torch.float64)
+    prefixes = [p for n in range(sp.max_len) for p in itertools.product(range(3), repeat=n)]
+    state = {(): torch.zeros(3, dtype=torch.float64)}
+    for p in prefixes[1:]:
+        state[p] = torch.tanh(wm @ state[p[:-1]] + um @ emb[p[-1]])
+    torch.testing.assert_close(h, torch.stack([state[p] for p in prefixes]))
+    policy = w.make_policy(1.0, 2)
+    torch.testing.assert_close(policy.table()[0], w.sft_logp)

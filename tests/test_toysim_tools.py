@@ -1,4 +1,5 @@
-"""Smoke tests of the other toysim entry points, in subprocesses: sweep and bench."""
+"""The other toysim entry points: sweep and bench in subprocesses; the pre-registered search's
+bookkeeping and rules; where the mass goes (groups against a plain loop, mass conserved)."""
 
 import json
 import os
@@ -98,3 +99,104 @@ def test_figures_recover_the_results_a_killed_regeneration_kept_aside(tmp_path, 
     (tmp_path / "toysim-default").mkdir()  # the partial run
     _crash_a_regeneration(tmp_path, monkeypatch)
     assert (tmp_path / "toysim-default" / "results.json").read_text() == "good"
+
+
+def _fake_cell(stats):
+    """A stand-in for toysim.sweep.cell: each cell's numbers from ``stats(settings, seeds)``."""
+    calls = []
+
+    def cell(preset, seeds):
+        settings = {"label_noise": preset.world.label_noise, "golden_pairs": preset.world.golden_pairs}
+        calls.append((settings, seeds))
+        gapv, shift = stats(settings, seeds)
+        return {"online_minus_offline_matched_kl": gapv, "online_minus_offline_peak": [0.1, 0.01],
+                "tandem_minus_offline_matched_kl": [0.0, 0.01], "tandem_minus_offline_peak": [0.0, 0.01],
+                "online_chosen_shift": [-1.0, 0.1], "offline_chosen_shift": [-1.0 - shift, 0.1],
+                "online_minus_offline_chosen_shift": [shift, 0.05]}
+    return cell, calls
+
+
+def test_search_confirms_noise_free_positives_and_signatures_only(monkeypatch, tmp_path):
+    """Rules 1-3 of docs/mechanism.md: a cell reads positive when its interval is above 0; every
+    noise-free cell reading positive or showing claim 11's signature is rerun with more seeds, noisy
+    ones are not; a resumed search reruns nothing it has."""
+    import toysim.search as S
+    import toysim.sweep
+
+    panel = S.Panel("T", "test", "label_noise", (0.0, 0.3), "golden_pairs", (128, 512))
+    monkeypatch.setattr(S, "GRID", (panel,))
+
+    def stats(settings, seeds):
+        positive = settings["golden_pairs"] == 128  # positive in both noise columns
+        signature = settings["golden_pairs"] == 512 and settings["label_noise"] == 0.0
+        return ([0.05, 0.01] if positive else [0.0, 0.02]), (0.5 if signature else -0.5)
+
+    fake, calls = _fake_cell(stats)
+    monkeypatch.setattr(toysim.sweep, "cell", fake)
+    saved = []
+    cfg = S.SearchConfig(seeds=3, confirm_seeds=10, panels=("T",))
+    result = S.search(cfg, save=lambda r: saved.append(len(r["cells"]) + len(r["confirmations"])))
+    assert [c["reading"] for c in result["cells"]] == ["positive", "positive", "no gap detected", "no gap detected"]
+    assert [c["signature"] for c in result["cells"]] == [False, False, True, False]
+    confirmed = [(c["settings"]["label_noise"], c["settings"]["golden_pairs"], c["seeds"]) for c in result["confirmations"]]
+    assert confirmed == [(0.0, 128, 10), (0.0, 512, 10)]  # not the noisy positive (0.3, 128)
+    assert saved == [1, 2, 3, 4, 5, 6]
+    calls.clear()
+    again = S.search(cfg, done=json.loads(json.dumps(result)))
+    assert calls == [] and again["cells"] == json.loads(json.dumps(result))["cells"]
+    md = S.table(result)
+    assert md.count("| label_noise 0.0, golden_pairs 128 |") == 2 and "no gap detected" in md
+    paths = S.plot_panels(result, tmp_path)
+    assert [p.name for p in paths] == ["T.png"] and paths[0].stat().st_size > 1000
+
+
+def test_search_rejects_bad_input_in_one_line(tmp_path):
+    for args, msg in ((["--panels", "P9"], "unknown panel 'P9'"), (["--resume"], "--resume needs the --out"),
+                      (["--seeds", "1"], "--seeds and --confirm-seeds must be from 2")):
+        p = _run("toysim.search", *args)
+        assert p.returncode == 2 and msg in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    (tmp_path / "s").mkdir()
+    p = _run("toysim.search", "--out", str(tmp_path / "s"))
+    assert p.returncode == 2 and "exists" in p.stderr
+
+
+def test_displacement_groups_equal_a_plain_loop():
+    from toysim.displacement import GROUPS, groups
+    from toysim.env import WorldConfig, make_world
+
+    w = make_world(WorldConfig(prompts=4, policy_kind="autoregressive", vocab=3, max_len=3, golden_pairs=40))
+    got = groups(w)
+    resp = w.space.responses
+    for x in range(4):
+        pairs = [(int(a), int(b)) for xx, a, b in zip(w.d_golden.x, w.d_golden.y_w, w.d_golden.y_l) if int(xx) == x]
+        chosen, rejected = {a for a, _ in pairs}, {b for _, b in pairs}
+        labelled = {resp[n] for n in chosen | rejected}
+        for n, y in enumerate(resp):
+            if n in chosen and n in rejected:
+                want = "both"
+            elif n in chosen:
+                want = "chosen"
+            elif n in rejected:
+                want = "rejected"
+            elif any(q == y[:-1] and y for q in labelled) or any(q[:-1] == y and q for q in labelled) \
+                    or any(q and y and q[:-1] == y[:-1] for q in labelled):
+                want = "neighbours"
+            else:
+                want = "far"
+            assert GROUPS[int(got[x, n])] == want, (x, y)
+
+
+def test_displacement_moves_no_mass_out_of_nowhere(tmp_path):
+    """End to end on a small world: the groups' mass changes sum to 0 (π and π_sft are both
+    distributions), offline is read at the checkpoint whose KL is nearest online's, and the figure is drawn."""
+    from toysim.displacement import DisplacementConfig, displacement, plot
+
+    result = displacement(DisplacementConfig(preset="paper-protocol", seeds=2, quick=True))
+    assert result["preset"] == "paper-protocol-quick"
+    for arm in ("online", "offline"):
+        for per in result["per_seed"][arm]:
+            assert abs(sum(per["mass"])) < 1e-5
+    for m in result["matched"]:
+        assert m["offline_step"] > 0 and m["offline_kl"] > 0
+    plot(result, tmp_path / "d.png")
+    assert (tmp_path / "d.png").stat().st_size > 1000

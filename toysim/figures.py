@@ -1,10 +1,11 @@
 """Regenerate every toysim result and figure the docs and README show, in one command.
 
-    python -m toysim.figures                  # writes docs/figures/ (about 3 minutes on 2 cores)
+    python -m toysim.figures                  # writes docs/figures/ (about 5 minutes on 2 cores)
     python -m toysim.figures --quick --out runs/figs
 
-Runs ``toysim.gap --hypothesis all --seeds 5`` for the ``default`` and
-``arena`` presets and ``toysim.sweep`` with its defaults, each into
+Runs ``toysim.gap --hypothesis all --seeds 5`` for the ``default``,
+``arena`` and ``paper-protocol`` presets, ``toysim.sweep`` with its defaults
+and ``toysim.displacement`` (where the mass goes), each into
 ``OUT/<name>/`` with its console output in ``OUT/<name>.log``. Every figure is
 drawn from the results.json (or sweep.json) beside it, and the same seed gives
 the same JSON, so ``tests/test_figures.py`` checks the committed figures by
@@ -22,15 +23,18 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-__all__ = ["FiguresConfig", "JOBS", "main", "study_section", "update_study_pages"]
+__all__ = ["FiguresConfig", "JOBS", "main", "study_section", "verdict_table", "update_study_pages"]
 
 # (output folder, module, arguments): the runs behind every committed figure
 JOBS = [
     ("toysim-default", "toysim.gap", ["--hypothesis", "all", "--seeds", "5", "--preset", "default"]),
     ("toysim-arena", "toysim.gap", ["--hypothesis", "all", "--seeds", "5", "--preset", "arena"]),
+    ("toysim-paper-protocol", "toysim.gap", ["--hypothesis", "all", "--seeds", "5", "--preset", "paper-protocol"]),
     ("sweep", "toysim.sweep", []),
+    ("displacement", "toysim.displacement", ["--preset", "paper-protocol", "--seeds", "5"]),
 ]
-QUICK = {"toysim.gap": ["--quick", "--seeds", "1"], "toysim.sweep": ["--quick", "--seeds", "1", "--x-values", "0.3", "--y-values", "8"]}
+QUICK = {"toysim.gap": ["--quick", "--seeds", "1"], "toysim.sweep": ["--quick", "--seeds", "1", "--x-values", "0.3", "--y-values", "8"],
+         "toysim.displacement": ["--quick", "--seeds", "2"]}
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class FiguresConfig:
 
 
 START, END = "<!-- results:start (python -m toysim.figures writes this block) -->", "<!-- results:end -->"
-PRESETS = ("default", "arena")
+PRESETS = ("default", "arena", "paper-protocol")
 
 
 def study_section(study: str, figures: Path = Path("docs/figures"), page_dir: Path = Path("docs/studies")) -> str:
@@ -73,9 +77,42 @@ def study_section(study: str, figures: Path = Path("docs/figures"), page_dir: Pa
     return "\n".join(lines + [END])
 
 
+TABLE_START, TABLE_END = "<!-- verdicts:start (python -m toysim.figures writes this table) -->", "<!-- verdicts:end -->"
+TABLE_PAGES = ("README.md", "docs/findings.md")
+"""The pages that show every claim's verdict in every preset (``verdict_table``)."""
+
+
+def verdict_table(figures: Path = Path("docs/figures")) -> str:
+    """Every claim's verdict in every preset of ``PRESETS``, from the committed results.json
+    files: the table of the README and docs/findings.md, between its markers."""
+    import json
+
+    rows: dict[int, dict] = {}
+    for p in PRESETS:
+        for res in sorted((figures / f"toysim-{p}").glob("*/results.json")):
+            data = json.loads(res.read_text())
+            for c in data["claims"]:
+                rows.setdefault(c["id"], {"statement": c["statement"], "study": data["study"]})[p] = c["verdict"]
+    lines = [TABLE_START, "", "| # | claim (study) | " + " | ".join(PRESETS) + " |", "|---|---|" + "---|" * len(PRESETS)]
+    for cid in sorted(rows):
+        r = rows[cid]
+        lines.append(f"| {cid} | {r['statement']} ({r['study']}) | " + " | ".join(r.get(p, "—") for p in PRESETS) + " |")
+    return "\n".join(lines + ["", TABLE_END])
+
+
 def update_study_pages(figures: Path = Path("docs/figures"), pages: Path = Path("docs/studies")) -> list[Path]:
-    """Rewrite the generated block of every study page (appended when missing)."""
+    """Rewrite the generated block of every study page (appended when missing) and the verdict
+    table of ``TABLE_PAGES`` (where it has its markers)."""
     changed = []
+    root = pages.parent.parent
+    table = verdict_table(figures)
+    for page in [root / t for t in TABLE_PAGES]:
+        text = page.read_text() if page.exists() else ""
+        if TABLE_START in text:
+            new = text[: text.index(TABLE_START)] + table + text[text.index(TABLE_END) + len(TABLE_END):]
+            if new != text:
+                page.write_text(new)
+                changed.append(page)
     for page in sorted(pages.glob("*.md")):
         text = page.read_text()
         block = study_section(page.stem, figures, pages)

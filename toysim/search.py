@@ -77,17 +77,21 @@ class SearchConfig:
     """the panels to run (P1 … P6)"""
     resume: bool = False
     """go on in an existing --out: cells already in its search.json are kept, not rerun"""
+    quick: bool = False
+    """centre on the preset's quick (smaller, shorter) version: a plumbing check, not the search"""
     threads: int = 0
     """CPU threads for torch (0: the cores idle at start-up, shared/machine.py; OMP_NUM_THREADS when set)"""
 
 
-def cell_preset(settings: dict):
-    """The centre preset with a cell's settings: ``policy`` (a name of ``POLICIES``), ``beta`` (the
-    training β; offline's sweep multiplies it) or any field of ``toysim.env.WorldConfig``."""
+def cell_preset(settings: dict, quick: bool = False):
+    """The centre preset (its quick version if ``quick``) with a cell's settings: ``policy`` (a name
+    of ``POLICIES``), ``beta`` (the training β; offline's sweep multiplies it) or any field of
+    ``toysim.env.WorldConfig``."""
     from toysim.presets import PRESETS
+    from toysim.presets import quick as quick_version
     from toysim.sweep import _cast
 
-    p = PRESETS[CENTRE]
+    p = quick_version(PRESETS[CENTRE]) if quick else PRESETS[CENTRE]
     world, train = {}, {}
     for knob, value in settings.items():
         if knob == "policy":
@@ -129,15 +133,15 @@ def search(cfg: SearchConfig, done: dict | None = None, save=None, progress=None
     from toysim.sweep import cell
 
     panels = [p for p in GRID if p.name in cfg.panels]
-    result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-              "centre": CENTRE, "panels": [asdict(p) for p in panels], "cells": [], "confirmations": []}
+    result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k not in ("resume", "threads")},
+              "centre": CENTRE + ("-quick" if cfg.quick else ""), "panels": [asdict(p) for p in panels], "cells": [], "confirmations": []}
     old = {(_key(c["settings"]), c["seeds"]): c for c in (done or {}).get("cells", []) + (done or {}).get("confirmations", [])}
 
     def run(settings: dict, seeds: int, into: list):
         k = (_key(settings), seeds)
         if k not in old:
             t0 = time.time()
-            old[k] = {"settings": settings, "seeds": seeds, **cell(cell_preset(settings), seeds), "seconds": round(time.time() - t0, 1)}
+            old[k] = {"settings": settings, "seeds": seeds, **cell(cell_preset(settings, cfg.quick), seeds), "seconds": round(time.time() - t0, 1)}
         c = old[k]
         c["reading"], c["signature"] = reading(c["online_minus_offline_matched_kl"]), signature(c)
         into.append(c)
@@ -180,7 +184,7 @@ def plot_panels(result: dict, out: Path) -> list[Path]:
         plot(sub, path, keys=[("online_minus_offline_matched_kl", "online − offline at matched KL"),
                               ("online_minus_offline_chosen_shift", "chosen log-lik. shift, online − offline"),
                               ("online_minus_offline_peak", "online − offline, peak win rate")],
-             title=f"{p['name']}: {p['title']} (centre {result['centre']}, {seeds} seeds a cell; blue = online higher)")
+             suptitle=f"{p['name']}: {p['title']} (centre {result['centre']}, {seeds} seeds a cell; blue = online higher)")
         paths.append(path)
     return paths
 

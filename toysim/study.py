@@ -49,6 +49,8 @@ class Runner:
         self.proxy_pref = hard_preference(self.proxy_margin).double()
         self.online_state: dict[str, dict] = {}
         self.golden_final = None
+        self.keep_tables = False  # True: ``tables[arm name]`` keeps every run's log π table at every checkpoint
+        self.tables: dict[str, dict[int, torch.Tensor]] = {}
 
     def checkpoints(self, steps: int) -> set[int]:
         return checkpoint_steps(steps, self.t)
@@ -126,6 +128,8 @@ class Runner:
             series = train(policy, sampler, loss_fn, beta, lr, steps, self.checkpoints(steps), evaluate, bar)
         if reference:
             self.golden_final = tables[0][steps].exp()
+        if self.keep_tables:
+            self.tables.update({arm.name: tab for arm, tab in zip(arms, tables)})  # {step: [runs of the arm, X, N]}
         out = []
         for arm, sl in zip(arms, parts):
             arm_out = []

@@ -130,7 +130,7 @@ PANELS = [("online_minus_offline_matched_kl", "online − offline at matched KL"
 """The phase diagrams ``plot`` draws by default: (cell key, title)."""
 
 
-def plot(result: dict, path: Path, keys=PANELS, title: str | None = None):
+def plot(result: dict, path: Path, keys=PANELS, suptitle: str | None = None):
     """Write the phase diagram of a sweep's result to ``path``, one panel per (cell key, title) of
     ``keys``; returns the figure. Knob values may be numbers or names."""
     import numpy as np
@@ -153,7 +153,7 @@ def plot(result: dict, path: Path, keys=PANELS, title: str | None = None):
         ax.set_ylabel(c["y"])
         ax.set_title(title, fontsize=10)
         fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.suptitle(title or f"Where the gap lives (preset {c['preset']}, {c['seeds']} seeds; blue = first arm better)", fontsize=10)
+    fig.suptitle(suptitle or f"Where the gap lives (preset {c['preset']}, {c['seeds']} seeds; blue = first arm better)", fontsize=10)
     fig.savefig(path, dpi=110)
     return fig
 
