@@ -155,8 +155,9 @@ def plot(result: dict, path: Path):
         ax.set_ylabel(label)
     axes[0].legend()
     m = result["matched"]
-    fig.suptitle(f"Where the mass goes, preset {result['preset']}, {result['seeds']} seeds, offline at online's KL "
-                 f"(≈{np.mean([p['online_kl'] for p in m]):.2f}); groups by D_golden's labels (responses a prompt)", fontsize=10)
+    fig.suptitle(f"Where the mass goes, preset {result['preset']}, {result['seeds']} seeds: online's final policy (KL "
+                 f"{np.mean([p['online_kl'] for p in m]):.2f}), offline at the KL nearest it reaches ({np.mean([p['offline_kl'] for p in m]):.2f});\n"
+                 "responses grouped by D_golden's labels on their prompt (responses per prompt in brackets)", fontsize=10)
     fig.savefig(path, dpi=110)
     return fig
 
