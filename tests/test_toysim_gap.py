@@ -138,10 +138,10 @@ def test_quick_verdicts_are_marked_as_plumbing_checks(quick_all):
 
 def test_help_lists_the_choices():
     p = _run("--help")
-    assert "{default,arena}" in p.stdout and "{sgd,population}" in p.stdout and "{coverage,quality," in p.stdout
+    assert "{default,arena,paper-protocol}" in p.stdout and "{sgd,population}" in p.stdout and "{coverage,quality," in p.stdout
     assert "python -m toysim.gap --hypothesis contrastive" in p.stdout  # the examples
     p = subprocess.run([sys.executable, "-m", "toysim.sweep", "--help"], cwd=ROOT, capture_output=True, text=True)
-    assert "{label_noise,golden_pairs," in p.stdout and "{default,arena}" in p.stdout
+    assert "{label_noise,golden_pairs," in p.stdout and "{default,arena,paper-protocol}" in p.stdout
 
 
 def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path):

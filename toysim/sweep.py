@@ -49,7 +49,7 @@ class SweepConfig:
     y_values: tuple[float, ...] = (16, 32, 64, 128)
     """its values"""
     preset: PresetName = "default"
-    """preset whose other settings every cell keeps: default (large gap) or arena (small gap)"""
+    """preset whose other settings every cell keeps: default (large gap), arena (small gap) or paper-protocol (noise-free labels, token sequences)"""
     seeds: int = 3
     """training seeds per cell"""
     quick: bool = False
