@@ -150,14 +150,17 @@ def test_search_confirms_noise_free_positives_and_signatures_only(monkeypatch, t
     assert [p.name for p in paths] == ["T.png"] and paths[0].stat().st_size > 1000
 
 
-def test_search_rejects_bad_input_in_one_line(tmp_path):
-    for args, msg in ((["--panels", "P9"], "unknown panel 'P9'"), (["--resume"], "--resume needs the --out"),
-                      (["--seeds", "1"], "--seeds and --confirm-seeds must be from 2")):
-        p = _run("toysim.search", *args)
-        assert p.returncode == 2 and msg in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+def test_search_rejects_bad_input_in_one_line(tmp_path, capsys):
+    from toysim.search import main
+
     (tmp_path / "s").mkdir()
-    p = _run("toysim.search", "--out", str(tmp_path / "s"))
-    assert p.returncode == 2 and "exists" in p.stderr
+    for args, msg in ((["--panels", "P9"], "unknown panel 'P9'"), (["--resume"], "--resume needs the --out"),
+                      (["--seeds", "1"], "--seeds and --confirm-seeds must be from 2"),
+                      (["--out", str(tmp_path / "s")], "exists; choose a new --out"),
+                      (["--out", str(tmp_path / "s"), "--resume"], "cannot resume")):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_displacement_groups_equal_a_plain_loop():

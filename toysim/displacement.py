@@ -125,8 +125,9 @@ def displacement(cfg: DisplacementConfig, progress_factory=None) -> dict:
         best = min(((abs(kl - kl_on), i, step) for i, r in enumerate(res["arms"]["offline"]) if r["seed"] == s
                     for kl, step in zip(r["series"]["kl"], r["series"]["step"])))
         _, i, step = best
-        picks.append({"seed": s, "online_kl": kl_on, "offline_kl": res["arms"]["offline"][i]["series"]["kl"][res["arms"]["offline"][i]["series"]["step"].index(step)],
-                      "offline_config": res["arms"]["offline"][i]["config"], "offline_step": step})
+        off = res["arms"]["offline"][i]
+        picks.append({"seed": s, "online_kl": kl_on, "offline_kl": off["series"]["kl"][off["series"]["step"].index(step)],
+                      "offline_config": off["config"], "offline_step": step})
         per_seed["online"].append(mass_moved(runner.tables["online"][step_on][s].exp().double(), sft, grp, reward))
         per_seed["offline"].append(mass_moved(runner.tables["offline"][step][i].exp().double(), sft, grp, reward))
     summary = {arm: {key: [list(seed_ci([v[key][k] for v in vals])) for k in range(len(GROUPS))] for key in ("mass", "reward")}

@@ -167,6 +167,11 @@ def _find(result: dict, settings: dict, seeds: int):
     return next((c for c in result["cells"] + result["confirmations"] if c["seeds"] == seeds and _key(c["settings"]) == _key(settings)), None)
 
 
+_PLOTTED = [("online_minus_offline_matched_kl", "online − offline at matched KL"),
+            ("online_minus_offline_chosen_shift", "chosen log-lik. shift, online − offline"),
+            ("online_minus_offline_peak", "online − offline, peak win rate")]
+
+
 def plot_panels(result: dict, out: Path) -> list[Path]:
     """One phase diagram per panel: the matched-KL gap and claim 11's online − offline chosen shift."""
     from toysim.sweep import plot
@@ -177,13 +182,10 @@ def plot_panels(result: dict, out: Path) -> list[Path]:
         cells = []
         for s in [{p["x"]: xv, p["y"]: yv} for yv in p["y_values"] for xv in p["x_values"]]:
             c = _find(result, s, seeds)
-            stats = {k: (c[k] if c else [math.nan, math.nan]) for k in ("online_minus_offline_matched_kl", "online_minus_offline_chosen_shift", "online_minus_offline_peak")}
-            cells.append({**s, **stats})
+            cells.append({**s, **{k: (c[k] if c else [math.nan, math.nan]) for k, _ in _PLOTTED}})
         sub = {"config": {"x": p["x"], "x_values": p["x_values"], "y": p["y"], "y_values": p["y_values"]}, "cells": cells}
         path = out / f"{p['name']}.png"
-        plot(sub, path, keys=[("online_minus_offline_matched_kl", "online − offline at matched KL"),
-                              ("online_minus_offline_chosen_shift", "chosen log-lik. shift, online − offline"),
-                              ("online_minus_offline_peak", "online − offline, peak win rate")],
+        plot(sub, path, keys=_PLOTTED,
              suptitle=f"{p['name']}: {p['title']} (centre {result['centre']}, {seeds} seeds a cell; blue = online higher)")
         paths.append(path)
     return paths
@@ -199,12 +201,13 @@ def table(result: dict) -> str:
              "shift of D_golden's chosen responses. Reading (rule 1): the gap's 95% interval above 0 (positive), "
              "below (negative) or neither. Signature (rule 2): both chosen shifts fall, offline's more.", ""]
     for name, rows in (("Cells", result["cells"]), ("Confirmations (rule 3)", result["confirmations"])):
-        lines += [f"## {name}", "", "| settings | seeds | matched-KL gap | reading | peak gap | chosen shift online | chosen shift offline | online − offline | signature |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {name}", "", "| settings | seeds | matched-KL gap | reading | peak gap | chosen shift online "
+                                    "| chosen shift offline | online − offline | signature |", "|---|---|---|---|---|---|---|---|---|"]
         for c in rows:
-            s = ", ".join(f"{k} {v}" for k, v in c["settings"].items())
-            lines.append(f"| {s} | {c['seeds']} | {f(c['online_minus_offline_matched_kl'])} | {c['reading']} | {f(c['online_minus_offline_peak'])} | "
-                         f"{f(c['online_chosen_shift'])} | {f(c['offline_chosen_shift'])} | {f(c['online_minus_offline_chosen_shift'])} | {'yes' if c['signature'] else 'no'} |")
+            cols = [", ".join(f"{k} {v}" for k, v in c["settings"].items()), str(c["seeds"]), f(c["online_minus_offline_matched_kl"]), c["reading"],
+                    f(c["online_minus_offline_peak"]), f(c["online_chosen_shift"]), f(c["offline_chosen_shift"]),
+                    f(c["online_minus_offline_chosen_shift"]), "yes" if c["signature"] else "no"]
+            lines.append("| " + " | ".join(cols) + " |")
         if not rows:
             lines.append("| (none) | | | | | | | | |")
         lines.append("")
