@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["cli", "one_line", "ALIASES", "new_run_dir", "claim_run_dir"]
+__all__ = ["cli", "one_line", "ALIASES", "new_run_dir", "claim_run_dir", "output_dir", "threads_problem"]
 
 ALIASES = {"--study": "--hypothesis"}
 """Other spellings of a flag, accepted by every command that has the flag: one concept, one name
@@ -72,6 +72,27 @@ def claim_run_dir(base: Path, name: str) -> Path:
             return path
         except FileExistsError:
             continue
+
+
+def output_dir(out: Path | None, base: Path, name: str) -> tuple[Path | None, str | None]:
+    """A writing command's folder: ``out`` when given and not there yet (results are never
+    overwritten), else a new one claimed under ``base`` (``claim_run_dir``). Returns (folder,
+    None), or (None, a one-line problem)."""
+    if out is not None:
+        if out.exists():
+            return None, f"{out} exists; choose a new --out, or leave it out for a new folder (results are never overwritten)"
+        return out, None
+    try:
+        return claim_run_dir(base, name), None
+    except OSError as e:
+        return None, f"cannot make a run folder under {base}: {e.strerror or e}"
+
+
+def threads_problem(threads: int) -> str | None:
+    """The one-line problem with a --threads value, or None (0: the cores idle at start-up)."""
+    if not 0 <= threads <= 4096:
+        return f"--threads must be 0 (the cores idle at start-up) or a count up to 4096, got {threads}"
+    return None
 
 
 def cli(cls, argv: list[str] | None, prog: str, description: str, **kwargs):

@@ -168,7 +168,7 @@ def main(argv=None) -> int:
 
     from tqdm import tqdm
 
-    from shared.cli import claim_run_dir, cli
+    from shared.cli import cli, output_dir, threads_problem
     from shared.machine import apply_threads
     from toysim.presets import PRESETS
 
@@ -180,15 +180,11 @@ def main(argv=None) -> int:
         return fail(f"unknown preset {cfg.preset!r}; choose from {', '.join(PRESETS)}")
     if not 2 <= cfg.seeds <= MAX_SEEDS:
         return fail(f"--seeds must be from 2 to {MAX_SEEDS} (a confidence interval needs two seeds), got {cfg.seeds}")
-    if not 0 <= cfg.threads <= 4096:
-        return fail(f"--threads must be 0 (the cores idle at start-up) or a count up to 4096, got {cfg.threads}")
-    if cfg.out is None:
-        try:
-            cfg = replace(cfg, out=claim_run_dir(Path("runs/displacement"), cfg.preset))
-        except OSError as e:
-            return fail(f"cannot make a run folder under runs/displacement: {e.strerror or e}")
-    elif cfg.out.exists():
-        return fail(f"{cfg.out} exists; choose a new --out, or leave it out for a new folder (results are never overwritten)")
+    problem = threads_problem(cfg.threads)
+    out, problem = (None, problem) if problem else output_dir(cfg.out, Path("runs/displacement"), cfg.preset)
+    if problem:
+        return fail(problem)
+    cfg = replace(cfg, out=out)
     apply_threads(cfg.threads)
     t0 = time.time()
 

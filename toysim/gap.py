@@ -76,6 +76,7 @@ def _progress(total: int, desc: str):
 
 
 def _check(cfg: GapConfig, studies: list[str]) -> str | None:
+    from shared.cli import threads_problem
     from toysim.presets import PRESETS
 
     if cfg.preset not in PRESETS:
@@ -87,8 +88,8 @@ def _check(cfg: GapConfig, studies: list[str]) -> str | None:
         return f"--beta must be > 0 and at most 1e3, got {cfg.beta}"
     if cfg.lr is not None and not (math.isfinite(cfg.lr) and 0 < cfg.lr <= 10):
         return f"--lr must be > 0 and at most 10, got {cfg.lr}"
-    if not 0 <= cfg.threads <= 4096:
-        return f"--threads must be 0 (the cores idle at start-up) or a count up to 4096, got {cfg.threads}"
+    if threads_problem(cfg.threads):
+        return threads_problem(cfg.threads)
     return None
 
 

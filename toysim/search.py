@@ -217,7 +217,7 @@ def table(result: dict) -> str:
 def main(argv=None) -> int:
     from tqdm import tqdm
 
-    from shared.cli import claim_run_dir, cli
+    from shared.cli import cli, output_dir, threads_problem
     from shared.machine import apply_threads
     from toysim.gap import MAX_SEEDS, fail
 
@@ -230,23 +230,21 @@ def main(argv=None) -> int:
     unknown = [p for p in cfg.panels if p not in {g.name for g in GRID}]
     if unknown:
         return fail(f"unknown panel {unknown[0]!r}; choose from {', '.join(g.name for g in GRID)}")
-    if not 0 <= cfg.threads <= 4096:
-        return fail(f"--threads must be 0 (the cores idle at start-up) or a count up to 4096, got {cfg.threads}")
+    if threads_problem(cfg.threads):
+        return fail(threads_problem(cfg.threads))
     done = None
-    if cfg.out is None:
-        if cfg.resume:
+    if cfg.resume:
+        if cfg.out is None:
             return fail("--resume needs the --out of the search to go on with")
-        try:
-            cfg = replace(cfg, out=claim_run_dir(Path("runs/search"), "search"))
-        except OSError as e:
-            return fail(f"cannot make a run folder under runs/search: {e.strerror or e}")
-    elif cfg.resume:
         try:
             done = json.loads((cfg.out / "search.json").read_text())
         except (OSError, ValueError) as e:
             return fail(f"cannot resume: {cfg.out / 'search.json'} unreadable ({e})")
-    elif cfg.out.exists():
-        return fail(f"{cfg.out} exists; choose a new --out, or --resume to go on with it")
+    else:
+        out, problem = output_dir(cfg.out, Path("runs/search"), "search")
+        if problem:
+            return fail(problem + (" (or --resume to go on with it)" if cfg.out is not None and cfg.out.exists() else ""))
+        cfg = replace(cfg, out=out)
     cfg.out.mkdir(parents=True, exist_ok=True)
     apply_threads(cfg.threads)
 

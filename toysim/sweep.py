@@ -165,7 +165,7 @@ def _label(v) -> str:
 def main(argv=None) -> int:
     from tqdm import tqdm
 
-    from shared.cli import claim_run_dir, cli
+    from shared.cli import cli, output_dir, threads_problem
     from shared.machine import apply_threads
     from toysim.presets import PRESETS
 
@@ -177,15 +177,11 @@ def main(argv=None) -> int:
         return fail(f"unknown preset {cfg.preset!r}; choose from {', '.join(PRESETS)}")
     if not 1 <= cfg.seeds <= MAX_SEEDS:
         return fail(f"--seeds must be at least 1 and at most {MAX_SEEDS}, got {cfg.seeds}")
-    if not 0 <= cfg.threads <= 4096:
-        return fail(f"--threads must be 0 (the cores idle at start-up) or a count up to 4096, got {cfg.threads}")
-    if cfg.out is None:  # a folder of its own, made now so that the results have a place when the sweep ends
-        try:
-            cfg = replace(cfg, out=claim_run_dir(Path("runs/sweep"), f"{cfg.x}-{cfg.y}"))
-        except OSError as e:
-            return fail(f"cannot make a run folder under runs/sweep: {e.strerror or e}")
-    elif cfg.out.exists():
-        return fail(f"{cfg.out} exists; choose a new --out, or leave it out for a new folder (results are never overwritten)")
+    problem = threads_problem(cfg.threads)
+    out, problem = (None, problem) if problem else output_dir(cfg.out, Path("runs/sweep"), f"{cfg.x}-{cfg.y}")
+    if problem:  # else the folder is made now, so that the results have a place when the sweep ends
+        return fail(problem)
+    cfg = replace(cfg, out=out)
     apply_threads(cfg.threads)
     t0 = time.time()
     with tqdm(total=len(cfg.x_values) * len(cfg.y_values), desc="cells", file=sys.stderr) as bar:
