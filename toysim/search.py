@@ -1,7 +1,7 @@
 """The pre-registered search for where the matched-KL gap lives with noise-free labels.
 
-    python -m toysim.search --out docs/figures/search     # the grid, then its confirmations (about 20 minutes)
-    python -m toysim.search --out docs/figures/search --resume   # go on after an interruption
+    python -m toysim.search                          # the grid, then its confirmations (about 20 minutes)
+    python -m toysim.search --out DIR --resume       # go on after an interruption (also redraws DIR's figures)
 
 The grid and the decision rule are docs/mechanism.md's, committed before the
 first run; this module is that text as code. Each cell is a world, the
