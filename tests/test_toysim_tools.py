@@ -171,7 +171,7 @@ def test_displacement_groups_equal_a_plain_loop():
     got = groups(w)
     resp = w.space.responses
     for x in range(4):
-        pairs = [(int(a), int(b)) for xx, a, b in zip(w.d_golden.x, w.d_golden.y_w, w.d_golden.y_l) if int(xx) == x]
+        pairs = [(int(a), int(b)) for xx, a, b in zip(w.d_golden.x, w.d_golden.y_w, w.d_golden.y_l) if int(xx) == x and int(a) != int(b)]
         chosen, rejected = {a for a, _ in pairs}, {b for _, b in pairs}
         labelled = {resp[n] for n in chosen | rejected}
         for n, y in enumerate(resp):

@@ -57,13 +57,16 @@ class DisplacementConfig:
 
 
 def groups(world) -> torch.Tensor:
-    """[X, N] group index (into ``GROUPS``) of every response of every prompt, from D_golden's labels."""
+    """[X, N] group index (into ``GROUPS``) of every response of every prompt, from D_golden's labels.
+    A pair of a response with itself (drawn twice from μ) labels nothing: its margin is 0 whatever
+    the policy, so no loss moves it; such pairs are left out."""
     X, N = world.sft_logp.shape
     d = world.d_golden
+    real = d.y_w != d.y_l
     chosen = torch.zeros(X, N, dtype=torch.bool)
     rejected = torch.zeros(X, N, dtype=torch.bool)
-    chosen[d.x, d.y_w] = True
-    rejected[d.x, d.y_l] = True
+    chosen[d.x[real], d.y_w[real]] = True
+    rejected[d.x[real], d.y_l[real]] = True
     out = torch.full((X, N), GROUPS.index("far"), dtype=torch.long)
     labelled = chosen | rejected
     if world.space is not None:  # one token away in the prefix tree: parent, child or sibling
@@ -163,6 +166,17 @@ def plot(result: dict, path: Path):
     return fig
 
 
+def _no_nan(obj):
+    """NaN as JSON null (strict JSON has no NaN): an undefined number, e.g. the reward of a group that gained no mass."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_no_nan(v) for v in obj]
+    return obj
+
+
 def main(argv=None) -> int:
     import contextlib
 
@@ -195,7 +209,7 @@ def main(argv=None) -> int:
 
     result = displacement(cfg, bar)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    (cfg.out / "displacement.json").write_text(json.dumps(result, indent=1))
+    (cfg.out / "displacement.json").write_text(json.dumps(_no_nan(result), indent=1, allow_nan=False))
     plot(result, cfg.out / "displacement.png")
     for arm in ("offline", "online"):
         parts = ", ".join(f"{g} {m[0]:+.3f}" for g, m in zip(GROUPS, result["summary"][arm]["mass"]))

@@ -54,7 +54,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     # The paper's protocol (Tang et al. 2024, §3): golden training labels are the golden rater's
     # own hard decisions (no flips), and responses are token sequences (every sequence of at most 3
     # tokens over 4, 85 a prompt) from an autoregressive policy. Fixed by the rule of
-    # docs/studies/mechanism.md before any of its runs: `default`'s world with label noise off and
+    # docs/mechanism.md before any of its runs: `default`'s world with label noise off and
     # the autoregressive policy of the same width; not chosen by its verdicts.
     Preset("paper-protocol", "the paper's protocol: noise-free golden labels, token-sequence responses",
            world=WorldConfig(golden_pairs=512, policy_features=128, label_noise=0.0, noise=0.1,

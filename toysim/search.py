@@ -135,14 +135,17 @@ def search(cfg: SearchConfig, done: dict | None = None, save=None, progress=None
     panels = [p for p in GRID if p.name in cfg.panels]
     result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k not in ("resume", "threads")},
               "centre": CENTRE + ("-quick" if cfg.quick else ""), "panels": [asdict(p) for p in panels], "cells": [], "confirmations": []}
-    old = {(_key(c["settings"]), c["seeds"]): c for c in (done or {}).get("cells", []) + (done or {}).get("confirmations", [])}
+    def world(settings: dict) -> str:  # cells that name the same world (the centre row recurs in every panel) run once
+        return repr(cell_preset(settings, cfg.quick))
+
+    old = {(world(c["settings"]), c["seeds"]): c for c in (done or {}).get("cells", []) + (done or {}).get("confirmations", [])}
 
     def run(settings: dict, seeds: int, into: list):
-        k = (_key(settings), seeds)
+        k = (world(settings), seeds)
         if k not in old:
             t0 = time.time()
-            old[k] = {"settings": settings, "seeds": seeds, **cell(cell_preset(settings, cfg.quick), seeds), "seconds": round(time.time() - t0, 1)}
-        c = old[k]
+            old[k] = {**cell(cell_preset(settings, cfg.quick), seeds), "seconds": round(time.time() - t0, 1)}
+        c = {"settings": settings, "seeds": seeds, **{n: v for n, v in old[k].items() if n not in ("settings", "seeds")}}
         c["reading"], c["signature"] = reading(c["online_minus_offline_matched_kl"]), signature(c)
         into.append(c)
         if save is not None:
@@ -154,7 +157,8 @@ def search(cfg: SearchConfig, done: dict | None = None, save=None, progress=None
     for s in unique:
         run(s, cfg.seeds, result["cells"])
     if cfg.confirm_seeds:
-        todo = [c for c in result["cells"] if _noise_free(c["settings"]) and (c["reading"] == "positive" or c["signature"])]
+        todo = list({world(c["settings"]): c for c in result["cells"]
+                     if _noise_free(c["settings"]) and (c["reading"] == "positive" or c["signature"])}.values())
         if progress is not None:
             progress.total += len(todo)
             progress.refresh()
@@ -240,6 +244,10 @@ def main(argv=None) -> int:
             done = json.loads((cfg.out / "search.json").read_text())
         except (OSError, ValueError) as e:
             return fail(f"cannot resume: {cfg.out / 'search.json'} unreadable ({e})")
+        was = {k: done.get("config", {}).get(k) for k in ("seeds", "confirm_seeds", "panels", "quick")}
+        now = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k in was}
+        if was != now:
+            return fail(f"cannot resume: {cfg.out} holds a search with {was}; resume it with the same settings")
     else:
         out, problem = output_dir(cfg.out, Path("runs/search"), "search")
         if problem:
