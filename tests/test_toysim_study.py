@@ -3,7 +3,8 @@
 A fused program stacks the arms' runs on one θ; each arm keeps its sampler, generator,
 loss and evaluator, so only float rounding in the shared GEMMs may differ. A narrower
 arm trains inside the widest arm's features with its extra coordinates masked, which
-must be exactly the narrower policy.
+must be exactly the narrower policy. Both hold for atomic and for autoregressive
+(token-sequence) worlds.
 """
 
 from dataclasses import replace
@@ -19,8 +20,11 @@ PRESET = quick(PRESETS["default"])
 GOLDEN = Arm("golden", "online", labels="golden")
 
 
-def _runner() -> Runner:
-    r = Runner(PRESET, seeds=2)
+BOTH_KINDS = pytest.mark.parametrize("preset", [PRESET, quick(PRESETS["paper-protocol"])], ids=["atomic", "autoregressive"])
+
+
+def _runner(preset=PRESET) -> Runner:
+    r = Runner(preset, seeds=2)
     r.run_arm(GOLDEN, reference=True)
     return r
 
@@ -34,16 +38,17 @@ def _assert_same_series(fused: list[dict], alone: list[dict], tol: float) -> Non
             assert f["series"][key] == pytest.approx(a["series"][key], abs=tol, rel=tol), key
 
 
-def test_fused_arms_equal_the_arms_run_alone():
+@BOTH_KINDS
+def test_fused_arms_equal_the_arms_run_alone(preset):
     online = Arm("online", "online", labels="proxy")
     others = [Arm("refresh-4", "refresh", labels="proxy", params={"every": 4}),
               Arm("online-bo2", "online", loss="bo2", labels="proxy"),  # a second loss in the same program
               Arm("offline", "offline", sweep=True),
               Arm("tandem", "replay", params={"stream": "online", "window": 0}),
               Arm("sft-vs-4k", "dataset", params={"pair": (0.0, 1.0)})]
-    fused = _runner()
+    fused = _runner(preset)
     fused.run_arms([online, *others])
-    alone = _runner()
+    alone = _runner(preset)
     alone.run_arm(online)
     for arm in others:
         alone.run_arm(arm)
@@ -51,11 +56,12 @@ def test_fused_arms_equal_the_arms_run_alone():
     _assert_same_series(fused.run_arm(online), alone.run_arm(online), tol=1e-4)
 
 
-def test_a_narrow_arm_inside_wide_features_is_the_narrow_policy():
+@BOTH_KINDS
+def test_a_narrow_arm_inside_wide_features_is_the_narrow_policy(preset):
     narrow, wide = Arm("offline@0.25", "offline", capacity=0.25), Arm("offline@4", "offline", capacity=4)
-    fused = _runner()
+    fused = _runner(preset)
     fused.run_arms([narrow, wide])
-    alone = _runner()
+    alone = _runner(preset)
     _assert_same_series(fused.run_arm(narrow), alone.run_arm(narrow), tol=1e-4)
     _assert_same_series(fused.run_arm(wide), alone.run_arm(wide), tol=1e-4)
 
