@@ -148,3 +148,21 @@ def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path):
     (tmp_path / "runs").write_text("a file where the run folders would go")
     p = _run("--hypothesis", "theory", "--quick", "--seeds", "1", cwd=tmp_path)
     assert p.returncode == 2 and p.stderr.startswith("error: cannot make a run folder under runs/toysim") and "Traceback" not in p.stderr
+
+
+def test_world_overrides_reach_the_run_and_bad_ones_are_one_line(tmp_path, capsys):
+    """--world KNOB=VALUE changes the preset's world (the results say so); a bad knob, value or
+    world is refused in one line."""
+    import json
+
+    from toysim import gap
+
+    for args, msg in ((["--world", "nope=3"], "--world takes KNOB=VALUE"), (["--world", "label_noise=x"], "is not a number"),
+                      (["--world", "prompts=0", "--quick", "--out", str(tmp_path / "bad")], "cannot build the world")):
+        assert gap.main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and "\n" not in err, err
+    out = tmp_path / "ok"
+    assert gap.main(["--hypothesis", "quality", "--quick", "--seeds", "1", "--world", "proxy_features=4", "label_noise=0", "--out", str(out)]) == 0
+    world = json.loads((out / "quality" / "results.json").read_text())["config"]["world"]
+    assert world["proxy_features"] == 4 and world["label_noise"] == 0.0

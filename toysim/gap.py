@@ -52,6 +52,8 @@ class GapConfig:
     """override the preset's baseline β (the offline sweep scales with it)"""
     lr: float | None = None
     """override the preset's baseline Adam learning rate"""
+    world: tuple[str, ...] = ()
+    """override fields of the preset's world, as KNOB=VALUE (e.g. --world proxy_features=64 label_noise=0.1); a knob is a numeric field of toysim.env.WorldConfig, listed in its docstrings"""
     threads: int = 0
     """CPU threads for torch (0: the cores idle at start-up, shared/machine.py; OMP_NUM_THREADS when set)"""
 
@@ -90,7 +92,30 @@ def _check(cfg: GapConfig, studies: list[str]) -> str | None:
         return f"--lr must be > 0 and at most 10, got {cfg.lr}"
     if threads_problem(cfg.threads):
         return threads_problem(cfg.threads)
+    try:
+        _world_overrides(cfg.world)
+    except ValueError as e:
+        return str(e)
     return None
+
+
+def _world_overrides(items: tuple[str, ...]) -> dict:
+    """--world KNOB=VALUE pairs as {knob: value of the field's type}; a ValueError names a bad one."""
+    from toysim.sweep import KNOBS, _cast
+
+    out = {}
+    for item in items:
+        knob, eq, value = item.partition("=")
+        if not eq or knob not in KNOBS:
+            raise ValueError(f"--world takes KNOB=VALUE with KNOB one of {', '.join(KNOBS)}; got {item!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"--world {knob}: {value!r} is not a number") from None
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"--world {knob}: must be a finite number ≥ 0, got {value}")
+        out[knob] = _cast(knob, number)
+    return out
 
 
 def _check_out(cfg: GapConfig, studies: list[str]) -> str | None:
@@ -149,14 +174,17 @@ def main(argv: list[str] | None = None) -> int:
         train = replace(train, beta=cfg.beta)
     if cfg.lr is not None:
         train = replace(train, lr=cfg.lr)
-    preset = replace(preset, train=train)
+    preset = replace(preset, train=train, world=replace(preset.world, **_world_overrides(cfg.world)))
     command = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
-    # the settings in effect (the preset's, with --quick, --beta and --lr applied), not only the flags
+    # the settings in effect (the preset's, with --quick, --beta, --lr and --world applied), not only the flags
     threads = apply_threads(cfg.threads)
     print(f"resolved config: {json.dumps({**command, 'threads': threads, 'world': asdict(preset.world), 'train': asdict(preset.train)})}")
 
     t0 = time.time()
-    runner = Runner(preset, cfg.seeds, cfg.mode, _progress)
+    try:
+        runner = Runner(preset, cfg.seeds, cfg.mode, _progress)
+    except ValueError as e:  # a world its knobs cannot make (--world prompts=0, vocab=0, ...)
+        return fail(f"cannot build the world: {e}")
     all_results, figs = [], {}
     for name in studies:
         t = time.time()
