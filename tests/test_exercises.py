@@ -32,6 +32,8 @@ WRONG = [
     (4, '"online_minus_tandem": tandem,', '"online_minus_tandem": (-tandem[0], tandem[1]),'),  # tandem − online
     (5, "(lp.exp() * (lp - lq))", "(lq.exp() * (lq - lp))"),  # KL(π_ref‖π)
     (5, "(per_token * mask.to(per_token.dtype))", "per_token"),  # ignores the padding mask
+    (6, "    return steps + ([(tuple(y), end)] if len(y) < max_len else [])", "    return steps"),  # forgets END
+    (6, "        new[s] = logits[s] - eta * grad", "        new[s] = logits[s] + eta * grad"),  # ascent, not descent
 ]
 
 

@@ -23,9 +23,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
-FILES = {1: "ex1_ipo.py", 2: "ex2_two_action.py", 3: "ex3_rlhf_optimum.py", 4: "ex4_tandem.py", 5: "ex5_tokenwise_kl.py"}
+FILES = {1: "ex1_ipo.py", 2: "ex2_two_action.py", 3: "ex3_rlhf_optimum.py", 4: "ex4_tandem.py", 5: "ex5_tokenwise_kl.py",
+         6: "ex6_displacement.py"}
 TITLES = {1: "the IPO loss", 2: "the two-action optimum", 3: "the RLHF optimum (= DPO's)",
-          4: "ordered replay and tandem", 5: "the token-wise KL estimator"}
+          4: "ordered replay and tandem", 5: "the token-wise KL estimator", 6: "pushing a rejected sequence down"}
 EX4_RESULTS = ROOT / "runs" / "ex4"
 EX4_COMMAND = "python -m toysim.gap --hypothesis coverage --quick --seeds 3 --out runs/ex4"
 
@@ -336,7 +337,88 @@ def check_5(mod, args, ok):
     ok(f"for your information: per-response std under π, token-wise {sd(est):.3f} vs log π(y) − log π_ref(y) {sd(naive):.3f}")
 
 
-CHECKS = {1: check_1, 2: check_2, 3: check_3, 4: check_4, 5: check_5}
+# ---------------------------------------------------------------- exercise 6
+def _tree_policy(V: int, L: int, seed: int):
+    """Random next-choice logits (V tokens + END) at every prefix shorter than L, and every response."""
+    import itertools
+
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    logits = {p: 1.5 * torch.randn(V + 1, generator=g, dtype=torch.float64)
+              for t in range(L) for p in itertools.product(range(V), repeat=t)}
+    responses = [p for t in range(L + 1) for p in itertools.product(range(V), repeat=t)]
+    return logits, responses
+
+
+def _probs_by_product(logits, responses, L: int, V: int):
+    """π(y) of every response as a product of softmax probabilities (the check's own computation)."""
+    import torch
+
+    out = []
+    for y in responses:
+        p = torch.ones((), dtype=torch.float64)
+        for t in range(len(y)):
+            p = p * torch.softmax(logits[y[:t]], -1)[y[t]]
+        if len(y) < L:
+            p = p * torch.softmax(logits[y], -1)[V]
+        out.append(p)
+    return torch.stack(out)
+
+
+def check_6(mod, args, ok):
+    import torch
+
+    logp_fn, push = need(mod, "sequence_logp"), need(mod, "push_down")
+    V, L = 3, 3
+    logits, responses = _tree_policy(V, L, seed=0)
+    want = _probs_by_product(logits, responses, L, V)
+    got = []
+    for y in responses:
+        v = logp_fn(logits, y, L)
+        if not isinstance(v, torch.Tensor) or v.numel() != 1:
+            raise Fail(f"sequence_logp must return a 0-d tensor, got {v!r:.80}")
+        got.append(v.reshape(()))
+    got = torch.stack(got).exp()
+    if not math.isclose(got.sum().item(), 1.0, rel_tol=0, abs_tol=1e-9):
+        raise Fail(f"your π sums to {got.sum().item():.6f} over all {len(responses)} responses, not 1. "
+                   "Hint: a response shorter than max_len also chooses END (index V); one of exactly max_len tokens does not")
+    worst = int((got - want).abs().argmax())
+    if not torch.allclose(got, want, rtol=1e-9, atol=1e-12):
+        raise Fail(f"π{responses[worst]} = {got[worst].item():.6f}, expected {want[worst].item():.6f} (a product of softmax probabilities along the path)")
+    ok(f"sequence_logp: π sums to 1 over all {len(responses)} responses and equals the product of next-choice probabilities")
+
+    eta = 0.7
+    for y_l in [(1, 0), (2,), (0, 2, 1), ()]:
+        params = {s: v.clone().requires_grad_(True) for s, v in logits.items()}
+        lp = torch.log(_probs_by_product(params, [y_l], L, V)[0])
+        grads = torch.autograd.grad(lp, list(params.values()), allow_unused=True)
+        expect = {s: (v - eta * gr).detach() if gr is not None else v.detach() for (s, v), gr in zip(params.items(), grads)}
+        before = {s: v.clone() for s, v in logits.items()}
+        new = push(logits, y_l, L, eta)
+        if any(not torch.equal(logits[s], before[s]) for s in logits):
+            raise Fail("push_down changed the logits it was given: copy them first")
+        if not isinstance(new, dict) or set(new) != set(logits):
+            raise Fail("push_down must return a dict with the same prefixes as its input")
+        bad = [s for s in logits if not torch.allclose(new[s], expect[s], rtol=1e-9, atol=1e-12)]
+        if bad:
+            s = bad[0]
+            raise Fail(f"after one step on y_l = {y_l}, logits{s} = {[round(float(v), 4) for v in new[s]]}, expected "
+                       f"{[round(float(v), 4) for v in expect[s]]} (autograd). Hint: descent lowers log π(y_l): "
+                       "logits − eta·(onehot(c) − softmax), and only on y_l's path")
+    ok("push_down equals one autograd gradient-descent step on log π(y_l), for four rejected responses")
+
+    y_l = (1, 0)
+    after = _probs_by_product(push(logits, y_l, L, eta), responses, L, V)
+    delta = after - want
+    groups = {"y_l": [y_l], "siblings": [y for y in responses if len(y) == len(y_l) and y[:-1] == y_l[:-1] and y != y_l],
+              "descendants": [y for y in responses if len(y) > len(y_l) and y[: len(y_l)] == y_l]}
+    groups["the rest"] = [y for y in responses if not any(y in g for g in groups.values())]
+    parts = ", ".join(f"{k} {sum(delta[responses.index(y)].item() for y in g):+.4f}" for k, g in groups.items())
+    ok(f"for your information, mass moved by one step on y_l = {y_l} (eta {eta}): {parts}")
+
+
+CHECKS = {1: check_1, 2: check_2, 3: check_3, 4: check_4, 5: check_5, 6: check_6}
 
 
 def main(argv=None) -> int:
