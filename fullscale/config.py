@@ -117,6 +117,16 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class DistConfig:
+    """Several processes under torchrun (fullscale/dist.py; docs/fullscale.md, Several processes)."""
+
+    strategy: Literal["none", "ddp", "fsdp"] = "none"
+    """none: one process, no launcher; ddp: data parallel over the torchrun processes (DistributedDataParallel; one process without torchrun, with the same per-example draws); fsdp: not yet implemented"""
+    timeout_s: int = 3600
+    """seconds a collective waits for the other processes before the run stops with an error (a rank that died)"""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Run a study of the online/offline gap with language models (torch + transformers)."""
 
@@ -144,6 +154,7 @@ class RunConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
 
 PRESETS: dict[str, RunConfig] = {
@@ -225,6 +236,7 @@ LIMITS: dict[str, Range] = {
     "train.beta": Range(0, 1e3, True), "train.sweep_lr": Range(0, 1e3, True), "train.sweep_beta": Range(0, 1e3, True),
     "train.temperature": Range(0, 1e3, True), "train.checkpoints": Range(1, 1000), "train.save_every": Range(1, 10**7),
     "eval.win_prompts": Range(2, 10**6), "eval.kl_prompts": Range(1, 10**6), "eval.acc_pairs": Range(1, 10**6),
+    "dist.timeout_s": Range(1, 86400),
 }
 """The allowed range of every number of ``RunConfig``, by its dotted name (``--train.lr`` is "train.lr")."""
 

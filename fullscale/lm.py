@@ -194,12 +194,26 @@ class LMPolicy:
     """A causal LM as a ``shared.sampling.Policy`` over prompt rows; with ``mix=(ref_model,
     alpha)`` it samples from the per-token geometric mixture with ``ref_model`` (IPO-MD)."""
 
-    def __init__(self, model, prompts: Prompts, length: int, eos: int, pad: int, temperature: float = 1.0, mix: tuple | None = None):
+    def __init__(self, model, prompts: Prompts, length: int, eos: int, pad: int, temperature: float = 1.0, mix: tuple | None = None,
+                 dist=None):
         self.model, self.prompts, self.length, self.eos, self.pad, self.temperature = model, prompts, length, eos, pad, temperature
-        self.mix = mix
+        self.mix, self.dist = mix, dist
 
     def sample(self, x, generator=None):
-        return sample_responses(self.model, self.prompts, x, self.length, self.eos, self.pad, generator, self.temperature, mix=self.mix)
+        """One response per prompt row of x [B]. Data parallel (``fullscale.dist``, ``dist.active``):
+        one seed is drawn from ``generator`` (the same on every rank), each rank samples its share
+        of the rows, each row with its own generator (``row_generator(seed, row)``), and the rows
+        are gathered, so every rank returns the same [B, T] whatever the number of ranks."""
+        if self.dist is None or not self.dist.active:
+            return sample_responses(self.model, self.prompts, x, self.length, self.eos, self.pad, generator, self.temperature, mix=self.mix)
+        from fullscale.dist import row_generator
+
+        seed = int(torch.randint(1 << 62, (1,), generator=generator, device=x.device))
+        rows = range(*self.dist.share(len(x)).indices(len(x)))
+        local = [sample_responses(self.model, self.prompts, x[i : i + 1], self.length, self.eos, self.pad, row_generator(seed, i, x.device),
+                                  self.temperature, mix=self.mix) for i in rows]
+        empty = torch.empty(0, self.length, dtype=torch.long, device=x.device)
+        return self.dist.gather_rows(torch.cat(local) if local else empty, len(x))
 
     def logp(self, x, y):
         return sequence_logp(self.model, self.prompts, x, y, self.eos, self.pad)

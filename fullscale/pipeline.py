@@ -97,6 +97,8 @@ class Pipeline(World):
                 t.checkpoints, t.steps, asdict(ev), self.cfg.models.policy.width, self.cfg.seed]
         if stream_read_by(arm) is not None:
             deps.append(str(self.stream_dir(stream_read_by(arm), seed)))
+        if self.dist.active:  # per-example draws (fullscale.dist): other samples than one process's default
+            deps.append("per-example draws")
         d, done = self._stage(f"run-{arm.name}", *deps)
         record = {"seed": seed, "config": {**c, "loss": arm.loss, "labels": arm.labels, "capacity": arm.capacity}, "dir": str(d)}
         if arm.capacity not in self.sft:
@@ -104,11 +106,13 @@ class Pipeline(World):
         if done:
             return {**record, "series": json.loads((d / "series.json").read_text())}
         d.mkdir(parents=True, exist_ok=True)
+        dist, main = self.dist, self.dist.main  # several processes train this run together; rank 0 writes
         ref = self.sft[arm.capacity]
         model = self._new_policy(arm.capacity)
         model.load_state_dict(ref.state_dict())
         g = stream_generator(seed, f"{arm.name}/{c}", self.device)
-        policy = LMPolicy(model, self.prompts, self.cfg.data.max_response_tokens, self.ids["eos"], self.ids["pad"], t.temperature)
+        policy = LMPolicy(model, self.prompts, self.cfg.data.max_response_tokens, self.ids["eos"], self.ids["pad"], t.temperature,
+                          dist=dist)
         steps = c["steps"]
         sampler = self._sampler(arm, policy, seed, g, steps)
         online_pairs: dict[int, dict] = {}
@@ -119,12 +123,14 @@ class Pipeline(World):
             res, pairs = evaluate_checkpoint(self, model, ref, arm, seed, step)
             if pairs is not None:
                 online_pairs[step] = pairs
-                atomic_save(online_pairs, d / "eval_pairs.pt")
+                if main:
+                    atomic_save(online_pairs, d / "eval_pairs.pt")
             self.log({"arm": arm.name, "seed": seed, **{k: c[k] for k in ("lr", "beta")}, "step": step, **res})
             return res
 
         def snapshot(step):
-            atomic_save(model.state_dict(), d / f"snap-{step}.pt")
+            if main:
+                atomic_save(model.state_dict(), d / f"snap-{step}.pt")
 
         if (d / "eval_pairs.pt").exists():
             online_pairs.update(safe_load(d / "eval_pairs.pt"))
@@ -132,13 +138,16 @@ class Pipeline(World):
         with self.progress(steps, f"{arm.name} s{seed} lr{c['lr']:.0e} β{c['beta']:g}") as bar:
             series = optimise(model, ref, self.prompts, sampler, arm.loss, c["beta"], c["lr"], steps,
                               self.checkpoints(steps) if evaluate else set(), run_eval, self.ids["eos"], self.ids["pad"],
-                              state_path=d / "state.pt", save_every=t.save_every, snapshot_at=snaps, snapshot=snapshot, progress=bar)
-        atomic_save(model.state_dict(), d / "final.pt")
-        if provides_stream(arm):
-            atomic_save({k: torch.stack([getattr(b, k) for b in sampler.log]) for k in ("x", "y_w", "y_l", "tie")}, d / "stream.pt")
-        (d / "series.json").write_text(json.dumps(series))
-        (d / "state.pt").unlink(missing_ok=True)
-        self._done(d, record)
+                              state_path=d / "state.pt", save_every=t.save_every, snapshot_at=snaps, snapshot=snapshot, progress=bar,
+                              dist=dist)
+        if main:
+            atomic_save(model.state_dict(), d / "final.pt")
+            if provides_stream(arm):
+                atomic_save({k: torch.stack([getattr(b, k) for b in sampler.log]) for k in ("x", "y_w", "y_l", "tie")}, d / "stream.pt")
+            (d / "series.json").write_text(json.dumps(series))
+            (d / "state.pt").unlink(missing_ok=True)
+            self._done(d, record)
+        dist.barrier()  # later arms read this run's files (its stream, snapshots, final policy)
         return {**record, "series": series}
 
     def _sampler(self, arm: Arm, policy, seed: int, g, steps: int = 0):

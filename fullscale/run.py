@@ -162,6 +162,36 @@ def _open_log(path: Path, resume: bool):
 _LOG_KEY = ("arm", "seed", "lr", "beta", "step")
 
 
+def _join(cfg):
+    """This process's place (``fullscale.dist``): one process unless --dist.strategy says otherwise."""
+    from fullscale.dist import SINGLE
+
+    if cfg.dist.strategy == "none":
+        return SINGLE
+    import torch
+
+    from fullscale.dist import setup
+
+    dev = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
+    return setup(cfg.dist.strategy, dev, cfg.dist.timeout_s)
+
+
+def _follow(cfg, prepared, dist) -> int:
+    """A rank other than 0: wait for rank 0 to build the world and the golden policy, load them
+    from the stage cache, then train every arm with it; rank 0 writes every file."""
+    from fullscale.pipeline import Pipeline, run_study
+
+    dist.barrier()
+    try:
+        pipe = Pipeline(cfg, None, None, data=prepared)
+        pipe.dist = dist
+        run_study(pipe, cfg.hypothesis)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: rank {dist.rank}: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from fullscale.checks import check_config
     from fullscale.config import ConfigFileError
@@ -179,8 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.resume and cfg.out is None:
         return fail("--resume continues the run in --out DIR; name that folder")
     auto_out = cfg.out is None
+    dist = _join(cfg)
+    if dist.world > 1 and cfg.threads == 0:  # the processes of one machine share its cores
+        cfg = replace(cfg, threads=max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", dist.world))))
     cfg = _threads(_run_dir(cfg))
-    problem = _check_out(cfg)
+    problem = _check_out(cfg) if dist.main else None  # rank 0 is about to write there; the others only read
     if problem:
         return fail(problem)
 
@@ -191,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     prepared, problem = _read_inputs(cfg)
     if problem:
         return fail(problem)
-    # inputs read and checked: only now is anything written to --out
+    # inputs read and checked: only now is anything written to --out (by rank 0 only)
+    if not dist.main:
+        return _follow(cfg, prepared, dist)
     try:
         if auto_out:  # a folder of its own: another run may have taken the name since
             cfg = replace(cfg, out=claim_run_dir(Path("runs/fullscale"), f"{cfg.hypothesis}-{cfg.preset}"))
@@ -220,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics.flush()
 
     try:
-        pipe = Pipeline(cfg, _progress, log, data=prepared)
+        pipe = Pipeline(cfg, _progress, log, data=prepared)  # the world and the golden policy, by rank 0 alone
+        dist.barrier()
+        pipe.dist = dist
         res = run_study(pipe, cfg.hypothesis)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)

@@ -22,6 +22,7 @@ generators whose states are saved; models have no dropout).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -126,13 +127,21 @@ def fit_pm(pm, prompts: Prompts, x, y_w, y_l, kind: str, eos: int, pad: int, cls
 
 def optimise(model, ref_model, prompts: Prompts, sampler, loss_name: str, beta: float, lr: float, steps: int,
              eval_at: set[int], evaluate, eos: int, pad: int, state_path: Path | None = None, save_every: int = 50,
-             snapshot_at: set[int] = frozenset(), snapshot=None, progress=None) -> dict[str, list]:
+             snapshot_at: set[int] = frozenset(), snapshot=None, progress=None, dist=None) -> dict[str, list]:
     """Train ``model`` on ``sampler``'s pairs with loss ``LOSSES[loss_name]`` (see the module
     docstring). ``evaluate(step) -> dict`` runs at step 0 and at each step in ``eval_at``;
     ``snapshot(step)`` at each step in ``snapshot_at``. Resumes from ``state_path`` when it
-    exists. Returns the metric series {key: [one value per checkpoint]} with "step"."""
+    exists. Returns the metric series {key: [one value per checkpoint]} with "step".
+
+    Data parallel (``dist.active``, ``fullscale.dist``): every rank holds the same global batch,
+    computes the loss on its share of the rows, normalised by the global count, and
+    DistributedDataParallel averages the gradients; only rank 0 saves the state."""
     loss_fn = LOSSES[loss_name]
     opt = _adam(model, lr)
+    active = dist is not None and dist.active
+    net = model
+    if active and dist.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model)
     series: dict[str, list] = {"step": []}
     start, resumed = 0, False
     if state_path is not None and state_path.exists():
@@ -145,7 +154,7 @@ def optimise(model, ref_model, prompts: Prompts, sampler, loss_name: str, beta: 
             progress.update(start)
 
     def save(step):
-        if state_path is not None:
+        if state_path is not None and (not active or dist.main):
             atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sampler": sampler.state_dict(),
                          "series": series, "step": step}, state_path)
             fault_point("save")
@@ -167,19 +176,25 @@ def optimise(model, ref_model, prompts: Prompts, sampler, loss_name: str, beta: 
         if step == steps:
             break
         batch = sampler.next()
+        n = batch.x.shape[0]  # the global batch
+        if active:  # this rank's share of its rows
+            rows = dist.share(n)
+            batch = type(batch)(**{f.name: getattr(batch, f.name)[rows] for f in dataclasses.fields(batch)})
         if isinstance(batch, Rollouts):  # RLHF: k responses per prompt, y [B, k, T]
             B, k = batch.y.shape[:2]
             x, y = batch.x[:, None].expand(B, k).reshape(-1), batch.y.reshape(B * k, -1)
-            pi = sequence_logp(model, prompts, x, y, eos, pad).reshape(B, k)
+            pi = sequence_logp(net, prompts, x, y, eos, pad).reshape(B, k)
             with torch.no_grad():
                 ref = sequence_logp(ref_model, prompts, x, y, eos, pad).reshape(B, k)
-            loss = loss_fn(pi, ref, batch.reward, beta).mean()
+            per = loss_fn(pi, ref, batch.reward, beta)
+            loss = dist.global_mean(per.mean(-1), n) if active else per.mean()
         else:
             B = batch.x.shape[0]
-            pi = sequence_logp(model, prompts, torch.cat([batch.x, batch.x]), torch.cat([batch.y_w, batch.y_l]), eos, pad)
+            pi = sequence_logp(net, prompts, torch.cat([batch.x, batch.x]), torch.cat([batch.y_w, batch.y_l]), eos, pad)
             with torch.no_grad():
                 ref = sequence_logp(ref_model, prompts, torch.cat([batch.x, batch.x]), torch.cat([batch.y_w, batch.y_l]), eos, pad)
-            loss = loss_fn(pi[:B], pi[B:], ref[:B], ref[B:], beta).mean()
+            per = loss_fn(pi[:B], pi[B:], ref[:B], ref[B:], beta)
+            loss = dist.global_mean(per, n) if active else per.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

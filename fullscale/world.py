@@ -26,6 +26,7 @@ import torch
 
 from fullscale.config import RunConfig
 from fullscale.data import Prepared, prepare
+from fullscale.dist import SINGLE
 from fullscale.lm import PMOracle, Prompts, pm_scores
 from fullscale.models import build_model, load_model, save_model, special_ids, width_for_capacity
 from fullscale.train import atomic_save, clear_stage_tmp, fit_pm, safe_load, supervised
@@ -70,6 +71,7 @@ class World:
         self.cache = Path(cfg.cache or cfg.out / "cache")
         self.cache.mkdir(parents=True, exist_ok=True)
         self.extras: dict = {}
+        self.dist = SINGLE  # the policy arms' processes (fullscale.dist); the world is built by one
         self._world()
 
     # ---------------------------------------------------------------- helpers
@@ -78,7 +80,8 @@ class World:
         it (``*.tmp``, by ``atomic_save`` and ``save_model``, never read) are removed; nothing
         outside the stage's own folder is touched."""
         d = self.cache / f"{name}-{config_hash(*deps)}"
-        clear_stage_tmp(d)
+        if self.dist.main:  # only the process that writes clears what a killed writer left
+            clear_stage_tmp(d)
         return d, (d / "DONE").exists()
 
     @staticmethod

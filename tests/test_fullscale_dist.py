@@ -1,0 +1,112 @@
+"""fullscale.dist: a global batch's shares, the per-example draws that make sampling independent
+of the number of processes, and a run under ``torchrun`` with two processes (gloo, CPU) that
+reproduces one process with the same global batch."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fullscale.dist import SINGLE, Dist, row_generator
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "fixtures" / "fullscale-tiny.json"
+
+
+@pytest.mark.parametrize("n, world", [(32, 2), (7, 3), (2, 4), (1, 1)])
+def test_the_shares_cover_the_global_batch_once_in_order(n, world):
+    shares = [Dist(r, world, True).share(n) for r in range(world)]
+    rows = [i for s in shares for i in range(*s.indices(n))]
+    assert rows == list(range(n))
+    sizes = [s.stop - s.start for s in shares]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_the_global_mean_is_the_mean_once_ranks_average():
+    """world · Σ(share) / n, averaged over the ranks (what DDP does to gradients), is the mean."""
+    per = torch.randn(10, dtype=torch.float64)
+    world = 3
+    parts = [Dist(r, world, True).global_mean(per[Dist(r, world, True).share(10)], 10) for r in range(world)]
+    assert torch.stack(parts).mean().item() == pytest.approx(per.mean().item(), rel=1e-12)
+    assert SINGLE.global_mean(per, 10).item() == pytest.approx(per.mean().item(), rel=1e-12)
+
+
+def test_a_rows_draws_depend_on_the_seed_and_its_index_only():
+    a = torch.rand(5, generator=row_generator(11, 3, "cpu"))
+    assert torch.equal(a, torch.rand(5, generator=row_generator(11, 3, "cpu")))
+    assert not torch.equal(a, torch.rand(5, generator=row_generator(11, 4, "cpu")))
+    assert not torch.equal(a, torch.rand(5, generator=row_generator(12, 3, "cpu")))
+
+
+def test_sampling_a_share_gives_the_rows_of_the_whole_batch():
+    """LMPolicy.sample under data parallelism: the rows a rank samples are those one process
+    samples for the same global batch (each row has its own generator)."""
+    from fullscale.lm import LMPolicy, Prompts, sample_responses
+    from fullscale.models import ModelSpec, build_model
+
+    ids = {"pad": 0, "bos": 1, "eos": 2, "sep": 3, "cls": 4}
+    model = build_model(ModelSpec(width=16, layers=1, heads=2), 20, ids, seed=0)
+    prompts = Prompts(torch.randint(5, 20, (6, 3), generator=torch.Generator().manual_seed(0)), torch.ones(6, 3, dtype=torch.bool))
+    x = torch.tensor([0, 3, 5, 1, 2])
+
+    def sample(dist):
+        return LMPolicy(model, prompts, 4, 2, 0, dist=dist).sample(x, torch.Generator().manual_seed(9))
+
+    whole = sample(Dist(0, 1, True))
+    seed = int(torch.randint(1 << 62, (1,), generator=torch.Generator().manual_seed(9)))  # the batch's seed, as sample draws it
+    for rank in range(2):  # what each of 2 ranks samples before the gather: its own rows, each with its own generator
+        d = Dist(rank, 2, True)
+        rows = range(*d.share(len(x)).indices(len(x)))
+        mine = torch.cat([sample_responses(model, prompts, x[i:i + 1], 4, 2, 0, row_generator(seed, i, "cpu")) for i in rows])
+        assert torch.equal(mine, whole[d.share(len(x))])
+    assert not torch.equal(whole, LMPolicy(model, prompts, 4, 2, 0).sample(x, torch.Generator().manual_seed(9)))  # not one process's default draws
+
+
+def _run(out: Path, *launcher, extra=()):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("WORLD_SIZE", None)
+    cmd = [*launcher, "-m", "fullscale.run", "--config", str(TINY), "--dist.strategy", "ddp", "--out", str(out), *extra]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow  # about 25 s: `pytest -m "not slow"` skips it locally; CI runs it
+def test_two_processes_under_torchrun_reproduce_one(tmp_path):
+    """torchrun --nproc_per_node 2 with DDP (gloo) against one process with the same global batch and
+    the same per-example draws: every number of results.json within 1e-4 relative or 1e-6 absolute
+    (float reductions run in another order), every verdict identical."""
+    from results_diff import differences
+
+    one = _run(tmp_path / "one", sys.executable)
+    assert one.returncode == 0, one.stderr[-2000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    two = _run(tmp_path / "two", *torchrun)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    for r in (a, b):
+        r["extras"].pop("machine")
+        r["config"].pop("threads")
+    assert [c["verdict"] for c in a["claims"]] == [c["verdict"] for c in b["claims"]]
+    diff = differences(a, b, 1e-4, 1e-6)
+    assert not diff, diff[:5]
+    assert a["arms"]["online"][0]["series"]["win_rate"] != [] and (tmp_path / "two" / "report.md").exists()
+    assert not list((tmp_path / "two").glob("*.rank*"))  # one set of outputs, rank 0's
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_bad_distributed_settings_are_one_line(tmp_path, monkeypatch, capsys):
+    from fullscale import run
+
+    args = ["--config", str(TINY), "--out", str(tmp_path / "x")]
+    assert run.main(args + ["--dist.strategy", "fsdp"]) == 2
+    assert "fsdp is not implemented yet" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it
+    assert run.main(args) == 2
+    assert "add --dist.strategy ddp" in capsys.readouterr().err
+    assert run.main(["--config", str(TINY), "--dist.strategy", "ddp"]) == 2
+    assert "give --out DIR" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
