@@ -78,7 +78,8 @@ def _run(out: Path, *launcher, extra=()):
 def test_two_processes_under_torchrun_reproduce_one(tmp_path):
     """torchrun --nproc_per_node 2 with DDP (gloo) against one process with the same global batch and
     the same per-example draws: every number of results.json within 1e-4 relative or 1e-6 absolute
-    (float reductions run in another order), every verdict identical."""
+    (float reductions run in another order), accuracies within 0.02 (they count the signs of margins
+    near zero, as tests/test_figures.py explains), every verdict identical."""
     from results_diff import differences
 
     one = _run(tmp_path / "one", sys.executable)
@@ -91,7 +92,7 @@ def test_two_processes_under_torchrun_reproduce_one(tmp_path):
         r["extras"].pop("machine")
         r["config"].pop("threads")
     assert [c["verdict"] for c in a["claims"]] == [c["verdict"] for c in b["claims"]]
-    diff = differences(a, b, 1e-4, 1e-6)
+    diff = differences(a, b, 1e-4, 1e-6, by_key={"acc_": (0.0, 0.02)})
     assert not diff, diff[:5]
     assert a["arms"]["online"][0]["series"]["win_rate"] != [] and (tmp_path / "two" / "report.md").exists()
     assert not list((tmp_path / "two").glob("*.rank*"))  # one set of outputs, rank 0's
