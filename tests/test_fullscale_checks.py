@@ -54,6 +54,9 @@ def bad(capsys, tmp_path, *args, config=TINY):
     (["--data.task.doc-words", "50"], "--data.task.doc-words 50 cannot exceed --data.task.words 40"),
     (["--data.source", "hh"], "--data.source hh needs --data.path"),
     (["--models.policy.arch", "gpt3"], "invalid choice 'gpt3'"),
+    (["--seeds", "0"], "--seeds must be an integer ≥ 1"),
+    (["--hypothesis", "nonsense"], "invalid choice 'nonsense' for argument '--hypothesis'"),
+    (["--train.steps", "abc"], "--train.steps"),
 ])
 def test_bad_values_are_one_line_before_any_work(capsys, tmp_path, args, message):
     assert message in bad(capsys, tmp_path, *args)
