@@ -122,11 +122,13 @@ def test_killed_and_resumed_run_reproduces_results(tmp_path, tiny_config, uninte
 
 
 def test_the_smoke_preset_twice_side_by_side_gives_two_folders_and_the_same_results(tmp_path):
-    """The documented command as printed (no --out), twice at once from one folder: each run
-    gets a folder of its own even when both start in the same second, and, one thread each,
-    both write the same results.json (its config never records --out)."""
+    """The documented command as printed (no --out; on the tiny config, to keep the suite fast),
+    twice at once from one folder: each run gets a folder of its own even when both start in the
+    same second, and, one thread each, both write the same results.json (its config never
+    records --out). tests/test_docs.py runs the smoke preset's documented commands too."""
     e = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "fullscale.run", "--preset", "smoke"], cwd=tmp_path, env=e,
+    tiny = str(Path(__file__).resolve().parent / "fixtures" / "fullscale-tiny.json")
+    procs = [subprocess.Popen([sys.executable, "-m", "fullscale.run", "--preset", "smoke", "--config", tiny], cwd=tmp_path, env=e,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]  # side by side
     for p in procs:
         _, err = p.communicate()
