@@ -46,7 +46,11 @@ def fault_point(event: str = "step") -> None:
     """Test hook for the kill-and-resume tests: with FULLSCALE_FAULT_AFTER_STEPS=N (or
     FULLSCALE_FAULT_AFTER_SAVES=N) in the environment, the process dies (like a SIGKILL:
     no cleanup) right after the N-th optimiser step of any stage (SFT, preference models,
-    policies), or right after the N-th saved run state of a policy run."""
+    policies), or right after the N-th saved run state of a policy run. Under torchrun,
+    FULLSCALE_FAULT_RANK=R limits it to the process of rank R (the others run on)."""
+    only = os.environ.get("FULLSCALE_FAULT_RANK")
+    if only is not None and os.environ.get("RANK", "0") != only:
+        return
     _events[event] += 1
     limit = os.environ.get(_FAULT_ENV[event])
     if limit is not None and _events[event] >= int(limit):

@@ -67,15 +67,35 @@ def test_sampling_a_share_gives_the_rows_of_the_whole_batch():
     assert not torch.equal(whole, LMPolicy(model, prompts, 4, 2, 0).sample(x, torch.Generator().manual_seed(9)))  # not one process's default draws
 
 
-def _run(out: Path, *launcher, extra=()):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("WORLD_SIZE", None)
+def _run(out: Path, *launcher, extra=(), env=None, timeout=600):
+    full = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    full.pop("WORLD_SIZE", None)
     cmd = [*launcher, "-m", "fullscale.run", "--config", str(TINY), "--dist.strategy", "ddp", "--out", str(out), *extra]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=ROOT, env=full, capture_output=True, text=True, timeout=timeout)
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """One uninterrupted run of the tiny config under torchrun, 2 processes, DDP (gloo)."""
+    out = tmp_path_factory.mktemp("dist") / "two"
+    r = _run(out, *TORCHRUN)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+def _results(out: Path) -> dict:
+    r = json.loads((out / "results.json").read_text())
+    r["extras"].pop("machine")
+    for k in ("threads", "resume"):
+        r["config"].pop(k, None)
+    return r
 
 
 @pytest.mark.slow  # about 25 s: `pytest -m "not slow"` skips it locally; CI runs it
-def test_two_processes_under_torchrun_reproduce_one(tmp_path):
+def test_two_processes_under_torchrun_reproduce_one(tmp_path, two_processes):
     """torchrun --nproc_per_node 2 with DDP (gloo) against one process with the same global batch and
     the same per-example draws: every number of results.json within 1e-4 relative or 1e-6 absolute
     (float reductions run in another order), accuracies within 0.02 (they count the signs of margins
@@ -84,19 +104,26 @@ def test_two_processes_under_torchrun_reproduce_one(tmp_path):
 
     one = _run(tmp_path / "one", sys.executable)
     assert one.returncode == 0, one.stderr[-2000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    two = _run(tmp_path / "two", *torchrun)
-    assert two.returncode == 0, two.stderr[-2000:]
-    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
-    for r in (a, b):
-        r["extras"].pop("machine")
-        r["config"].pop("threads")
+    a, b = _results(tmp_path / "one"), _results(two_processes)
     assert [c["verdict"] for c in a["claims"]] == [c["verdict"] for c in b["claims"]]
     diff = differences(a, b, 1e-4, 1e-6, by_key={"acc_": (0.0, 0.02)})
     assert not diff, diff[:5]
-    assert a["arms"]["online"][0]["series"]["win_rate"] != [] and (tmp_path / "two" / "report.md").exists()
-    assert not list((tmp_path / "two").glob("*.rank*"))  # one set of outputs, rank 0's
+    assert a["arms"]["online"][0]["series"]["win_rate"] != [] and (two_processes / "report.md").exists()
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.slow  # about 16 s
+def test_a_rank_killed_mid_arm_stops_the_run_and_resume_reproduces_it(tmp_path, two_processes):
+    """Rank 1 dies (os._exit, like a SIGKILL) after its 6th training step, inside the second arm:
+    torchrun stops the other rank and exits non-zero (no hang: the subprocess timeout bounds it);
+    --resume under torchrun then gives the uninterrupted run's results.json exactly."""
+    from results_diff import differences
+
+    killed = _run(tmp_path / "k", *TORCHRUN, env={"FULLSCALE_FAULT_AFTER_STEPS": "6", "FULLSCALE_FAULT_RANK": "1"}, timeout=300)
+    assert killed.returncode != 0 and not (tmp_path / "k" / "results.json").exists()
+    resumed = _run(tmp_path / "k", *TORCHRUN, extra=("--resume",))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not differences(_results(tmp_path / "k"), _results(two_processes))
 
 
 def test_bad_distributed_settings_are_one_line(tmp_path, monkeypatch, capsys):
