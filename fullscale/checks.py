@@ -129,12 +129,13 @@ def check_config(cfg: RunConfig) -> str | None:
     if problem:
         return problem
     d, m, ev = cfg.data, cfg.models, cfg.eval
-    if cfg.dist.strategy == "fsdp":
-        return "--dist.strategy fsdp is not implemented yet; use ddp (data parallel) or none"
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and cfg.dist.strategy == "none":
-        return "started by torchrun with several processes but --dist.strategy none: add --dist.strategy ddp"
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and cfg.out is None:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and cfg.dist.strategy == "none":
+        return "started by torchrun with several processes but --dist.strategy none: add --dist.strategy ddp or fsdp"
+    if world > 1 and cfg.out is None:
         return "several processes need one run folder: give --out DIR"
+    if world > cfg.train.batch_size:
+        return f"--train.batch-size {cfg.train.batch_size} is smaller than the {world} processes: each needs at least one row of the global batch"
     if ev.kl_prompts > ev.win_prompts:
         return f"--eval.kl-prompts {ev.kl_prompts} must be at most --eval.win-prompts {ev.win_prompts} (the KL is measured on the first win-rate prompts)"
     if d.source == "synthetic":

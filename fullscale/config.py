@@ -118,12 +118,14 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class DistConfig:
-    """Several processes under torchrun (fullscale/dist.py; docs/fullscale.md, Several processes)."""
+    """Several processes under torchrun (fullscale/dist.py; docs/fullscale.md, Several processes and several GPUs)."""
 
     strategy: Literal["none", "ddp", "fsdp"] = "none"
-    """none: one process, no launcher; ddp: data parallel over the torchrun processes (DistributedDataParallel; one process without torchrun, with the same per-example draws); fsdp: not yet implemented"""
+    """none: one process, no launcher; ddp: data parallel over the torchrun processes (DistributedDataParallel; one process without torchrun, with the same per-example draws); fsdp: ddp's data parallelism with the trained policy, its gradients and Adam moments sharded over the processes (FSDP2, per transformer block; for policies that do not fit one device)"""
     timeout_s: int = 3600
     """seconds a collective waits for the other processes before the run stops with an error (a rank that died)"""
+    reshard_after_forward: bool = True
+    """fsdp: free the gathered weights of a block after its forward pass (less memory) or keep them until the backward pass (one all-gather fewer per step)"""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""Several processes: data parallelism under ``torchrun`` with DistributedDataParallel.
+"""Several processes: data parallelism under ``torchrun`` with DistributedDataParallel or FSDP2.
 
     torchrun --standalone --nproc_per_node 2 -m fullscale.run --preset smoke --dist.strategy ddp
+    torchrun --standalone --nproc_per_node 2 -m fullscale.run --preset smoke --dist.strategy fsdp
 
 One process stays the default (``--dist.strategy none``) and needs no launcher. With
 ``--dist.strategy ddp`` a run is data parallel over the ``torchrun`` processes (one
@@ -11,20 +12,35 @@ batch), so no draw depends on the number of processes. The loss of a rank's shar
 normalised by the global count (``global_mean``), so N processes follow the trajectory
 of one (up to the order of float reductions). Rank 0 builds the world and the golden
 policy, writes every file and prints progress; the other ranks read what it cached.
-Backend gloo on CPU, nccl on CUDA. Docs: docs/fullscale.md (Several processes).
+
+With ``--dist.strategy fsdp`` the trained policy is sharded with FSDP2
+(``torch.distributed.fsdp.fully_shard``): each transformer block (the classes the model
+names in ``_no_split_modules``) is a group, then the root, which holds the embeddings and
+the output layer, so tied input/output embeddings (GPT-2, Llama-3.2, Qwen) stay in one
+group. Parameters, gradients and Adam moments are split over the ranks; gradients are
+averaged over ranks as under DDP, so the same ``global_mean`` applies. A rollout gathers
+the shards once (``gathered``) and samples with whole weights, so there is no collective
+per token and ranks may run different numbers of forward passes. The run state is saved
+with ``torch.distributed.checkpoint`` (``save_state``/``load_state``), which reshards on
+load. The frozen models (the reference policy, the preference models) are replicated on
+every rank.
+Backend gloo on CPU, nccl on CUDA. Docs: docs/fullscale.md (Several processes and several GPUs).
 Tests: tests/test_fullscale_dist.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-__all__ = ["Dist", "setup", "SINGLE", "row_generator"]
+__all__ = ["Dist", "setup", "SINGLE", "row_generator", "fsdp_units", "memory_per_gpu", "memory_table"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +51,9 @@ class Dist:
     rank: int = 0
     world: int = 1
     active: bool = False
+    fsdp: bool = False
+    """the trained policy is sharded (``--dist.strategy fsdp`` with several processes)"""
+    reshard_after_forward: bool = True
 
     @property
     def main(self) -> bool:
@@ -63,28 +82,151 @@ class Dist:
         torch.distributed.all_gather(parts, padded)
         return torch.cat([p[: s.stop - s.start] for p, s in zip(parts, sizes)])
 
+    def map_rows(self, fn, n: int, *rows: torch.Tensor) -> torch.Tensor:
+        """fn over this rank's share of the ``n`` rows of each tensor in ``rows``, gathered in row
+        order: the same [n, ...] on every rank, each row computed by one rank only."""
+        s = self.share(n)
+        return self.gather_rows(fn(*(r[s] for r in rows)), n)
+
+    def wrap(self, model):
+        """The module to train: DistributedDataParallel over ``model``, or ``model`` sharded in place
+        with FSDP2 (per transformer block, then the root), or ``model`` itself with one process."""
+        if not self.fsdp and self.world == 1:
+            return model
+        if not self.fsdp:
+            return torch.nn.parallel.DistributedDataParallel(model)
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        dev = next(model.parameters()).device
+        mesh = init_device_mesh(dev.type, (self.world,))
+        for unit in fsdp_units(model):
+            fully_shard(unit, mesh=mesh, reshard_after_forward=self.reshard_after_forward)
+        fully_shard(model, mesh=mesh, reshard_after_forward=self.reshard_after_forward)
+        return model
+
+    @contextlib.contextmanager
+    def gathered(self, *models):
+        """Whole weights for a stretch of forward passes without gradients (a rollout, an
+        evaluation): a sharded model is all-gathered once on entry and resharded on exit; no
+        collective runs inside, so ranks may run different numbers of forward passes. Nothing
+        happens to models that are not sharded."""
+        from torch.distributed.fsdp import FSDPModule
+
+        sharded = [m for model in models for m in model.modules() if isinstance(m, FSDPModule) and id(m) not in _GATHERED]
+        _GATHERED.update(id(m) for m in sharded)  # a nested ``gathered`` leaves them to the outer one
+        for m in sharded:
+            m.set_reshard_after_forward(False, recurse=False)
+            m.unshard()
+        try:
+            yield
+        finally:
+            for m in sharded:
+                _GATHERED.discard(id(m))
+                m.reshard()
+                m.set_reshard_after_forward(self.reshard_after_forward, recurse=False)
+
+    def full_state(self, model) -> dict:
+        """The model's whole state dict (on CPU). Sharded: every rank must call it (a collective);
+        rank 0's copy is the one to write."""
+        if not self.fsdp:
+            return model.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def save_state(self, model, opt, run: dict, path: Path) -> None:
+        """A sharded run state with ``torch.distributed.checkpoint`` (every rank writes its shards
+        of the model and the optimiser) plus ``run`` (the same on every rank: sampler, series,
+        step) written by rank 0, into a new folder ``path``-<step>; the pointer file ``path``
+        names the latest complete one and is replaced atomically, so a kill at any moment
+        leaves the previous state readable."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        from fullscale.train import atomic_save
+
+        folder = path.with_name(f"{path.name}-{run['step']}")
+        if self.main:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.barrier()
+        # an optimiser before its first step has no state to save; asking for it would create it
+        # with a step of learning rate 0 that counts in Adam's bias correction
+        state = {"model": get_model_state_dict(model)}
+        if opt.state:
+            state["opt"] = get_optimizer_state_dict(model, opt)
+        dcp.save(state, checkpoint_id=str(folder))
+        if self.main:
+            atomic_save({**run, "has_opt": bool(opt.state)}, folder / "run.pt")
+            previous = path.read_text().strip() if path.exists() else None
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(folder.name)
+            os.replace(tmp, path)
+            if previous and previous != folder.name:
+                shutil.rmtree(path.with_name(previous), ignore_errors=True)
+        self.barrier()
+
+    def load_state(self, model, opt, path: Path) -> dict:
+        """The state ``save_state`` wrote: model and optimiser shards loaded in place (resharded
+        to this run's number of ranks); returns ``run``."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict
+
+        from fullscale.train import safe_load
+
+        folder = path.with_name(path.read_text().strip())
+        run = safe_load(folder / "run.pt")
+        if run.pop("has_opt"):
+            msd, osd = get_state_dict(model, opt)  # creates the state it then overwrites, Adam's step count included
+            state = {"model": msd, "opt": osd}
+            dcp.load(state, checkpoint_id=str(folder))
+            set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["opt"])
+        else:
+            state = {"model": get_model_state_dict(model)}
+            dcp.load(state, checkpoint_id=str(folder))
+            set_model_state_dict(model, state["model"])
+        return run
+
     def global_mean(self, per_example: torch.Tensor, n: int) -> torch.Tensor:
         """The loss whose gradient, averaged over ranks by DDP, is the gradient of the mean over
         the global batch of ``n``: world · Σ(this rank's share) / n."""
         return per_example.sum() * (self.world / n)
 
 
+_GATHERED: set[int] = set()  # the sharded modules whose weights ``gathered`` holds whole now
+
 SINGLE = Dist()
 """One process, the default: no launcher, today's draws."""
 
 
-def setup(strategy: str, device: torch.device, timeout_s: int = 3600) -> Dist:
+def setup(strategy: str, device: torch.device, timeout_s: int = 3600, reshard_after_forward: bool = True) -> Dist:
     """Join the ``torchrun`` process group when there is one (WORLD_SIZE > 1 in the environment).
-    ``strategy`` "none" is one process whatever the environment says."""
+    ``strategy`` "none" is one process whatever the environment says. With one process, "fsdp"
+    has nothing to shard and runs as "ddp" does, except under ``torchrun --nproc_per_node 1``,
+    where it joins a process group of one and saves its state with DCP like several would
+    (so a sharded run can resume with one process)."""
     if strategy == "none":
         return SINGLE
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    if world == 1 and not (strategy == "fsdp" and "TORCHELASTIC_RUN_ID" in os.environ):
         return Dist(0, 1, True)
     if not torch.distributed.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch.distributed.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-    return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), True)
+    return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), True, strategy == "fsdp", reshard_after_forward)
+
+
+def fsdp_units(model) -> list[torch.nn.Module]:
+    """The submodules FSDP2 shards one by one: the transformer blocks, found by the class names a
+    ``transformers`` model lists in ``_no_split_modules`` (GPT2Block, LlamaDecoderLayer, ...).
+    The embeddings and the output layer stay with the root, so tied weights share one group."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    units = [m for m in model.modules() if type(m).__name__ in names]
+    if not units:
+        raise ValueError(f"{type(model).__name__} names no transformer block class (_no_split_modules); FSDP cannot shard it per block")
+    return units
 
 
 def row_generator(seed: int, index: int, device) -> torch.Generator:
@@ -92,3 +234,34 @@ def row_generator(seed: int, index: int, device) -> torch.Generator:
     the example's index), so its draws are the same whichever rank samples it."""
     h = int.from_bytes(hashlib.sha256(f"{seed}/{index}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
     return torch.Generator(device=device).manual_seed(h)
+
+
+# Parameter counts from the models' published configurations (Hugging Face model cards), tied
+# input/output embeddings counted once.
+MODEL_SIZES = {"GPT-2 (124M)": 124_439_808, "GPT-2 medium (355M)": 354_823_168, "Llama-3.2-1B": 1_235_814_400,
+               "Llama-3.2-3B": 3_212_749_824, "Llama-3.1-8B": 8_030_261_248}
+
+
+def memory_per_gpu(params: int, strategy: str, world: int = 1) -> float:
+    """Bytes per GPU of a policy of ``params`` parameters and its frozen reference, as this runner
+    holds them (float32 weights; bf16 only inside autocast): the trained policy's weights,
+    gradients and two Adam moments are 16 bytes a parameter, plus DDP's gradient buckets
+    (4 more) on every rank, or split over ``world`` ranks by FSDP, which also gathers the whole
+    float32 weights (4) for a rollout or an evaluation; the reference policy is replicated (4).
+    Activations, the KV cache and the preference models (4 bytes a parameter each, replicated)
+    come on top."""
+    if strategy == "ddp":
+        return 24.0 * params
+    if strategy == "fsdp":
+        return 16.0 * params / world + 8.0 * params
+    raise ValueError(f"strategy must be ddp or fsdp, got {strategy!r}")
+
+
+def memory_table(worlds=(2, 8)) -> str:
+    """The Markdown table of ``memory_per_gpu`` for ``MODEL_SIZES`` in GiB (docs/fullscale.md)."""
+    head = "| policy | parameters | DDP, any N | " + " | ".join(f"FSDP, N = {n}" for n in worlds) + " |"
+    rows = [head, "|" + "---|" * (3 + len(worlds))]
+    for name, p in MODEL_SIZES.items():
+        cells = [memory_per_gpu(p, "ddp")] + [memory_per_gpu(p, "fsdp", n) for n in worlds]
+        rows.append(f"| {name} | {p / 1e9:.2f} B | " + " | ".join(f"{c / 2**30:.1f} GiB" for c in cells) + " |")
+    return "\n".join(rows)

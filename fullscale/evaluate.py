@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fullscale.lm import sample_responses, sequence_logp, tokenwise_kl
+from fullscale.lm import sample_responses, sample_rows, sequence_logp, tokenwise_kl
 from fullscale.train import safe_load
 from shared.metrics import classifier_accuracy, logp_shift, policy_margin, win_rate_from_labels
 from shared.protocol import online_partner, provides_stream, stream_generator
@@ -28,32 +28,54 @@ __all__ = ["evaluate_checkpoint"]
 @torch.no_grad()
 def evaluate_checkpoint(pipe, model, ref, arm: Arm, seed: int, step: int):
     """One checkpoint's metrics (docs/results-schema.md), on fixed prompts with a fixed
-    sampling seed per checkpoint so that curves differ by the policy, not by sampling noise."""
-    ops = pipe.policy_ops()
+    sampling seed per checkpoint so that curves differ by the policy, not by sampling noise.
+
+    Data parallel (``pipe.dist.active``, ``fullscale.dist``): the prompts and pairs are split
+    over the ranks, each samples and scores its share (per-example draws, ``sample_rows``)
+    and the per-row values are gathered before any mean, so every rank gets the numbers of
+    one process with the same per-example draws. A sharded policy is gathered once for the
+    whole evaluation."""
+    with pipe.dist.gathered(model):
+        return _evaluate(pipe, model, ref, arm, seed, step)
+
+
+def _evaluate(pipe, model, ref, arm: Arm, seed: int, step: int):
+    ops, dist = pipe.policy_ops(), pipe.dist
     L, temp = pipe.cfg.data.max_response_tokens, pipe.t.temperature
     g = stream_generator(seed, f"eval/{step}", pipe.device)
+
+    def sample(x):
+        if not dist.active:
+            return sample_responses(model, pipe.prompts, x, L, **ops, generator=g, temperature=temp)
+        batch_seed = int(torch.randint(1 << 62, (1,), generator=g, device=x.device))
+        return sample_rows(model, pipe.prompts, x, L, **ops, seed=batch_seed, dist=dist, temperature=temp)
+
+    def logp(m, x, y):
+        return dist.map_rows(lambda xs, ys: sequence_logp(m, pipe.prompts, xs, ys, **ops), len(x), x, y)
+
     x = pipe.win_x
-    y = sample_responses(model, pipe.prompts, x, L, **ops, generator=g, temperature=temp)
-    m = pipe.golden_oracle.margin(x, y, pipe.golden_y)
+    y = sample(x)
+    m = dist.map_rows(pipe.golden_oracle.margin, len(x), x, y, pipe.golden_y)
     won, tie, h = m > 0, m == 0, len(m) // 2  # halves: a sweep's envelope is cross-fitted (shared.results.curves)
     res = {"win_rate": float(win_rate_from_labels(won, tie)), "win_rate_a": float(win_rate_from_labels(won[:h], tie[:h])),
            "win_rate_b": float(win_rate_from_labels(won[h:2 * h], tie[h:2 * h]))}
     k = min(pipe.cfg.eval.kl_prompts, len(x))
-    res["kl"] = float(tokenwise_kl(model, ref, pipe.prompts, x[:k], y[:k], **ops).mean())
+    kl = dist.map_rows(lambda xs, ys: tokenwise_kl(model, ref, pipe.prompts, xs, ys, **ops), k, x[:k], y[:k])
+    res["kl"] = float(kl.mean())
     if arm.name == "golden":
         return res, None
     acc = pipe.acc_batch
-    pw, pl = sequence_logp(model, pipe.prompts, acc.x, acc.y_w, **ops), sequence_logp(model, pipe.prompts, acc.x, acc.y_l, **ops)
+    pw, pl = logp(model, acc.x, acc.y_w), logp(model, acc.x, acc.y_l)
     if ref is pipe.sft[1.0]:
         rw, rl = pipe.acc_ref
     else:
-        rw, rl = sequence_logp(ref, pipe.prompts, acc.x, acc.y_w, **ops), sequence_logp(ref, pipe.prompts, acc.x, acc.y_l, **ops)
+        rw, rl = logp(ref, acc.x, acc.y_w), logp(ref, acc.x, acc.y_l)
     res["acc_golden"] = float(classifier_accuracy(policy_margin(pw, pl, rw, rl), torch.ones_like(acc.tie)))
     res["chosen_logp_shift"] = float(logp_shift(pw, rw))
     res["rejected_logp_shift"] = float(logp_shift(pl, rl))
     # the policy's own pairs (acc_self); for an online arm they are also the "online pairs"
     n = min(pipe.cfg.eval.acc_pairs, len(x))
-    y2 = sample_responses(model, pipe.prompts, x[:n], L, **ops, generator=g, temperature=temp)
+    y2 = sample(x[:n])
     own = _pair_record(pipe, x[:n], y[:n], y2)
     res["acc_self"] = _policy_acc(pipe, model, ref, own)
     pairs = own if provides_stream(arm) else None
@@ -66,17 +88,19 @@ def evaluate_checkpoint(pipe, model, ref, arm: Arm, seed: int, step: int):
 
 def _pair_record(pipe, x, y1, y2) -> dict:
     """Pairs with y1 ≠ y2 and a golden decision (no tie), with the proxy's margin."""
-    gm = pipe.golden_oracle.margin(x, y1, y2)
+    gm = pipe.dist.map_rows(pipe.golden_oracle.margin, len(x), x, y1, y2)
     keep = (y1 != y2).any(-1) & (gm != 0)
     x, y1, y2, gm = x[keep], y1[keep], y2[keep], gm[keep]
-    return {"x": x, "y1": y1, "y2": y2, "first_wins": gm > 0, "proxy_margin": pipe.proxy_oracle.margin(x, y1, y2)}
+    proxy = pipe.dist.map_rows(pipe.proxy_oracle.margin, len(x), x, y1, y2)
+    return {"x": x, "y1": y1, "y2": y2, "first_wins": gm > 0, "proxy_margin": proxy}
 
 
 def _policy_acc(pipe, model, ref, rec) -> float:
     if not len(rec["x"]):
         return float("nan")
-    ops = pipe.policy_ops()
-    f = [sequence_logp(mm, pipe.prompts, rec["x"], y, **ops) for mm in (model, ref) for y in (rec["y1"], rec["y2"])]
+    ops, n = pipe.policy_ops(), len(rec["x"])
+    f = [pipe.dist.map_rows(lambda xs, ys: sequence_logp(mm, pipe.prompts, xs, ys, **ops), n, rec["x"], y) for mm in (model, ref)
+         for y in (rec["y1"], rec["y2"])]
     return float(classifier_accuracy(policy_margin(f[0], f[1], f[2], f[3]), rec["first_wins"]))
 
 

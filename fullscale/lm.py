@@ -35,6 +35,7 @@ __all__ = [
     "response_logits",
     "sequence_logp",
     "sample_responses",
+    "sample_rows",
     "tokenwise_kl",
     "LMPolicy",
     "pm_inputs",
@@ -121,6 +122,21 @@ def sequence_logp(model, prompts: Prompts, x: torch.Tensor, y: torch.Tensor, eos
     return torch.where(mask, lp, torch.zeros_like(lp)).sum(-1)  # where, not ×: lp is −∞ at pads
 
 
+def _draw(probs: torch.Tensor, generator) -> torch.Tensor:
+    """One token per row of probs [B, V]. ``generator`` a list of one generator per row (the
+    per-example draws of ``fullscale.dist``): inverse-CDF sampling, the first token whose
+    cumulative probability reaches u·total with u ∈ (0, 1] drawn from the row's own generator,
+    so a row's token depends on its generator only, not on the batch it is drawn in (a token of
+    probability 0 is never drawn). Otherwise ``torch.multinomial`` with the one generator."""
+    if not isinstance(generator, (list, tuple)):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if len(generator) != probs.shape[0]:
+        raise ValueError(f"{len(generator)} generators for {probs.shape[0]} rows")
+    u = torch.cat([1.0 - torch.rand(1, generator=g, device=probs.device) for g in generator]) if generator else probs.new_zeros(0)
+    cdf = probs.cumsum(-1)
+    return (cdf < u[:, None] * cdf[:, -1:]).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
 @torch.no_grad()
 def sample_responses(model, prompts: Prompts, x: torch.Tensor, length: int, eos: int, pad: int,
                      generator: torch.Generator | None = None, temperature: float = 1.0, return_logits: bool = False,
@@ -134,7 +150,8 @@ def sample_responses(model, prompts: Prompts, x: torch.Tensor, length: int, eos:
     ``mix=(ref_model, alpha)`` every token is drawn from the per-token geometric
     mixture of the two models' next-token distributions,
     ``shared.sampling.geometric_mixture`` (IPO-MD's sampler), and the logits
-    returned are the mixture's log-probabilities.
+    returned are the mixture's log-probabilities. ``generator`` may be a list of
+    one generator per row (``_draw``): each row's draws then come from its own.
     """
     p_ids, p_mask = prompts.ids[x], prompts.mask[x].long()
     B = p_ids.shape[0]
@@ -162,7 +179,7 @@ def sample_responses(model, prompts: Prompts, x: torch.Tensor, length: int, eos:
     for t in range(length):
         if return_logits:
             all_logits.append(logits * temperature if mix is None else logits)
-        tok = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1)
+        tok = _draw(torch.softmax(logits, -1), generator)
         tok = torch.where(done, torch.full_like(tok, pad), tok)
         ys.append(tok)
         done = done | (tok == eos)
@@ -190,6 +207,24 @@ def tokenwise_kl(model, ref_model, prompts: Prompts, x: torch.Tensor, y: torch.T
     return kl_tokenwise_per_sample(lp, lq, mask)
 
 
+def sample_rows(model, prompts: Prompts, x: torch.Tensor, length: int, eos: int, pad: int, seed: int, dist,
+                temperature: float = 1.0, mix: tuple | None = None) -> torch.Tensor:
+    """``sample_responses`` for a global batch x [B] shared over ``dist``'s ranks (``fullscale.dist``):
+    this rank samples its share of the rows in one batch, row i with its own generator
+    ``row_generator(seed, i)``, and the rows are gathered, so every rank returns the same
+    [B, length] whatever the number of ranks. A sharded model (FSDP) is gathered once for the
+    whole rollout, not once per token (``Dist.gathered``). Docs: docs/fullscale.md (Several
+    processes and several GPUs)."""
+    from fullscale.dist import row_generator
+
+    share = dist.share(len(x))
+    gens = [row_generator(seed, i, x.device) for i in range(*share.indices(len(x)))]
+    with dist.gathered(model, *(mix[:1] if mix else ())):
+        local = sample_responses(model, prompts, x[share], length, eos, pad, gens, temperature, mix=mix) if gens else \
+            torch.empty(0, length, dtype=torch.long, device=x.device)
+    return dist.gather_rows(local, len(x))
+
+
 class LMPolicy:
     """A causal LM as a ``shared.sampling.Policy`` over prompt rows; with ``mix=(ref_model,
     alpha)`` it samples from the per-token geometric mixture with ``ref_model`` (IPO-MD)."""
@@ -202,18 +237,12 @@ class LMPolicy:
     def sample(self, x, generator=None):
         """One response per prompt row of x [B]. Data parallel (``fullscale.dist``, ``dist.active``):
         one seed is drawn from ``generator`` (the same on every rank), each rank samples its share
-        of the rows, each row with its own generator (``row_generator(seed, row)``), and the rows
-        are gathered, so every rank returns the same [B, T] whatever the number of ranks."""
+        of the rows, each row with its own generator (``sample_rows``), and the rows are gathered,
+        so every rank returns the same [B, T] whatever the number of ranks."""
         if self.dist is None or not self.dist.active:
             return sample_responses(self.model, self.prompts, x, self.length, self.eos, self.pad, generator, self.temperature, mix=self.mix)
-        from fullscale.dist import row_generator
-
         seed = int(torch.randint(1 << 62, (1,), generator=generator, device=x.device))
-        rows = range(*self.dist.share(len(x)).indices(len(x)))
-        local = [sample_responses(self.model, self.prompts, x[i : i + 1], self.length, self.eos, self.pad, row_generator(seed, i, x.device),
-                                  self.temperature, mix=self.mix) for i in rows]
-        empty = torch.empty(0, self.length, dtype=torch.long, device=x.device)
-        return self.dist.gather_rows(torch.cat(local) if local else empty, len(x))
+        return sample_rows(self.model, self.prompts, x, self.length, self.eos, self.pad, seed, self.dist, self.temperature, self.mix)
 
     def logp(self, x, y):
         return sequence_logp(self.model, self.prompts, x, y, self.eos, self.pad)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import platform
 from dataclasses import asdict
 from pathlib import Path
@@ -98,7 +99,7 @@ class Pipeline(World):
         if stream_read_by(arm) is not None:
             deps.append(str(self.stream_dir(stream_read_by(arm), seed)))
         if self.dist.active:  # per-example draws (fullscale.dist): other samples than one process's default
-            deps.append("per-example draws")
+            deps.append("per-example draws (inverse CDF, batched)")
         d, done = self._stage(f"run-{arm.name}", *deps)
         record = {"seed": seed, "config": {**c, "loss": arm.loss, "labels": arm.labels, "capacity": arm.capacity}, "dir": str(d)}
         if arm.capacity not in self.sft:
@@ -129,23 +130,27 @@ class Pipeline(World):
             return res
 
         def snapshot(step):
+            whole = dist.full_state(model)  # a collective when the policy is sharded
             if main:
-                atomic_save(model.state_dict(), d / f"snap-{step}.pt")
+                atomic_save(whole, d / f"snap-{step}.pt")
 
         if (d / "eval_pairs.pt").exists():
             online_pairs.update(safe_load(d / "eval_pairs.pt"))
         snaps = {round(f * t.steps) for f in dataset_fractions() if 0 < f} if provides_stream(arm) else set()
+        state = d / ("state-dcp" if dist.fsdp else "state.pt")  # fsdp: a pointer to the folder of sharded state
         with self.progress(steps, f"{arm.name} s{seed} lr{c['lr']:.0e} β{c['beta']:g}") as bar:
             series = optimise(model, ref, self.prompts, sampler, arm.loss, c["beta"], c["lr"], steps,
                               self.checkpoints(steps) if evaluate else set(), run_eval, self.ids["eos"], self.ids["pad"],
-                              state_path=d / "state.pt", save_every=t.save_every, snapshot_at=snaps, snapshot=snapshot, progress=bar,
+                              state_path=state, save_every=t.save_every, snapshot_at=snaps, snapshot=snapshot, progress=bar,
                               dist=dist)
+        whole = dist.full_state(model)
         if main:
-            atomic_save(model.state_dict(), d / "final.pt")
+            atomic_save(whole, d / "final.pt")
             if provides_stream(arm):
                 atomic_save({k: torch.stack([getattr(b, k) for b in sampler.log]) for k in ("x", "y_w", "y_l", "tie")}, d / "stream.pt")
             (d / "series.json").write_text(json.dumps(series))
-            (d / "state.pt").unlink(missing_ok=True)
+            for p in [state, *d.glob(f"{state.name}-*")]:
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
             self._done(d, record)
         dist.barrier()  # later arms read this run's files (its stream, snapshots, final policy)
         return {**record, "series": series}
@@ -153,7 +158,8 @@ class Pipeline(World):
     def _sampler(self, arm: Arm, policy, seed: int, g, steps: int = 0):
         """``shared.protocol.make_sampler`` over this world: one run, the proxy Bradley–Terry model as reward."""
         def mixture(pol, alpha):  # IPO-MD's per-token mixture π^{1−α}·π_sft^α
-            return LMPolicy(pol.model, pol.prompts, pol.length, pol.eos, pol.pad, pol.temperature, mix=(self.sft[arm.capacity], alpha))
+            return LMPolicy(pol.model, pol.prompts, pol.length, pol.eos, pol.pad, pol.temperature, mix=(self.sft[arm.capacity], alpha),
+                            dist=pol.dist)
 
         def reward(labels):
             if labels != "proxy":

@@ -173,7 +173,7 @@ def _join(cfg):
     from fullscale.dist import setup
 
     dev = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
-    return setup(cfg.dist.strategy, dev, cfg.dist.timeout_s)
+    return setup(cfg.dist.strategy, dev, cfg.dist.timeout_s, cfg.dist.reshard_after_forward)
 
 
 def _follow(cfg, prepared, dist) -> int:

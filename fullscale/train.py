@@ -139,28 +139,37 @@ def optimise(model, ref_model, prompts: Prompts, sampler, loss_name: str, beta: 
 
     Data parallel (``dist.active``, ``fullscale.dist``): every rank holds the same global batch,
     computes the loss on its share of the rows, normalised by the global count, and
-    DistributedDataParallel averages the gradients; only rank 0 saves the state."""
+    DistributedDataParallel averages the gradients; only rank 0 saves the state. Under FSDP
+    (``dist.fsdp``) ``model`` is sharded in place and every rank saves its shards of the state
+    (``Dist.save_state``); ``state_path`` is then a pointer to the latest state's folder."""
     loss_fn = LOSSES[loss_name]
-    opt = _adam(model, lr)
     active = dist is not None and dist.active
-    net = model
-    if active and dist.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model)
+    net = dist.wrap(model) if active else model  # FSDP shards ``model`` in place, before Adam sees its parameters
+    opt = _adam(model, lr)
+    sharded = active and dist.fsdp
     series: dict[str, list] = {"step": []}
     start, resumed = 0, False
     if state_path is not None and state_path.exists():
-        st = safe_load(state_path)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
+        if sharded:
+            st = dist.load_state(model, opt, state_path)
+        else:
+            st = safe_load(state_path)
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["opt"])
         sampler.load_state_dict(st["sampler"])
         series, start, resumed = st["series"], st["step"], True
         if progress is not None:
             progress.update(start)
 
     def save(step):
-        if state_path is not None and (not active or dist.main):
-            atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sampler": sampler.state_dict(),
-                         "series": series, "step": step}, state_path)
+        if state_path is None:
+            return
+        run = {"sampler": sampler.state_dict(), "series": series, "step": step}
+        if sharded:  # every rank writes its shards (torch.distributed.checkpoint)
+            dist.save_state(model, opt, run, state_path)
+            fault_point("save")
+        elif not active or dist.main:
+            atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), **run}, state_path)
             fault_point("save")
 
     for step in range(start, steps + 1):

@@ -44,97 +44,207 @@ def test_a_rows_draws_depend_on_the_seed_and_its_index_only():
 
 
 def test_sampling_a_share_gives_the_rows_of_the_whole_batch():
-    """LMPolicy.sample under data parallelism: the rows a rank samples are those one process
-    samples for the same global batch (each row has its own generator)."""
+    """LMPolicy.sample under data parallelism: the rows a rank samples, in one batch, are those one
+    process samples for the same global batch, and those of each row sampled alone with its own
+    generator: a row's draws depend on its generator only."""
     from fullscale.lm import LMPolicy, Prompts, sample_responses
     from fullscale.models import ModelSpec, build_model
 
     ids = {"pad": 0, "bos": 1, "eos": 2, "sep": 3, "cls": 4}
     model = build_model(ModelSpec(width=16, layers=1, heads=2), 20, ids, seed=0)
     prompts = Prompts(torch.randint(5, 20, (6, 3), generator=torch.Generator().manual_seed(0)), torch.ones(6, 3, dtype=torch.bool))
-    x = torch.tensor([0, 3, 5, 1, 2])
+    prompts.mask[1, 0] = prompts.mask[4, :2] = False  # left-padded prompts of other lengths
+    x = torch.tensor([0, 3, 5, 1, 2, 4])
 
     def sample(dist):
-        return LMPolicy(model, prompts, 4, 2, 0, dist=dist).sample(x, torch.Generator().manual_seed(9))
+        return LMPolicy(model, prompts, 6, 2, 0, dist=dist).sample(x, torch.Generator().manual_seed(9))
 
     whole = sample(Dist(0, 1, True))
     seed = int(torch.randint(1 << 62, (1,), generator=torch.Generator().manual_seed(9)))  # the batch's seed, as sample draws it
-    for rank in range(2):  # what each of 2 ranks samples before the gather: its own rows, each with its own generator
+    alone = torch.cat([sample_responses(model, prompts, x[i:i + 1], 6, 2, 0, [row_generator(seed, i, "cpu")]) for i in range(len(x))])
+    assert torch.equal(alone, whole)
+    for rank in range(2):  # what each of 2 ranks samples before the gather: its own rows, in one batch
         d = Dist(rank, 2, True)
-        rows = range(*d.share(len(x)).indices(len(x)))
-        mine = torch.cat([sample_responses(model, prompts, x[i:i + 1], 4, 2, 0, row_generator(seed, i, "cpu")) for i in rows])
-        assert torch.equal(mine, whole[d.share(len(x))])
-    assert not torch.equal(whole, LMPolicy(model, prompts, 4, 2, 0).sample(x, torch.Generator().manual_seed(9)))  # not one process's default draws
+        s = d.share(len(x))
+        mine = sample_responses(model, prompts, x[s], 6, 2, 0, [row_generator(seed, i, "cpu") for i in range(*s.indices(len(x)))])
+        assert torch.equal(mine, whole[s])
+    assert (whole == 2).any() and (whole == 0).any()  # EOS and the pads after it are in the test
+    assert not torch.equal(whole, LMPolicy(model, prompts, 6, 2, 0).sample(x, torch.Generator().manual_seed(9)))  # not one process's default draws
 
 
-def _run(out: Path, *launcher, extra=(), env=None, timeout=600):
+def test_per_row_draws_are_each_rows_inverse_cdf():
+    """``_draw`` with one generator per row against a plain loop over the cumulative sums, a token of
+    probability 0 never drawn, and the frequencies of many draws within 5 standard errors of the
+    probabilities."""
+    from fullscale.lm import _draw
+
+    probs = torch.softmax(torch.randn(4, 7, generator=torch.Generator().manual_seed(1)), -1)
+    probs[:, 0] = probs[2, 3] = 0.0
+    gens = [torch.Generator().manual_seed(100 + i) for i in range(4)]
+    twins = [torch.Generator().manual_seed(100 + i) for i in range(4)]
+    counts = torch.zeros(4, 7)
+    for _ in range(4000):
+        tok = _draw(probs, gens)
+        for i in range(4):
+            u = (1.0 - torch.rand(1, generator=twins[i]).item()) * probs[i].sum().item()
+            c, want = 0.0, 6
+            for j in range(7):
+                c += probs[i, j].item()
+                if c >= u and probs[i, j] > 0:
+                    want = j
+                    break
+            assert tok[i].item() == want
+            counts[i, want] += 1
+    assert counts[:, 0].sum() == 0 and counts[2, 3] == 0
+    p = probs / probs.sum(-1, keepdim=True)
+    assert ((counts / 4000 - p).abs() <= 5 * (p * (1 - p) / 4000).sqrt() + 1e-9).all()
+
+
+def _run(out: Path, *launcher, strategy="ddp", extra=(), env=None, timeout=600):
     full = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     full.pop("WORLD_SIZE", None)
-    cmd = [*launcher, "-m", "fullscale.run", "--config", str(TINY), "--dist.strategy", "ddp", "--out", str(out), *extra]
+    cmd = [*launcher, "-m", "fullscale.run", "--config", str(TINY), "--dist.strategy", strategy, "--out", str(out), *extra]
     return subprocess.run(cmd, cwd=ROOT, env=full, capture_output=True, text=True, timeout=timeout)
 
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+def torchrun(n: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n)]
+
+
+TORCHRUN = torchrun(2)
+CLS = ("--hypothesis", "classification")  # two arms (online, offline): the cheaper study for the FSDP runs
+LLAMA = (*CLS, "--models.policy.arch", "llama")
+
+
+def _ran(out: Path, *launcher, **kw) -> Path:
+    r = _run(out, *launcher, **kw)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The tiny config in one process with the per-example draws (--dist.strategy ddp, no launcher)."""
+    return _ran(tmp_path_factory.mktemp("dist") / "one", sys.executable)
 
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
     """One uninterrupted run of the tiny config under torchrun, 2 processes, DDP (gloo)."""
-    out = tmp_path_factory.mktemp("dist") / "two"
-    r = _run(out, *TORCHRUN)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return out
+    return _ran(tmp_path_factory.mktemp("dist") / "two", *TORCHRUN)
+
+
+@pytest.fixture(scope="module")
+def two_sharded(tmp_path_factory):
+    """The classification study under FSDP2: the GPT-2 policy (tied embeddings) sharded over 2 processes."""
+    return _ran(tmp_path_factory.mktemp("dist") / "fsdp", *TORCHRUN, strategy="fsdp", extra=CLS)
 
 
 def _results(out: Path) -> dict:
     r = json.loads((out / "results.json").read_text())
     r["extras"].pop("machine")
-    for k in ("threads", "resume"):
+    for k in ("threads", "resume", "dist"):
         r["config"].pop(k, None)
     return r
 
 
-@pytest.mark.slow  # about 25 s: `pytest -m "not slow"` skips it locally; CI runs it
-def test_two_processes_under_torchrun_reproduce_one(tmp_path, two_processes):
-    """torchrun --nproc_per_node 2 with DDP (gloo) against one process with the same global batch and
-    the same per-example draws: every number of results.json within 1e-4 relative or 1e-6 absolute
-    (float reductions run in another order), accuracies within 0.02 (they count the signs of margins
-    near zero, as tests/test_figures.py explains), every verdict identical."""
+def _same_study(a: Path, b: Path) -> None:
+    """Every number of results.json within 1e-4 relative or 1e-6 absolute (float reductions run in
+    another order), accuracies within 0.02 (they count the signs of margins near zero, as
+    tests/test_figures.py explains), every verdict identical."""
     from results_diff import differences
 
-    one = _run(tmp_path / "one", sys.executable)
-    assert one.returncode == 0, one.stderr[-2000:]
-    a, b = _results(tmp_path / "one"), _results(two_processes)
-    assert [c["verdict"] for c in a["claims"]] == [c["verdict"] for c in b["claims"]]
-    diff = differences(a, b, 1e-4, 1e-6, by_key={"acc_": (0.0, 0.02)})
+    ra, rb = _results(a), _results(b)
+    assert [c["verdict"] for c in ra["claims"]] == [c["verdict"] for c in rb["claims"]]
+    diff = differences(ra, rb, 1e-4, 1e-6, by_key={"acc_": (0.0, 0.02)})
     assert not diff, diff[:5]
-    assert a["arms"]["online"][0]["series"]["win_rate"] != [] and (two_processes / "report.md").exists()
+    assert ra["arms"]["online"][0]["series"]["win_rate"] != [] and (b / "report.md").exists()
+
+
+def _same_evaluation_of_sft(a: Path, b: Path) -> None:
+    """Sharded evaluation equals one process's on the same checkpoint: every arm's step-0 metrics are
+    those of the SFT policy, the same weights in both runs, evaluated with the prompts and pairs split
+    over the ranks in one and whole in the other; within 1e-5 relative or 1e-7 absolute (the
+    forward passes run on other batch sizes), accuracies exactly."""
+    ra, rb = _results(a), _results(b)
+    n = 0
+    for arm, runs in ra["arms"].items():
+        for ru, rv in zip(runs, rb["arms"][arm]):
+            for k, v in ru["series"].items():
+                w = rv["series"][k][0]
+                assert (v[0] == w) if k.startswith(("acc_", "win_rate")) else v[0] == pytest.approx(w, rel=1e-5, abs=1e-7), (arm, k)
+                n += 1
+    assert n >= 20
+
+
+@pytest.mark.slow  # about 15 s: `pytest -m "not slow"` skips it locally; CI runs it
+def test_two_processes_under_torchrun_reproduce_one(one_process, two_processes):
+    """torchrun --nproc_per_node 2 with DDP (gloo) against one process with the same global batch and
+    the same per-example draws."""
+    _same_study(one_process, two_processes)
+    _same_evaluation_of_sft(one_process, two_processes)
+
+
+@pytest.mark.slow  # about 15 s
+def test_fsdp_over_two_processes_reproduces_one(tmp_path, two_sharded):
+    """FSDP2 over 2 processes (GPT-2 policy with tied input/output embeddings) against one process."""
+    one = _ran(tmp_path / "one", sys.executable, extra=CLS)
+    _same_study(one, two_sharded)
+    _same_evaluation_of_sft(one, two_sharded)
+    assert not list(two_sharded.glob("cache/run-*/state-dcp*"))  # a finished run leaves no state behind
+
+
+@pytest.mark.slow  # about 25 s
+def test_fsdp_on_a_llama_policy_reproduces_one(tmp_path):
+    """FSDP2 over 2 processes with a Llama policy (tied embeddings, RMSNorm, rotary positions)."""
+    one = _ran(tmp_path / "one", sys.executable, extra=LLAMA)
+    assert _results(one)["config"]["models"]["policy"]["arch"] == "llama"
+    _same_study(one, _ran(tmp_path / "two", *TORCHRUN, strategy="fsdp", extra=LLAMA))
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-@pytest.mark.slow  # about 16 s
-def test_a_rank_killed_mid_arm_stops_the_run_and_resume_reproduces_it(tmp_path, two_processes):
-    """Rank 1 dies (os._exit, like a SIGKILL) after its 6th training step, inside the second arm:
-    torchrun stops the other rank and exits non-zero (no hang: the subprocess timeout bounds it);
-    --resume under torchrun then gives the uninterrupted run's results.json exactly."""
-    from results_diff import differences
-
-    killed = _run(tmp_path / "k", *TORCHRUN, env={"FULLSCALE_FAULT_AFTER_STEPS": "6", "FULLSCALE_FAULT_RANK": "1"}, timeout=300)
+@pytest.mark.slow  # about 30 s
+def test_a_rank_killed_mid_arm_stops_the_run_and_resume_reproduces_it(tmp_path, two_sharded):
+    """FSDP over 2 processes. Rank 1 dies (os._exit, like a SIGKILL) after its 6th training step,
+    inside the second arm, whose sharded state was saved with DCP at step 4: torchrun stops the
+    other rank and exits non-zero (no hang: the subprocess timeout bounds it). --resume with 2
+    processes goes on from that state and is killed again, 2 steps later; --resume under torchrun
+    with ONE process then loads the state resharded to one rank and finishes. The results.json is
+    the uninterrupted 2-process run's (1e-4 relative: the last steps reduce in another order)."""
+    kill = {"FULLSCALE_FAULT_RANK": "1"}
+    killed = _run(tmp_path / "k", *TORCHRUN, strategy="fsdp", extra=CLS, env={**kill, "FULLSCALE_FAULT_AFTER_STEPS": "6"}, timeout=300)
     assert killed.returncode != 0 and not (tmp_path / "k" / "results.json").exists()
-    resumed = _run(tmp_path / "k", *TORCHRUN, extra=("--resume",))
+    assert list((tmp_path / "k").glob("cache/run-*/state-dcp-*/run.pt"))  # the sharded state it resumes from
+    again = _run(tmp_path / "k", *TORCHRUN, strategy="fsdp", extra=(*CLS, "--resume"), env={**kill, "FULLSCALE_FAULT_AFTER_STEPS": "2"},
+                 timeout=300)
+    assert again.returncode != 0 and not (tmp_path / "k" / "results.json").exists()
+    resumed = _run(tmp_path / "k", *torchrun(1), strategy="fsdp", extra=(*CLS, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert not differences(_results(tmp_path / "k"), _results(two_processes))
+    _same_study(tmp_path / "k", two_sharded)
 
 
 def test_bad_distributed_settings_are_one_line(tmp_path, monkeypatch, capsys):
     from fullscale import run
 
     args = ["--config", str(TINY), "--out", str(tmp_path / "x")]
-    assert run.main(args + ["--dist.strategy", "fsdp"]) == 2
-    assert "fsdp is not implemented yet" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it
     assert run.main(args) == 2
-    assert "add --dist.strategy ddp" in capsys.readouterr().err
+    assert "add --dist.strategy ddp or fsdp" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "9")
+    assert run.main(args + ["--dist.strategy", "fsdp"]) == 2
+    assert "--train.batch-size 8 is smaller than the 9 processes" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
     assert run.main(["--config", str(TINY), "--dist.strategy", "ddp"]) == 2
     assert "give --out DIR" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_memory_table_in_the_docs_is_computed_from_the_parameter_counts():
+    from fullscale.dist import memory_per_gpu, memory_table
+
+    doc = (ROOT / "docs" / "fullscale.md").read_text()
+    assert memory_table() in doc.split("<!-- memory:start -->")[1].split("<!-- memory:end -->")[0]
+    p = 1_000_000_000  # against the byte counts written out: 16 + 4 (DDP buckets) + 4 (reference); 16/N + 4 (gathered) + 4
+    assert memory_per_gpu(p, "ddp") == 24e9 and memory_per_gpu(p, "fsdp", 8) == 2e9 + 8e9
+    with pytest.raises(ValueError, match="ddp or fsdp"):
+        memory_per_gpu(p, "zero3")
