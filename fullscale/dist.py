@@ -10,8 +10,9 @@ rank trains on its share of it, and every draw of a sampled response comes from 
 generator of its own, seeded by (the batch's seed, the response's index in the global
 batch), so no draw depends on the number of processes. The loss of a rank's share is
 normalised by the global count (``global_mean``), so N processes follow the trajectory
-of one (up to the order of float reductions). Rank 0 builds the world and the golden
-policy, writes every file and prints progress; the other ranks read what it cached.
+of one (up to the order of float reductions). Every rank runs every stage: SFT and the
+preference models train data parallel (``average_gradients``), the golden policy and the
+arms as above. Rank 0 writes every file and prints progress; the others read what it wrote.
 
 With ``--dist.strategy fsdp`` the trained policy is sharded with FSDP2
 (``torch.distributed.fsdp.fully_shard``): each transformer block (the classes the model
@@ -186,6 +187,27 @@ class Dist:
             dcp.load(state, checkpoint_id=str(folder))
             set_model_state_dict(model, state["model"])
         return run
+
+    def average_gradients(self, model) -> None:
+        """Average the gradients of ``model``'s parameters over the ranks (what DDP does during the
+        backward pass), in one all-reduce of one flat buffer: the data-parallel SFT and
+        preference-model stages, whose models are called through submodules DDP cannot wrap."""
+        if self.world == 1:
+            return
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world
+        for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(part.view_as(g))
+
+    def total(self, value: torch.Tensor) -> float:
+        """The sum of a scalar over the ranks."""
+        if self.world == 1:
+            return float(value)
+        v = value.detach().clone().float().reshape(1)
+        torch.distributed.all_reduce(v)
+        return float(v)
 
     def global_mean(self, per_example: torch.Tensor, n: int) -> torch.Tensor:
         """The loss whose gradient, averaged over ranks by DDP, is the gradient of the mean over

@@ -25,6 +25,7 @@ import torch
 
 from fullscale.config import RunConfig
 from fullscale.data import Prepared
+from fullscale.dist import SINGLE
 from fullscale.evaluate import evaluate_checkpoint
 from fullscale.lm import LMPolicy, sample_responses, sequence_logp
 from fullscale.train import atomic_save, optimise, safe_load
@@ -41,10 +42,10 @@ __all__ = ["Pipeline", "run_study"]
 class Pipeline(World):
     """A run's world, its golden policy and the arms run so far."""
 
-    def __init__(self, cfg: RunConfig, progress=None, log=None, data: Prepared | None = None):
+    def __init__(self, cfg: RunConfig, progress=None, log=None, data: Prepared | None = None, dist=SINGLE):
         """Build the world (``World``), then train the golden policy; ``log(record)`` receives
-        each checkpoint's metrics."""
-        super().__init__(cfg, progress, data)
+        each checkpoint's metrics; ``dist``: the processes that run it together (``fullscale.dist``)."""
+        super().__init__(cfg, progress, data, dist)
         self.log = log or (lambda rec: None)
         self.arms: dict[str, list[dict]] = {}
         self._golden()

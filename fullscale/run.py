@@ -177,15 +177,11 @@ def _join(cfg):
 
 
 def _follow(cfg, prepared, dist) -> int:
-    """A rank other than 0: wait for rank 0 to build the world and the golden policy, load them
-    from the stage cache, then train every arm with it; rank 0 writes every file."""
+    """A rank other than 0: run the study with rank 0 (``fullscale.dist``), which writes every file."""
     from fullscale.pipeline import Pipeline, run_study
 
-    dist.barrier()
     try:
-        pipe = Pipeline(cfg, None, None, data=prepared)
-        pipe.dist = dist
-        run_study(pipe, cfg.hypothesis)
+        run_study(Pipeline(cfg, None, None, data=prepared, dist=dist), cfg.hypothesis)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: rank {dist.rank}: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
@@ -255,9 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics.flush()
 
     try:
-        pipe = Pipeline(cfg, _progress, log, data=prepared)  # the world and the golden policy, by rank 0 alone
-        dist.barrier()
-        pipe.dist = dist
+        pipe = Pipeline(cfg, _progress, log, data=prepared, dist=dist)  # the world and the golden policy
         res = run_study(pipe, cfg.hypothesis)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)

@@ -81,9 +81,15 @@ def _adam(model, lr: float):
     return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
 
 
-def _fit(model, n: int, batch_loss, lr: float, epochs: int, batch_size: int, generator: torch.Generator, progress=None) -> list[float]:
-    """Adam over ``epochs`` shuffled passes of ``n`` examples; ``batch_loss(idx)`` gives a
-    minibatch's mean loss. Returns the mean loss per epoch."""
+def _fit(model, n: int, batch_loss, lr: float, epochs: int, batch_size: int, generator: torch.Generator, progress=None,
+         dist=None) -> list[float]:
+    """Adam over ``epochs`` shuffled passes of ``n`` examples; ``batch_loss(idx, rows)`` gives the
+    per-example losses of the minibatch ``idx``'s positions ``rows`` (a slice; every draw for the
+    whole minibatch is made first, so it is the same on every rank). Returns the mean loss per
+    epoch. Data parallel (``dist.active``): each rank computes its share of every minibatch,
+    normalised by the minibatch's size, and the gradients are averaged over the ranks
+    (``Dist.average_gradients``), so N processes follow one."""
+    active = dist is not None and dist.active
     opt = _adam(model, lr)
     hist = []
     for _ in range(epochs):
@@ -91,11 +97,14 @@ def _fit(model, n: int, batch_loss, lr: float, epochs: int, batch_size: int, gen
         tot = 0.0
         for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
-            loss = batch_loss(idx)
+            per = batch_loss(idx, dist.share(len(idx)) if active else slice(None))
+            loss = dist.global_mean(per, len(idx)) if active else per.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if active:
+                dist.average_gradients(model)
             opt.step()
-            tot += float(loss.detach()) * len(idx)
+            tot += dist.total(per.detach().sum()) if active else float(per.detach().sum())
             if progress is not None:
                 progress.update(1)
             fault_point()
@@ -104,29 +113,31 @@ def _fit(model, n: int, batch_loss, lr: float, epochs: int, batch_size: int, gen
 
 
 def supervised(model, prompts: Prompts, x, y, eos: int, pad: int, lr: float, epochs: int, batch_size: int,
-               generator: torch.Generator, progress=None) -> list[float]:
+               generator: torch.Generator, progress=None, dist=None) -> list[float]:
     """SFT: maximise Σ log π(y|x) over (x, y) pairs (mean over the batch), shuffled
-    each epoch. Returns the mean loss per epoch."""
-    return _fit(model, len(x), lambda idx: -sequence_logp(model, prompts, x[idx], y[idx], eos, pad).mean(),
-                lr, epochs, batch_size, generator, progress)
+    each epoch. Returns the mean loss per epoch. ``dist``: data parallel (``_fit``)."""
+    return _fit(model, len(x), lambda idx, rows: -sequence_logp(model, prompts, x[idx][rows], y[idx][rows], eos, pad),
+                lr, epochs, batch_size, generator, progress, dist)
 
 
 def fit_pm(pm, prompts: Prompts, x, y_w, y_l, kind: str, eos: int, pad: int, cls: int, lr: float, epochs: int,
-           batch_size: int, generator: torch.Generator, progress=None) -> list[float]:
+           batch_size: int, generator: torch.Generator, progress=None, dist=None) -> list[float]:
     """Train a preference model on labelled pairs (chosen y_w, rejected y_l).
 
     pairwise: r(x, y1, y2) = σ(score) by maximum likelihood with the order of the two
     responses randomised each time (Tang et al. 2024, §3; ``shared.losses.pairwise_pm_loss``);
     bt: a pointwise reward with the Bradley–Terry loss −log σ(r_w − r_l) (``bt_loss``).
+    ``dist``: data parallel (``_fit``); the orders are drawn for the whole minibatch first.
     """
-    def batch_loss(idx):
+    def batch_loss(idx, rows):
         xs, yw, yl = x[idx], y_w[idx], y_l[idx]
         if kind == "pairwise":
             y1, y2, first = random_order(yw, yl, generator)
-            return losses.pairwise_pm_loss(pm_scores(pm, prompts, xs, [y1, y2], eos, pad, cls), first).mean()
-        return losses.bt_loss(pm_scores(pm, prompts, xs, [yw], eos, pad, cls), pm_scores(pm, prompts, xs, [yl], eos, pad, cls)).mean()
+            return losses.pairwise_pm_loss(pm_scores(pm, prompts, xs[rows], [y1[rows], y2[rows]], eos, pad, cls), first[rows])
+        xs, yw, yl = xs[rows], yw[rows], yl[rows]
+        return losses.bt_loss(pm_scores(pm, prompts, xs, [yw], eos, pad, cls), pm_scores(pm, prompts, xs, [yl], eos, pad, cls))
 
-    return _fit(pm, len(x), batch_loss, lr, epochs, batch_size, generator, progress)
+    return _fit(pm, len(x), batch_loss, lr, epochs, batch_size, generator, progress, dist)
 
 
 def optimise(model, ref_model, prompts: Prompts, sampler, loss_name: str, beta: float, lr: float, steps: int,

@@ -60,9 +60,12 @@ def _null_progress(total, desc):
 class World:
     """The data, π_sft (per policy capacity), the golden and proxy PMs and D_golden of one run."""
 
-    def __init__(self, cfg: RunConfig, progress=None, data: Prepared | None = None):
+    def __init__(self, cfg: RunConfig, progress=None, data: Prepared | None = None, dist=SINGLE):
         """Build (or load from the stage cache) every stage of the world. ``data``: the run's
-        data already read and checked (``fullscale.data.prepare``); read here when None."""
+        data already read and checked (``fullscale.data.prepare``); read here when None.
+        ``dist`` (``fullscale.dist``): the processes that build it together. Every rank runs
+        every stage; SFT and the preference models train data parallel (each rank its share
+        of every minibatch, gradients averaged); rank 0 alone writes the cache."""
         self.cfg, self.t = cfg, cfg.train
         self.prepared = data
         self.progress = progress or _null_progress
@@ -71,7 +74,7 @@ class World:
         self.cache = Path(cfg.cache or cfg.out / "cache")
         self.cache.mkdir(parents=True, exist_ok=True)
         self.extras: dict = {}
-        self.dist = SINGLE  # the policy arms' processes (fullscale.dist); the world is built by one
+        self.dist = dist
         self._world()
 
     # ---------------------------------------------------------------- helpers
@@ -82,7 +85,9 @@ class World:
         d = self.cache / f"{name}-{config_hash(*deps)}"
         if self.dist.main:  # only the process that writes clears what a killed writer left
             clear_stage_tmp(d)
-        return d, (d / "DONE").exists()
+        done = (d / "DONE").exists()
+        self.dist.barrier()  # every rank has looked before rank 0 may finish the stage: they agree on ``done``
+        return d, done
 
     @staticmethod
     def _done(d: Path, info: dict | None = None) -> None:
@@ -96,7 +101,7 @@ class World:
     def _world(self):
         cfg, dev = self.cfg, self.device
         d, done = self._stage(*data_stage_deps(cfg))
-        if not done:
+        if not done and self.dist.main:
             d.mkdir(parents=True, exist_ok=True)
             prep = self.prepared or prepare(cfg)
             prep.tokenizer.save_pretrained(d / "tokenizer")
@@ -104,6 +109,8 @@ class World:
             if prep.prompt_texts is not None:
                 (d / "prompts.json").write_text(json.dumps(prep.prompt_texts))
             self._done(d, prep.info)
+        if not done:
+            self.dist.barrier()  # the others read what rank 0 wrote
         info = json.loads((d / "info.json").read_text())
         self.extras["data"] = info
         from transformers import AutoTokenizer
@@ -181,9 +188,11 @@ class World:
             steps = self.t.sft_epochs * math.ceil(len(x) / self.t.batch_size)
             with self.progress(steps, f"sft@{capacity:g}") as bar:
                 hist = supervised(model, self.prompts, x, y, **self.policy_ops(), lr=self.t.sft_lr, epochs=self.t.sft_epochs,
-                                  batch_size=self.t.batch_size, generator=g, progress=bar)
-            save_model(model, self.tokenizer, d / "model")
-            self._done(d, {"loss_per_epoch": hist, "params": sum(q.numel() for q in model.parameters())})
+                                  batch_size=self.t.batch_size, generator=g, progress=bar, dist=self.dist)
+            if self.dist.main:
+                save_model(model, self.tokenizer, d / "model")
+                self._done(d, {"loss_per_epoch": hist, "params": sum(q.numel() for q in model.parameters())})
+            self.dist.barrier()
         self.sft_dir[capacity] = d
         self.extras.setdefault("models", {})[f"sft@{capacity:g}"] = json.loads((d / "info.json").read_text())
         return load_model(d / "model", device=self.device)[0]
@@ -202,9 +211,11 @@ class World:
             steps = t.pm_epochs * math.ceil(len(x) / t.batch_size)
             with self.progress(steps, name) as bar:
                 hist = fit_pm(pm, self.prompts, x, y_w, y_l, kind, self.ids["eos"], self.ids["pad"], self.ids["cls"],
-                              t.pm_lr, t.pm_epochs, t.batch_size, g, bar)
-            save_model(pm, self.tokenizer, d / "model")
-            self._done(d, {"loss_per_epoch": hist, "params": sum(q.numel() for q in pm.parameters()), "train_pairs": len(x)})
+                              t.pm_lr, t.pm_epochs, t.batch_size, g, bar, dist=self.dist)
+            if self.dist.main:
+                save_model(pm, self.tokenizer, d / "model")
+                self._done(d, {"loss_per_epoch": hist, "params": sum(q.numel() for q in pm.parameters()), "train_pairs": len(x)})
+            self.dist.barrier()
         if name == "golden_pm":
             self.golden_key = d.name
         elif name == "proxy_pm":
@@ -215,13 +226,15 @@ class World:
     def _relabel(self) -> Batch:
         """D_golden: every pair relabelled by the golden PM's hard decision (ties by a fair coin)."""
         d, done = self._stage("d_golden", self.golden_key)
-        if not done:
+        if not done and self.dist.main:
             d.mkdir(parents=True, exist_ok=True)
             p = self.pairs
             g = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 3)
             y_w, y_l, tie = label_pairs(self.golden_oracle, p["x"], p["y_a"], p["y_b"], g)
             atomic_save({"x": p["x"], "y_w": y_w, "y_l": y_l, "tie": tie}, d / "d_golden.pt")
             self._done(d, {"ties": int(tie.sum())})
+        if not done:
+            self.dist.barrier()
         t = safe_load(d / "d_golden.pt")
         return Batch(t["x"].to(self.device), t["y_w"].to(self.device), t["y_l"].to(self.device), t["tie"].to(self.device))
 

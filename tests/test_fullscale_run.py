@@ -82,13 +82,15 @@ def test_rlhf_refresh_and_ipo_md_arms_run_end_to_end(tmp_path, tiny_config):
 
 
 # Kill points: ("step", N) dies right after the N-th optimiser step of any stage, ("save", N) right
-# after the N-th saved state of a policy run; the tiny run has ~60 steps and ~40 saves. ("step", 3):
-# inside SFT. ("step", 13), ("step", 19), ("step", 30): inside the golden PM, then (resumed) inside
-# the first offline run, then further on in the arms. ("save", 1), ("save", 3): right after the
-# golden run's step-0 save, then (resumed: the golden run saves at steps 2 and 4) right after the
-# online arm's step-0 save, its step 0 evaluated and logged but not trained: the window where a
-# resume once evaluated step 0 twice. Then a random sequence of kills (seeded: the same on
-# every run of the suite): one sequence here (two kills), to keep the suite's time.
+# after the N-th saved state of a policy run; the tiny run has ~60 steps and ~40 saves. One
+# sequence: ("step", 3) inside SFT; then, each resumed process counting from 0 again (and
+# training SFT again: it keeps no state), ("step", 13), ("step", 19), ("step", 30): inside the
+# golden PM, then inside the first offline run, then further on in the arms. ("save", 1),
+# ("save", 3): right after the golden run's step-0 save, then (resumed: the golden run saves at
+# steps 2 and 4) right after the online arm's step-0 save, its step 0 evaluated and logged but
+# not trained: the window where a resume once evaluated step 0 twice. Then a random sequence of
+# kills (seeded: the same on every run of the suite): one sequence here (two kills), to keep the
+# suite's time.
 def _random_kills(seed: int) -> list[tuple[str, int]]:
     import random
 
@@ -96,8 +98,7 @@ def _random_kills(seed: int) -> list[tuple[str, int]]:
     return [(rng.choice(["step", "save"]), rng.randint(1, 30)) for _ in range(rng.randint(1, 3))]
 
 
-KILLS = [[("step", 3)], [("step", 13), ("step", 19), ("step", 30)], [("save", 1), ("save", 3)],
-         _random_kills(0)]
+KILLS = [[("step", 3), ("step", 13), ("step", 19), ("step", 30)], [("save", 1), ("save", 3)], _random_kills(0)]
 
 
 @pytest.mark.parametrize("kills", KILLS, ids=lambda k: "-".join(f"{e}{n}" for e, n in k))
