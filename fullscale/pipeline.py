@@ -106,7 +106,8 @@ class Pipeline(World):
         if arm.capacity not in self.sft:
             self.sft[arm.capacity] = self._sft(arm.capacity)
         if done:
-            return {**record, "series": json.loads((d / "series.json").read_text())}
+            loss = json.loads((d / "loss.json").read_text()) if (d / "loss.json").exists() else []
+            return {**record, "series": json.loads((d / "series.json").read_text()), "loss": loss}
         d.mkdir(parents=True, exist_ok=True)
         dist, main = self.dist, self.dist.main  # several processes train this run together; rank 0 writes
         ref = self.sft[arm.capacity]
@@ -118,6 +119,7 @@ class Pipeline(World):
         steps = c["steps"]
         sampler = self._sampler(arm, policy, seed, g, steps)
         online_pairs: dict[int, dict] = {}
+        losses: list[float] = []
 
         def run_eval(step):
             if not evaluate:
@@ -143,18 +145,19 @@ class Pipeline(World):
             series = optimise(model, ref, self.prompts, sampler, arm.loss, c["beta"], c["lr"], steps,
                               self.checkpoints(steps) if evaluate else set(), run_eval, self.ids["eos"], self.ids["pad"],
                               state_path=state, save_every=t.save_every, snapshot_at=snaps, snapshot=snapshot, progress=bar,
-                              dist=dist)
+                              dist=dist, losses=losses)
         whole = dist.full_state(model)
         if main:
             atomic_save(whole, d / "final.pt")
             if provides_stream(arm):
                 atomic_save({k: torch.stack([getattr(b, k) for b in sampler.log]) for k in ("x", "y_w", "y_l", "tie")}, d / "stream.pt")
             (d / "series.json").write_text(json.dumps(series))
+            (d / "loss.json").write_text(json.dumps(losses))
             for p in [state, *d.glob(f"{state.name}-*")]:
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
             self._done(d, record)
         dist.barrier()  # later arms read this run's files (its stream, snapshots, final policy)
-        return {**record, "series": series}
+        return {**record, "series": series, "loss": losses}
 
     def _sampler(self, arm: Arm, policy, seed: int, g, steps: int = 0):
         """``shared.protocol.make_sampler`` over this world: one run, the proxy Bradley–Terry model as reward."""

@@ -142,11 +142,13 @@ def fit_pm(pm, prompts: Prompts, x, y_w, y_l, kind: str, eos: int, pad: int, cls
 
 def optimise(model, ref_model, prompts: Prompts, sampler, loss_name: str, beta: float, lr: float, steps: int,
              eval_at: set[int], evaluate, eos: int, pad: int, state_path: Path | None = None, save_every: int = 50,
-             snapshot_at: set[int] = frozenset(), snapshot=None, progress=None, dist=None) -> dict[str, list]:
+             snapshot_at: set[int] = frozenset(), snapshot=None, progress=None, dist=None, losses: list | None = None) -> dict[str, list]:
     """Train ``model`` on ``sampler``'s pairs with loss ``LOSSES[loss_name]`` (see the module
     docstring). ``evaluate(step) -> dict`` runs at step 0 and at each step in ``eval_at``;
     ``snapshot(step)`` at each step in ``snapshot_at``. Resumes from ``state_path`` when it
-    exists. Returns the metric series {key: [one value per checkpoint]} with "step".
+    exists. Returns the metric series {key: [one value per checkpoint]} with "step"; ``losses``,
+    when given, receives the loss of every step (the mean over the global batch; saved in the
+    state with the rest).
 
     Data parallel (``dist.active``, ``fullscale.dist``): every rank holds the same global batch,
     computes the loss on its share of the rows, normalised by the global count, and
@@ -169,13 +171,15 @@ def optimise(model, ref_model, prompts: Prompts, sampler, loss_name: str, beta: 
             opt.load_state_dict(st["opt"])
         sampler.load_state_dict(st["sampler"])
         series, start, resumed = st["series"], st["step"], True
+        if losses is not None:
+            losses[:] = st.get("losses", [])
         if progress is not None:
             progress.update(start)
 
     def save(step):
         if state_path is None:
             return
-        run = {"sampler": sampler.state_dict(), "series": series, "step": step}
+        run = {"sampler": sampler.state_dict(), "series": series, "step": step, "losses": list(losses or [])}
         if sharded:  # every rank writes its shards (torch.distributed.checkpoint)
             dist.save_state(model, opt, run, state_path)
             fault_point("save")
@@ -222,6 +226,8 @@ def optimise(model, ref_model, prompts: Prompts, sampler, loss_name: str, beta: 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if losses is not None:
+            losses.append(dist.total(loss.detach()) / dist.world if active else float(loss.detach()))
         if progress is not None:
             progress.update(1)
         fault_point()

@@ -149,7 +149,8 @@ def _results(out: Path) -> dict:
 
 
 def _same_study(a: Path, b: Path) -> None:
-    """Every number of results.json within 1e-4 relative or 1e-6 absolute (float reductions run in
+    """Every number of results.json (the metrics at every checkpoint, each run's loss at every step)
+    within 1e-4 relative or 1e-6 absolute (float reductions run in
     another order), accuracies within 0.02 (they count the signs of margins near zero, as
     tests/test_figures.py explains), every verdict identical."""
     from results_diff import differences
@@ -159,6 +160,9 @@ def _same_study(a: Path, b: Path) -> None:
     diff = differences(ra, rb, 1e-4, 1e-6, by_key={"acc_": (0.0, 0.02)})
     assert not diff, diff[:5]
     assert ra["arms"]["online"][0]["series"]["win_rate"] != [] and (b / "report.md").exists()
+    # the online arm's loss at every training step is among the numbers compared
+    online = ra["arms"]["online"][0]
+    assert len(online["loss"]) == online["config"]["steps"] == len(rb["arms"]["online"][0]["loss"])
 
 
 def _same_evaluation_of_sft(a: Path, b: Path) -> None:
