@@ -23,8 +23,9 @@ averaged over ranks as under DDP, so the same ``global_mean`` applies. A rollout
 the shards once (``gathered``) and samples with whole weights, so there is no collective
 per token and ranks may run different numbers of forward passes. The run state is saved
 with ``torch.distributed.checkpoint`` (``save_state``/``load_state``), which reshards on
-load. The frozen models (the reference policy, the preference models) are replicated on
-every rank.
+load. The frozen models (the reference policies, the trained preference models) are
+sharded the same way with no gradients (``shard_frozen``) once the world and the golden
+policy are built; a preference model gathers its weights once per scoring call (``whole``).
 Backend gloo on CPU, nccl on CUDA. Docs: docs/fullscale.md (Several processes and several GPUs).
 Tests: tests/test_fullscale_dist.py.
 """
@@ -41,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Dist", "setup", "SINGLE", "row_generator", "fsdp_units", "memory_per_gpu", "memory_table"]
+__all__ = ["Dist", "setup", "SINGLE", "row_generator", "fsdp_units", "whole", "memory_per_gpu", "memory_table"]
 
 
 @dataclass(frozen=True)
@@ -103,38 +104,31 @@ class Dist:
         mesh = init_device_mesh(dev.type, (self.world,))
         for unit in fsdp_units(model):
             fully_shard(unit, mesh=mesh, reshard_after_forward=self.reshard_after_forward)
+            unit._fullscale_reshard = self.reshard_after_forward  # what ``whole`` restores
         fully_shard(model, mesh=mesh, reshard_after_forward=self.reshard_after_forward)
+        model._fullscale_reshard = self.reshard_after_forward
         return model
 
-    @contextlib.contextmanager
+    def shard_frozen(self, model):
+        """A model that is not trained (the reference policy, a preference model), sharded like
+        the policy (``wrap``) with no gradients, when the run is sharded; else ``model`` as is."""
+        if not self.fsdp:
+            return model
+        model.requires_grad_(False)
+        return self.wrap(model)
+
     def gathered(self, *models):
-        """Whole weights for a stretch of forward passes without gradients (a rollout, an
-        evaluation): a sharded model is all-gathered once on entry and resharded on exit; no
-        collective runs inside, so ranks may run different numbers of forward passes. Nothing
-        happens to models that are not sharded."""
-        from torch.distributed.fsdp import FSDPModule
+        """``whole(*models)``: see there."""
+        return whole(*models)
 
-        sharded = [m for model in models for m in model.modules() if isinstance(m, FSDPModule) and id(m) not in _GATHERED]
-        _GATHERED.update(id(m) for m in sharded)  # a nested ``gathered`` leaves them to the outer one
-        for m in sharded:
-            m.set_reshard_after_forward(False, recurse=False)
-            m.unshard()
-        try:
-            yield
-        finally:
-            for m in sharded:
-                _GATHERED.discard(id(m))
-                m.reshard()
-                m.set_reshard_after_forward(self.reshard_after_forward, recurse=False)
-
-    def full_state(self, model) -> dict:
-        """The model's whole state dict (on CPU). Sharded: every rank must call it (a collective);
-        rank 0's copy is the one to write."""
+    def full_state(self, model, everywhere: bool = False) -> dict:
+        """The model's whole state dict. Sharded: every rank must call it (a collective); only rank
+        0 gets it (on CPU, to write it) unless ``everywhere`` (every rank, on the model's device)."""
         if not self.fsdp:
             return model.state_dict()
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not everywhere))
 
     def save_state(self, model, opt, run: dict, path: Path) -> None:
         """A sharded run state with ``torch.distributed.checkpoint`` (every rank writes its shards
@@ -240,6 +234,32 @@ def setup(strategy: str, device: torch.device, timeout_s: int = 3600, reshard_af
     return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), True, strategy == "fsdp", reshard_after_forward)
 
 
+@contextlib.contextmanager
+def whole(*models):
+    """Whole weights for a stretch of forward passes without gradients (a rollout, an evaluation,
+    a preference model's scores): a sharded model (FSDP2) is all-gathered once on entry (a
+    collective: every rank enters together) and resharded on exit; no collective runs inside,
+    so ranks may run different numbers of forward passes, and submodules may be called on their
+    own (a preference model's backbone and head). A nested ``whole`` leaves the models to the
+    outer one. Nothing happens to models that are not sharded."""
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded = [m for model in models if model is not None for m in model.modules()
+               if isinstance(m, FSDPModule) and id(m) not in _GATHERED]
+    _GATHERED.update(id(m) for m in sharded)
+    kept = [getattr(m, "_fullscale_reshard", True) for m in sharded]
+    for m in sharded:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m, k in zip(sharded, kept):
+            _GATHERED.discard(id(m))
+            m.reshard()
+            m.set_reshard_after_forward(k, recurse=False)
+
+
 def fsdp_units(model) -> list[torch.nn.Module]:
     """The submodules FSDP2 shards one by one: the transformer blocks, found by the class names a
     ``transformers`` model lists in ``_no_split_modules`` (GPT2Block, LlamaDecoderLayer, ...).
@@ -265,17 +285,18 @@ MODEL_SIZES = {"GPT-2 (124M)": 124_439_808, "GPT-2 medium (355M)": 354_823_168, 
 
 
 def memory_per_gpu(params: int, strategy: str, world: int = 1) -> float:
-    """Bytes per GPU of a policy of ``params`` parameters and its frozen reference, as this runner
-    holds them (float32 weights; bf16 only inside autocast): the trained policy's weights,
-    gradients and two Adam moments are 16 bytes a parameter, plus DDP's gradient buckets
-    (4 more) on every rank, or split over ``world`` ranks by FSDP, which also gathers the whole
-    float32 weights (4) for a rollout or an evaluation; the reference policy is replicated (4).
-    Activations, the KV cache and the preference models (4 bytes a parameter each, replicated)
-    come on top."""
+    """Peak bytes per GPU of a policy of ``params`` parameters and its frozen reference, as this
+    runner holds them (float32 weights; bf16 only inside autocast). The trained policy's weights,
+    gradients and two Adam moments are 16 bytes a parameter and the reference's weights 4. DDP
+    holds all 20 on every rank, plus its gradient buckets (4). FSDP splits the 20 over ``world``
+    ranks and gathers whole weights when it samples or evaluates: the policy's (4) for a
+    rollout, the policy's and the reference's (8) for an evaluation, the peak. Activations, the
+    KV cache and the preference models (4 bytes a parameter each: whole on every rank under DDP;
+    sharded under FSDP, and gathered whole for an evaluation) come on top."""
     if strategy == "ddp":
         return 24.0 * params
     if strategy == "fsdp":
-        return 16.0 * params / world + 8.0 * params
+        return 20.0 * params / world + 8.0 * params
     raise ValueError(f"strategy must be ddp or fsdp, got {strategy!r}")
 
 

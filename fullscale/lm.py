@@ -266,8 +266,10 @@ def pm_scores(pm, prompts: Prompts, x, ys: list[torch.Tensor], eos: int, pad: in
     """Scalar head output at the final token. Pairwise: ys = [y1, y2] gives the logit
     of r(x, y1, y2) = P(y1 ≻ y2) (Tang et al. 2024, §3); pointwise (Bradley–Terry):
     ys = [y] gives the reward r(x, y). -> [B] float32."""
+    from fullscale.dist import whole  # a sharded (frozen) preference model is gathered once per call
+
     ids, mask = pm_inputs(prompts, x, ys, eos, pad, cls)
-    with _autocast(ids.device):
+    with whole(pm), _autocast(ids.device):
         # backbone + scalar head read at the last position ourselves: the library's
         # pooling looks for the last non-pad token, which fails when cls == pad
         h = pm.base_model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).last_hidden_state

@@ -49,6 +49,9 @@ class Pipeline(World):
         self.log = log or (lambda rec: None)
         self.arms: dict[str, list[dict]] = {}
         self._golden()
+        for m in [*self.sft.values(), self.golden_pm, self.proxy_pm]:  # fsdp: the frozen models sharded too
+            if m is not None:
+                self.dist.shard_frozen(m)
 
     # ---------------------------------------------------------------- 2. the golden policy
     def _golden(self):
@@ -104,7 +107,7 @@ class Pipeline(World):
         d, done = self._stage(f"run-{arm.name}", *deps)
         record = {"seed": seed, "config": {**c, "loss": arm.loss, "labels": arm.labels, "capacity": arm.capacity}, "dir": str(d)}
         if arm.capacity not in self.sft:
-            self.sft[arm.capacity] = self._sft(arm.capacity)
+            self.sft[arm.capacity] = self.dist.shard_frozen(self._sft(arm.capacity))
         if done:
             loss = json.loads((d / "loss.json").read_text()) if (d / "loss.json").exists() else []
             return {**record, "series": json.loads((d / "series.json").read_text()), "loss": loss}
@@ -112,7 +115,7 @@ class Pipeline(World):
         dist, main = self.dist, self.dist.main  # several processes train this run together; rank 0 writes
         ref = self.sft[arm.capacity]
         model = self._new_policy(arm.capacity)
-        model.load_state_dict(ref.state_dict())
+        model.load_state_dict(dist.full_state(ref, everywhere=True))
         g = stream_generator(seed, f"{arm.name}/{c}", self.device)
         policy = LMPolicy(model, self.prompts, self.cfg.data.max_response_tokens, self.ids["eos"], self.ids["pad"], t.temperature,
                           dist=dist)
@@ -187,7 +190,8 @@ class Pipeline(World):
 
         def at(frac):
             m = self._new_policy(1.0)
-            m.load_state_dict(self.sft[1.0].state_dict() if frac == 0 else safe_load(d / f"snap-{round(frac * self.t.steps)}.pt"))
+            m.load_state_dict(self.dist.full_state(self.sft[1.0], everywhere=True) if frac == 0 else
+                              safe_load(d / f"snap-{round(frac * self.t.steps)}.pt"))
             return LMPolicy(m, self.prompts, self.cfg.data.max_response_tokens, self.ids["eos"], self.ids["pad"], self.t.temperature)
 
         a, b = arm.params["pair"]
