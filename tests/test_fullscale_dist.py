@@ -112,7 +112,7 @@ def torchrun(n: int) -> list[str]:
 
 
 TORCHRUN = torchrun(2)
-CLS = ("--hypothesis", "classification")  # two arms (online, offline): the cheaper study for the FSDP runs
+CLS = ("--hypothesis", "classification")  # two arms (online, offline): the cheapest study with a swept offline arm
 LLAMA = (*CLS, "--models.policy.arch", "llama")
 
 
@@ -122,16 +122,26 @@ def _ran(out: Path, *launcher, **kw) -> Path:
     return out
 
 
+def _one(out: Path, *extra: str) -> Path:
+    """One process with the per-example draws (--dist.strategy ddp, no launcher), run in this
+    process through ``main`` (what ``python -m fullscale.run`` calls: one import of torch fewer)."""
+    from fullscale import run
+
+    assert "WORLD_SIZE" not in os.environ
+    assert run.main(["--config", str(TINY), "--dist.strategy", "ddp", "--out", str(out), *extra]) == 0
+    return out
+
+
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
-    """The tiny config in one process with the per-example draws (--dist.strategy ddp, no launcher)."""
-    return _ran(tmp_path_factory.mktemp("dist") / "one", sys.executable)
+    """The classification study of the tiny config in one process: the reference of the 2-process runs."""
+    return _one(tmp_path_factory.mktemp("dist") / "one", *CLS)
 
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
-    """One uninterrupted run of the tiny config under torchrun, 2 processes, DDP (gloo)."""
-    return _ran(tmp_path_factory.mktemp("dist") / "two", *TORCHRUN)
+    """The same under torchrun, 2 processes, DDP (gloo)."""
+    return _ran(tmp_path_factory.mktemp("dist") / "two", *TORCHRUN, extra=CLS)
 
 
 @pytest.fixture(scope="module")
@@ -190,18 +200,17 @@ def test_two_processes_under_torchrun_reproduce_one(one_process, two_processes):
 
 
 @pytest.mark.slow  # about 15 s
-def test_fsdp_over_two_processes_reproduces_one(tmp_path, two_sharded):
+def test_fsdp_over_two_processes_reproduces_one(one_process, two_sharded):
     """FSDP2 over 2 processes (GPT-2 policy with tied input/output embeddings) against one process."""
-    one = _ran(tmp_path / "one", sys.executable, extra=CLS)
-    _same_study(one, two_sharded)
-    _same_evaluation_of_sft(one, two_sharded)
+    _same_study(one_process, two_sharded)
+    _same_evaluation_of_sft(one_process, two_sharded)
     assert not list(two_sharded.glob("cache/run-*/state-dcp*"))  # a finished run leaves no state behind
 
 
 @pytest.mark.slow  # about 25 s
 def test_fsdp_on_a_llama_policy_reproduces_one(tmp_path):
     """FSDP2 over 2 processes with a Llama policy (tied embeddings, RMSNorm, rotary positions)."""
-    one = _ran(tmp_path / "one", sys.executable, extra=LLAMA)
+    one = _one(tmp_path / "one", *LLAMA)
     assert _results(one)["config"]["models"]["policy"]["arch"] == "llama"
     _same_study(one, _ran(tmp_path / "two", *TORCHRUN, strategy="fsdp", extra=LLAMA))
     shutil.rmtree(tmp_path, ignore_errors=True)
