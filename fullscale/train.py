@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import torch
@@ -47,13 +48,16 @@ def fault_point(event: str = "step") -> None:
     FULLSCALE_FAULT_AFTER_SAVES=N) in the environment, the process dies (like a SIGKILL:
     no cleanup) right after the N-th optimiser step of any stage (SFT, preference models,
     policies), or right after the N-th saved run state of a policy run. Under torchrun,
-    FULLSCALE_FAULT_RANK=R limits it to the process of rank R (the others run on)."""
+    FULLSCALE_FAULT_RANK=R limits it to the process of rank R (the others run on), and
+    FULLSCALE_FAULT_SIGNAL=KILL makes it a real SIGKILL instead of exit status 75."""
     only = os.environ.get("FULLSCALE_FAULT_RANK")
     if only is not None and os.environ.get("RANK", "0") != only:
         return
     _events[event] += 1
     limit = os.environ.get(_FAULT_ENV[event])
     if limit is not None and _events[event] >= int(limit):
+        if os.environ.get("FULLSCALE_FAULT_SIGNAL") == "KILL":
+            os.kill(os.getpid(), signal.SIGKILL)
         os._exit(75)
 
 

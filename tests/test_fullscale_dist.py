@@ -218,7 +218,7 @@ def test_fsdp_on_a_llama_policy_reproduces_one(tmp_path):
 
 @pytest.mark.slow  # about 30 s
 def test_a_rank_killed_mid_arm_stops_the_run_and_resume_reproduces_it(tmp_path, two_sharded):
-    """FSDP over 2 processes. Rank 1 dies (os._exit, like a SIGKILL) after its 33rd optimiser step
+    """FSDP over 2 processes. Rank 1 is sent SIGKILL (by itself) after its 33rd optimiser step
     (11 of SFT, 5 and 3 of the two preference models, 4 of the golden policy, 4 of the online arm:
     the 6th of the offline arm, whose sharded state was saved with DCP at step 4): torchrun stops
     the other rank and exits non-zero (no hang: the subprocess timeout bounds it). --resume with 2
@@ -226,9 +226,10 @@ def test_a_rank_killed_mid_arm_stops_the_run_and_resume_reproduces_it(tmp_path, 
     of step 6; --resume under torchrun with ONE process then loads that state resharded to one
     rank and finishes. The results.json is the uninterrupted 2-process run's (1e-4 relative: the
     last steps reduce in another order)."""
-    kill = {"FULLSCALE_FAULT_RANK": "1"}
+    kill = {"FULLSCALE_FAULT_RANK": "1", "FULLSCALE_FAULT_SIGNAL": "KILL"}
     killed = _run(tmp_path / "k", *TORCHRUN, strategy="fsdp", extra=CLS, env={**kill, "FULLSCALE_FAULT_AFTER_STEPS": "33"}, timeout=300)
     assert killed.returncode != 0 and not (tmp_path / "k" / "results.json").exists()
+    assert "Signal 9 (SIGKILL)" in killed.stderr  # torchrun's report of rank 1
     assert list((tmp_path / "k").glob("cache/run-*/state-dcp-*/run.pt"))  # the sharded state it resumes from
     again = _run(tmp_path / "k", *TORCHRUN, strategy="fsdp", extra=(*CLS, "--resume"), env={**kill, "FULLSCALE_FAULT_AFTER_STEPS": "3"},
                  timeout=300)
