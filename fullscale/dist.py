@@ -23,9 +23,9 @@ averaged over ranks as under DDP, so the same ``global_mean`` applies. A rollout
 the shards once (``gathered``) and samples with whole weights, so there is no collective
 per token and ranks may run different numbers of forward passes. The run state is saved
 with ``torch.distributed.checkpoint`` (``save_state``/``load_state``), which reshards on
-load. The frozen models (the reference policies, the trained preference models) are
-sharded the same way with no gradients (``shard_frozen``) once the world and the golden
-policy are built; a preference model gathers its weights once per scoring call (``whole``).
+load. The reference policies are sharded the same way with no gradients (``shard_frozen``)
+once the world and the golden policy are built; the preference models, called through
+their backbone and head, stay whole on every rank.
 Backend gloo on CPU, nccl on CUDA. Docs: docs/fullscale.md (Several processes and several GPUs).
 Tests: tests/test_fullscale_dist.py.
 """
@@ -88,9 +88,19 @@ class Dist:
         """fn over this rank's share of the ``n`` rows of each tensor in ``rows``, gathered in row
         order: the same [n, ...] on every rank, each row computed by one rank only."""
         s = self.share(n)
-        return self.gather_rows(fn(*(r[s] for r in rows)), n)
+        if s.stop > s.start or n == 0:
+            return self.gather_rows(fn(*(r[s] for r in rows)), n)
+        # an empty share (fewer rows than ranks): row 0's value gives the shape and dtype of nothing
+        return self.gather_rows(fn(*(r[:1] for r in rows))[:0], n)
 
-    def wrap(self, model):
+    def my_rows(self, n: int) -> tuple[slice, float]:
+        """This rank's rows of a batch of ``n`` for a training step, and their weight: its share
+        and 1, or, when the share is empty (fewer rows than ranks), row 0 and weight 0, so the
+        rank still runs the forward and backward passes its collectives need, adding nothing."""
+        s = self.share(n)
+        return (s, 1.0) if s.stop > s.start else (slice(0, 1), 0.0)
+
+    def wrap(self, model, reshard_after_forward: bool | None = None):
         """The module to train: DistributedDataParallel over ``model``, or ``model`` sharded in place
         with FSDP2 (per transformer block, then the root), or ``model`` itself with one process."""
         if not self.fsdp and self.world == 1:
@@ -102,11 +112,12 @@ class Dist:
 
         dev = next(model.parameters()).device
         mesh = init_device_mesh(dev.type, (self.world,))
+        reshard = self.reshard_after_forward if reshard_after_forward is None else reshard_after_forward
         for unit in fsdp_units(model):
-            fully_shard(unit, mesh=mesh, reshard_after_forward=self.reshard_after_forward)
-            unit._fullscale_reshard = self.reshard_after_forward  # what ``whole`` restores
-        fully_shard(model, mesh=mesh, reshard_after_forward=self.reshard_after_forward)
-        model._fullscale_reshard = self.reshard_after_forward
+            fully_shard(unit, mesh=mesh, reshard_after_forward=reshard)
+            unit._fullscale_reshard = reshard  # what ``whole`` restores
+        fully_shard(model, mesh=mesh, reshard_after_forward=reshard)
+        model._fullscale_reshard = reshard
         return model
 
     def shard_frozen(self, model):
@@ -115,7 +126,14 @@ class Dist:
         if not self.fsdp:
             return model
         model.requires_grad_(False)
-        return self.wrap(model)
+        return self.wrap(model, reshard_after_forward=True)  # no backward pass would ever reshard it
+
+    def settle(self, model) -> None:
+        """After a forward pass of a sharded frozen model: clear the per-iteration records FSDP
+        keeps until a backward pass, which a frozen model never runs (they would grow by one
+        entry per block and forward pass)."""
+        if self.fsdp:
+            _settle(model)
 
     def gathered(self, *models):
         """``whole(*models)``: see there."""
@@ -189,11 +207,16 @@ class Dist:
         if self.world == 1:
             return
         grads = [p.grad for p in model.parameters() if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        torch.distributed.all_reduce(flat)
-        flat /= self.world
-        for g, part in zip(grads, flat.split([g.numel() for g in grads])):
-            g.copy_(part.view_as(g))
+        bucket: list[torch.Tensor] = []
+        for i, g in enumerate(grads):  # buckets of about 2^24 elements: a bounded extra buffer
+            bucket.append(g)
+            if i + 1 == len(grads) or sum(b.numel() for b in bucket) >= 1 << 24:
+                flat = torch.cat([b.reshape(-1) for b in bucket])
+                torch.distributed.all_reduce(flat)
+                flat /= self.world
+                for b, part in zip(bucket, flat.split([b.numel() for b in bucket])):
+                    b.copy_(part.view_as(b))
+                bucket = []
 
     def total(self, value: torch.Tensor) -> float:
         """The sum of a scalar over the ranks."""
@@ -242,6 +265,9 @@ def whole(*models):
     so ranks may run different numbers of forward passes, and submodules may be called on their
     own (a preference model's backbone and head). A nested ``whole`` leaves the models to the
     outer one. Nothing happens to models that are not sharded."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():  # nothing can be sharded
+        yield
+        return
     from torch.distributed.fsdp import FSDPModule
 
     sharded = [m for model in models if model is not None for m in model.modules()
@@ -258,6 +284,17 @@ def whole(*models):
             _GATHERED.discard(id(m))
             m.reshard()
             m.set_reshard_after_forward(k, recurse=False)
+        for model in models:
+            if model is not None and any(id(model) == id(m) for m in sharded):
+                _settle(model)
+
+
+def _settle(model) -> None:
+    """``Dist.settle`` for a root FSDP module with no trainable parameter; nothing otherwise."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule) and not any(p.requires_grad for p in model.parameters()):
+        model.reset_iter_state()
 
 
 def fsdp_units(model) -> list[torch.nn.Module]:
@@ -285,26 +322,31 @@ MODEL_SIZES = {"GPT-2 (124M)": 124_439_808, "GPT-2 medium (355M)": 354_823_168, 
 
 
 def memory_per_gpu(params: int, strategy: str, world: int = 1) -> float:
-    """Peak bytes per GPU of a policy of ``params`` parameters and its frozen reference, as this
-    runner holds them (float32 weights; bf16 only inside autocast). The trained policy's weights,
-    gradients and two Adam moments are 16 bytes a parameter and the reference's weights 4. DDP
-    holds all 20 on every rank, plus its gradient buckets (4). FSDP splits the 20 over ``world``
-    ranks and gathers whole weights when it samples or evaluates: the policy's (4) for a
-    rollout, the policy's and the reference's (8) for an evaluation, the peak. Activations, the
-    KV cache and the preference models (4 bytes a parameter each: whole on every rank under DDP;
-    sharded under FSDP, and gathered whole for an evaluation) come on top."""
+    """Peak bytes per GPU of a policy of ``params`` parameters and its frozen reference while the
+    arms train, as this runner holds them (float32 weights; bf16 only inside autocast). The
+    trained policy's weights, gradients and two Adam moments are 16 bytes a parameter and the
+    reference's weights 4. DDP holds all 20 on every rank, plus its gradient buckets (4). FSDP
+    splits the 20 over ``world`` ranks and gathers whole weights when it samples or evaluates:
+    the policy's (4) for a rollout, the policy's and the reference's (8) for an evaluation, the
+    peak. ``strategy`` "world": the stages that build the world (SFT, preference models) train
+    data parallel but not sharded, 16 bytes a parameter on every rank whatever the strategy.
+    Activations, the KV cache and the preference models (4 bytes a parameter each, whole on
+    every rank) come on top."""
+    if strategy == "world":
+        return 16.0 * params
     if strategy == "ddp":
         return 24.0 * params
     if strategy == "fsdp":
         return 20.0 * params / world + 8.0 * params
-    raise ValueError(f"strategy must be ddp or fsdp, got {strategy!r}")
+    raise ValueError(f"strategy must be world, ddp or fsdp, got {strategy!r}")
 
 
 def memory_table(worlds=(2, 8)) -> str:
     """The Markdown table of ``memory_per_gpu`` for ``MODEL_SIZES`` in GiB (docs/fullscale.md)."""
-    head = "| policy | parameters | DDP, any N | " + " | ".join(f"FSDP, N = {n}" for n in worlds) + " |"
-    rows = [head, "|" + "---|" * (3 + len(worlds))]
+    head = ("| policy | parameters | SFT stage, any N | arms, DDP, any N | "
+            + " | ".join(f"arms, FSDP, N = {n}" for n in worlds) + " |")
+    rows = [head, "|" + "---|" * (4 + len(worlds))]
     for name, p in MODEL_SIZES.items():
-        cells = [memory_per_gpu(p, "ddp")] + [memory_per_gpu(p, "fsdp", n) for n in worlds]
+        cells = [memory_per_gpu(p, "world"), memory_per_gpu(p, "ddp")] + [memory_per_gpu(p, "fsdp", n) for n in worlds]
         rows.append(f"| {name} | {p / 1e9:.2f} B | " + " | ".join(f"{c / 2**30:.1f} GiB" for c in cells) + " |")
     return "\n".join(rows)

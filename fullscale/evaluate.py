@@ -33,9 +33,9 @@ def evaluate_checkpoint(pipe, model, ref, arm: Arm, seed: int, step: int):
     Data parallel (``pipe.dist.active``, ``fullscale.dist``): the prompts and pairs are split
     over the ranks, each samples and scores its share (per-example draws, ``sample_rows``)
     and the per-row values are gathered before any mean, so every rank gets the numbers of
-    one process with the same per-example draws. Sharded models (the policy, its reference,
-    the preference models) are gathered once for the whole evaluation."""
-    with pipe.dist.gathered(model, ref, pipe.golden_pm, pipe.proxy_pm):
+    one process with the same per-example draws. Sharded models (the policy, its reference)
+    are gathered once for the whole evaluation."""
+    with pipe.dist.gathered(model, ref):
         return _evaluate(pipe, model, ref, arm, seed, step)
 
 

@@ -266,10 +266,8 @@ def pm_scores(pm, prompts: Prompts, x, ys: list[torch.Tensor], eos: int, pad: in
     """Scalar head output at the final token. Pairwise: ys = [y1, y2] gives the logit
     of r(x, y1, y2) = P(y1 ≻ y2) (Tang et al. 2024, §3); pointwise (Bradley–Terry):
     ys = [y] gives the reward r(x, y). -> [B] float32."""
-    from fullscale.dist import whole  # a sharded (frozen) preference model is gathered once per call
-
     ids, mask = pm_inputs(prompts, x, ys, eos, pad, cls)
-    with whole(pm), _autocast(ids.device):
+    with _autocast(ids.device):
         # backbone + scalar head read at the last position ourselves: the library's
         # pooling looks for the last non-pad token, which fails when cls == pad
         h = pm.base_model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).last_hidden_state
@@ -303,7 +301,7 @@ class PMOracle:
             else:
                 m = pm_scores(self.pm, *args, [y1[s]], *tok) - pm_scores(self.pm, *args, [y2[s]], *tok)
             out.append(m)
-        return torch.cat(out)
+        return torch.cat(out) if out else torch.zeros(0, device=x.device)
 
     def prob_first(self, x, y1, y2):
         return 0.5 * (1.0 + self.margin(x, y1, y2)) if self.kind == "pairwise" else torch.sigmoid(self.margin(x, y1, y2))

@@ -49,9 +49,8 @@ class Pipeline(World):
         self.log = log or (lambda rec: None)
         self.arms: dict[str, list[dict]] = {}
         self._golden()
-        for m in [*self.sft.values(), self.golden_pm, self.proxy_pm]:  # fsdp: the frozen models sharded too
-            if m is not None:
-                self.dist.shard_frozen(m)
+        for m in self.sft.values():  # fsdp: the reference policies sharded too
+            self.dist.shard_frozen(m)
 
     # ---------------------------------------------------------------- 2. the golden policy
     def _golden(self):

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail("--resume continues the run in --out DIR; name that folder")
     auto_out = cfg.out is None
     dist = _join(cfg)
-    if dist.world > 1 and cfg.threads == 0:  # the processes of one machine share its cores
+    if dist.world > 1 and cfg.threads == 0 and not cfg.resume:  # the processes of one machine share its cores (a resume keeps the recorded count)
         cfg = replace(cfg, threads=max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", dist.world))))
     cfg = _threads(_run_dir(cfg))
     problem = _check_out(cfg) if dist.main else None  # rank 0 is about to write there; the others only read

@@ -101,14 +101,19 @@ def _fit(model, n: int, batch_loss, lr: float, epochs: int, batch_size: int, gen
         tot = 0.0
         for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
-            per = batch_loss(idx, dist.share(len(idx)) if active else slice(None))
-            loss = dist.global_mean(per, len(idx)) if active else per.mean()
+            if active:
+                rows, weight = dist.my_rows(len(idx))
+                per = batch_loss(idx, rows) * weight
+                loss = dist.global_mean(per, len(idx))
+            else:
+                per = batch_loss(idx, slice(None))
+                loss = per.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if active:
                 dist.average_gradients(model)
             opt.step()
-            tot += dist.total(per.detach().sum()) if active else float(per.detach().sum())
+            tot += dist.total(per.detach().sum()) if active else float(loss.detach()) * len(idx)
             if progress is not None:
                 progress.update(1)
             fault_point()
@@ -209,8 +214,9 @@ def optimise(model, ref_model, prompts: Prompts, sampler, loss_name: str, beta: 
             break
         batch = sampler.next()
         n = batch.x.shape[0]  # the global batch
+        weight = 1.0
         if active:  # this rank's share of its rows
-            rows = dist.share(n)
+            rows, weight = dist.my_rows(n)
             batch = type(batch)(**{f.name: getattr(batch, f.name)[rows] for f in dataclasses.fields(batch)})
         if isinstance(batch, Rollouts):  # RLHF: k responses per prompt, y [B, k, T]
             B, k = batch.y.shape[:2]
@@ -219,14 +225,16 @@ def optimise(model, ref_model, prompts: Prompts, sampler, loss_name: str, beta: 
             with torch.no_grad():
                 ref = sequence_logp(ref_model, prompts, x, y, eos, pad).reshape(B, k)
             per = loss_fn(pi, ref, batch.reward, beta)
-            loss = dist.global_mean(per.mean(-1), n) if active else per.mean()
+            loss = dist.global_mean(per.mean(-1) * weight, n) if active else per.mean()
         else:
             B = batch.x.shape[0]
             pi = sequence_logp(net, prompts, torch.cat([batch.x, batch.x]), torch.cat([batch.y_w, batch.y_l]), eos, pad)
             with torch.no_grad():
                 ref = sequence_logp(ref_model, prompts, torch.cat([batch.x, batch.x]), torch.cat([batch.y_w, batch.y_l]), eos, pad)
             per = loss_fn(pi[:B], pi[B:], ref[:B], ref[B:], beta)
-            loss = dist.global_mean(per, n) if active else per.mean()
+            loss = dist.global_mean(per * weight, n) if active else per.mean()
+        if active:
+            dist.settle(ref_model)  # a sharded reference ran a forward pass and no backward
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

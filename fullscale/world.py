@@ -271,7 +271,6 @@ class World:
             cfg = self.cfg.models
             rm = self._pm("proxy_rm", cfg.proxy_pm, cfg.proxy_pm_path, self.d_golden.x[tr], self.d_golden.y_w[tr],
                           self.d_golden.y_l[tr], extra=(self.golden_key, "bt"), kind="bt")
-            rm = self.dist.shard_frozen(rm)  # fsdp: sharded like the other frozen models
             ops = (self.ids["eos"], self.ids["pad"], self.ids["cls"])
 
             @torch.no_grad()

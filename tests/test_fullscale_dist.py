@@ -112,7 +112,10 @@ def torchrun(n: int) -> list[str]:
 
 
 TORCHRUN = torchrun(2)
-CLS = ("--hypothesis", "classification")  # two arms (online, offline): the cheapest study with a swept offline arm
+# two arms (online, offline): the cheapest study with a swept offline arm; minibatches of 3 and one KL
+# prompt, so that some shares are empty (a minibatch's last row alone, the KL prompt): such a rank
+# trains on row 0 with weight 0 and evaluates nothing, and its collectives still match
+CLS = ("--hypothesis", "classification", "--train.batch-size", "3", "--eval.kl-prompts", "1")
 LLAMA = (*CLS, "--models.policy.arch", "llama")
 
 
@@ -218,8 +221,8 @@ def test_fsdp_on_a_llama_policy_reproduces_one(tmp_path):
 
 @pytest.mark.slow  # about 30 s
 def test_a_rank_killed_mid_arm_stops_the_run_and_resume_reproduces_it(tmp_path, two_sharded):
-    """FSDP over 2 processes. Rank 1 is sent SIGKILL (by itself) after its 33rd optimiser step
-    (11 of SFT, 5 and 3 of the two preference models, 4 of the golden policy, 4 of the online arm:
+    """FSDP over 2 processes. Rank 1 is sent SIGKILL (by itself) after its 65th optimiser step
+    (29 of SFT, 14 and 8 of the two preference models, 4 of the golden policy, 4 of the online arm:
     the 6th of the offline arm, whose sharded state was saved with DCP at step 4): torchrun stops
     the other rank and exits non-zero (no hang: the subprocess timeout bounds it). --resume with 2
     processes goes on from that state and is killed again 3 steps later, after saving the state
@@ -227,7 +230,7 @@ def test_a_rank_killed_mid_arm_stops_the_run_and_resume_reproduces_it(tmp_path, 
     rank and finishes. The results.json is the uninterrupted 2-process run's (1e-4 relative: the
     last steps reduce in another order)."""
     kill = {"FULLSCALE_FAULT_RANK": "1", "FULLSCALE_FAULT_SIGNAL": "KILL"}
-    killed = _run(tmp_path / "k", *TORCHRUN, strategy="fsdp", extra=CLS, env={**kill, "FULLSCALE_FAULT_AFTER_STEPS": "33"}, timeout=300)
+    killed = _run(tmp_path / "k", *TORCHRUN, strategy="fsdp", extra=CLS, env={**kill, "FULLSCALE_FAULT_AFTER_STEPS": "65"}, timeout=300)
     assert killed.returncode != 0 and not (tmp_path / "k" / "results.json").exists()
     assert "Signal 9 (SIGKILL)" in killed.stderr  # torchrun's report of rank 1
     assert list((tmp_path / "k").glob("cache/run-*/state-dcp-*/run.pt"))  # the sharded state it resumes from
@@ -262,6 +265,21 @@ def test_the_memory_table_in_the_docs_is_computed_from_the_parameter_counts():
     doc = (ROOT / "docs" / "fullscale.md").read_text()
     assert memory_table() in doc.split("<!-- memory:start -->")[1].split("<!-- memory:end -->")[0]
     p = 1_000_000_000  # against the byte counts written out: 16 + 4 (DDP buckets) + 4 (reference); (16 + 4)/N + 4 + 4 (gathered)
-    assert memory_per_gpu(p, "ddp") == 24e9 and memory_per_gpu(p, "fsdp", 8) == 2.5e9 + 8e9
+    assert memory_per_gpu(p, "ddp") == 24e9 and memory_per_gpu(p, "fsdp", 8) == 2.5e9 + 8e9 and memory_per_gpu(p, "world") == 16e9
     with pytest.raises(ValueError, match="ddp or fsdp"):
         memory_per_gpu(p, "zero3")
+
+
+def test_an_empty_share_runs_row_0_with_weight_0_and_evaluates_nothing():
+    """Fewer rows than ranks: the rank with no rows trains on row 0 with weight 0 (its forward and
+    backward passes, and so its collectives, still run) and ``map_rows`` gives it no row."""
+    assert Dist(2, 3, True).my_rows(2) == (slice(0, 1), 0.0)
+    assert Dist(1, 3, True).my_rows(2) == (slice(1, 2), 1.0)
+
+    class Local(Dist):  # rank 2 of 3 without a process group: the gather returns this rank's part
+        def gather_rows(self, local, n):
+            return local
+
+    seen = []
+    out = Local(2, 3, True).map_rows(lambda a: seen.append(len(a)) or a * 2.0, 2, torch.tensor([1.0, 2.0]))
+    assert out.shape == (0,) and out.dtype == torch.float32 and seen == [1]
