@@ -207,22 +207,27 @@ def tokenwise_kl(model, ref_model, prompts: Prompts, x: torch.Tensor, y: torch.T
     return kl_tokenwise_per_sample(lp, lq, mask)
 
 
-def sample_rows(model, prompts: Prompts, x: torch.Tensor, length: int, eos: int, pad: int, seed: int, dist,
+def sample_rows(model, prompts: Prompts, x: torch.Tensor, length: int, eos: int, pad: int, seed, dist,
                 temperature: float = 1.0, mix: tuple | None = None) -> torch.Tensor:
     """``sample_responses`` for a global batch x [B] shared over ``dist``'s ranks (``fullscale.dist``):
     this rank samples its share of the rows in one batch, row i with its own generator
     ``row_generator(seed, i)``, and the rows are gathered, so every rank returns the same
-    [B, length] whatever the number of ranks. A sharded model (FSDP) is gathered once for the
-    whole rollout, not once per token (``Dist.gathered``). Docs: docs/fullscale.md (Several
-    processes and several GPUs)."""
+    [B, length] whatever the number of ranks. ``seed`` a list of k seeds: k samples per prompt
+    in one batch, [k·B, length], block j drawn with ``row_generator(seed[j], i)``, so it equals
+    k calls with those seeds. A sharded model (FSDP) is gathered once for the whole rollout,
+    not once per token (``Dist.gathered``). Docs: docs/fullscale.md (Several processes and
+    several GPUs)."""
     from fullscale.dist import row_generator
 
-    share = dist.share(len(x))
-    gens = [row_generator(seed, i, x.device) for i in range(*share.indices(len(x)))]
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
+    B = len(x)
+    xs = x.repeat(len(seeds))
+    share = dist.share(len(xs))
+    gens = [row_generator(seeds[m // B], m % B, x.device) for m in range(*share.indices(len(xs)))]
     with dist.gathered(model, *(mix[:1] if mix else ())):
-        local = sample_responses(model, prompts, x[share], length, eos, pad, gens, temperature, mix=mix) if gens else \
+        local = sample_responses(model, prompts, xs[share], length, eos, pad, gens, temperature, mix=mix) if gens else \
             torch.empty(0, length, dtype=torch.long, device=x.device)
-    return dist.gather_rows(local, len(x))
+    return dist.gather_rows(local, len(xs))
 
 
 class LMPolicy:
@@ -243,6 +248,18 @@ class LMPolicy:
             return sample_responses(self.model, self.prompts, x, self.length, self.eos, self.pad, generator, self.temperature, mix=self.mix)
         seed = int(torch.randint(1 << 62, (1,), generator=generator, device=x.device))
         return sample_rows(self.model, self.prompts, x, self.length, self.eos, self.pad, seed, self.dist, self.temperature, self.mix)
+
+    def sample_k(self, x, generator, k: int) -> list[torch.Tensor]:
+        """k successive ``sample`` calls. Data parallel, they are drawn in one batch of k·B rows
+        (k seeds drawn from ``generator`` as k calls would, each row with its own generator), so
+        the model's weights are read once per token for all k, not k times; the samples are
+        those of the k calls. One process: the k calls themselves (their draws share one
+        generator, so batching them would change them)."""
+        if self.dist is None or not self.dist.active:
+            return [self.sample(x, generator) for _ in range(k)]
+        seeds = [int(torch.randint(1 << 62, (1,), generator=generator, device=x.device)) for _ in range(k)]
+        y = sample_rows(self.model, self.prompts, x, self.length, self.eos, self.pad, seeds, self.dist, self.temperature, self.mix)
+        return list(y.split(len(x)))
 
     def logp(self, x, y):
         return sequence_logp(self.model, self.prompts, x, y, self.eos, self.pad)

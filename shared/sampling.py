@@ -112,6 +112,15 @@ def _batches_from(state: dict) -> list[Batch]:
     return [Batch(**{f.name: state[f.name][i] for f in fields(Batch)}) for i in range(len(state["x"]))]
 
 
+def sample_k(policy: Policy, x: torch.Tensor, generator: torch.Generator | None, k: int) -> list[torch.Tensor]:
+    """k responses per prompt: ``policy.sample`` called k times in a row, or the policy's own
+    ``sample_k`` when it has one, which must return the same k samples (``fullscale.lm.LMPolicy``
+    draws them in one batch)."""
+    if hasattr(policy, "sample_k"):
+        return policy.sample_k(x, generator, k)
+    return [policy.sample(x, generator) for _ in range(k)]
+
+
 @dataclass
 class OnlineSampler:
     """Online pairs: both responses from the current policy, labelled by ``oracle``.
@@ -132,8 +141,7 @@ class OnlineSampler:
         i = torch.randint(len(self.prompts), self.shape, generator=self.generator, device=self.prompts.device)
         x = self.prompts[i]
         with torch.no_grad():
-            y1 = self.policy.sample(x, self.generator)
-            y2 = self.policy.sample(x, self.generator)
+            y1, y2 = sample_k(self.policy, x, self.generator, 2)
             y_w, y_l, tie = label_pairs(self.oracle, x, y1, y2, self.generator)
         batch = Batch(x, y_w, y_l, tie)
         self.log.append(batch)
@@ -277,7 +285,7 @@ class RolloutSampler:
         i = torch.randint(len(self.prompts), self.shape, generator=self.generator, device=self.prompts.device)
         x = self.prompts[i]
         with torch.no_grad():
-            y = torch.stack([self.policy.sample(x, self.generator) for _ in range(self.k)], dim=len(self.shape))
+            y = torch.stack(sample_k(self.policy, x, self.generator, self.k), dim=len(self.shape))
             xk = x.reshape(x.shape + (1,)).expand(x.shape + (self.k,))
             r = self.reward(xk, y)
         return Rollouts(x, y, r)

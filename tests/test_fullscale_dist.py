@@ -72,6 +72,26 @@ def test_sampling_a_share_gives_the_rows_of_the_whole_batch():
     assert not torch.equal(whole, LMPolicy(model, prompts, 6, 2, 0).sample(x, torch.Generator().manual_seed(9)))  # not one process's default draws
 
 
+def test_k_samples_in_one_batch_are_k_successive_samples():
+    """LMPolicy.sample_k under data parallelism (what the online and RLHF samplers call): the k
+    responses per prompt drawn in one batch are those of k successive ``sample`` calls, and the
+    generator ends in the same state."""
+    from fullscale.lm import LMPolicy, Prompts
+    from fullscale.models import ModelSpec, build_model
+
+    ids = {"pad": 0, "bos": 1, "eos": 2, "sep": 3, "cls": 4}
+    model = build_model(ModelSpec(width=16, layers=1, heads=2), 20, ids, seed=0)
+    prompts = Prompts(torch.randint(5, 20, (6, 3), generator=torch.Generator().manual_seed(0)), torch.ones(6, 3, dtype=torch.bool))
+    x = torch.tensor([0, 3, 5, 1, 2])
+    policy = LMPolicy(model, prompts, 5, 2, 0, dist=Dist(0, 1, True))
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    batched = policy.sample_k(x, g1, 3)
+    one_by_one = [policy.sample(x, g2) for _ in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(batched, one_by_one)) and len(batched) == 3
+    assert torch.equal(g1.get_state(), g2.get_state())
+    assert not torch.equal(batched[0], batched[1])
+
+
 def test_per_row_draws_are_each_rows_inverse_cdf():
     """``_draw`` with one generator per row against a plain loop over the cumulative sums, a token of
     probability 0 never drawn, and the frequencies of many draws within 5 standard errors of the
