@@ -224,8 +224,8 @@ def optimise(model, ref_model, prompts: Prompts, sampler, loss_name: str, beta: 
             pi = sequence_logp(net, prompts, x, y, eos, pad).reshape(B, k)
             with torch.no_grad():
                 ref = sequence_logp(ref_model, prompts, x, y, eos, pad).reshape(B, k)
-            per = loss_fn(pi, ref, batch.reward, beta)
-            loss = dist.global_mean(per.mean(-1) * weight, n) if active else per.mean()
+            per = loss_fn(pi, ref, batch.reward, beta)  # one value per prompt (the mean over its k samples)
+            loss = dist.global_mean(per * weight, n) if active else per.mean()
         else:
             B = batch.x.shape[0]
             pi = sequence_logp(net, prompts, torch.cat([batch.x, batch.x]), torch.cat([batch.y_w, batch.y_l]), eos, pad)

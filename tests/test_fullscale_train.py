@@ -142,3 +142,34 @@ def test_rlhf_raises_the_reward_it_is_trained_on():
     before = mean_reward()
     optimise(model, ref, PROMPTS, sampler, "rloo", 0.01, 3e-2, 40, set(), lambda s: {}, EOS, PAD)
     assert mean_reward() > before + 0.5
+
+
+@pytest.mark.parametrize("kind", ["online", "offline", "rlhf"])
+def test_the_data_parallel_loss_of_one_process_is_the_plain_mean(kind):
+    """``optimise`` with ``dist`` active and one process (the reference N processes reproduce)
+    against the plain loop on the same batches (the policy samples with per-example draws in
+    both): the same loss at every step and the same final weights, for pairs (online, offline)
+    and for RLHF's rollouts (one loss per prompt: the normalisation by the global count once
+    went wrong there, by a factor of the batch size)."""
+    from fullscale.dist import Dist
+    from shared.sampling import Batch
+
+    def train(dist):
+        model, ref, oracle = world()
+        g = torch.Generator().manual_seed(0)
+        pol = LMPolicy(model, PROMPTS, 4, EOS, PAD, dist=Dist(0, 1, True))
+        if kind == "rlhf":
+            sampler = RolloutSampler(pol, lambda x, y: (y == 5).sum(-1).float(), torch.arange(4), (6,), 3, g)
+        elif kind == "offline":
+            y = torch.randint(5, 8, (12, 4), generator=torch.Generator().manual_seed(3))
+            sampler = OfflineSampler(Batch(torch.arange(12) % 4, y, y.flip(0), torch.zeros(12, dtype=torch.bool)), 6, g)
+        else:
+            sampler = OnlineSampler(pol, oracle, torch.arange(4), (6,), g)
+        losses = []
+        optimise(model, ref, PROMPTS, sampler, "rloo" if kind == "rlhf" else "ipo", 0.1, 1e-2, 5, set(), lambda s: {}, EOS, PAD,
+                 dist=dist, losses=losses)
+        return losses, torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    (plain, w0), (parallel, w1) = train(None), train(Dist(0, 1, True))
+    assert len(plain) == 5 and parallel == pytest.approx(plain, rel=1e-5, abs=1e-8)
+    assert torch.allclose(w0, w1, rtol=1e-5, atol=1e-6)
