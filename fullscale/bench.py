@@ -18,11 +18,12 @@ backward (Kaplan et al. 2020, §2.1), N the non-embedding parameters.
 
 from __future__ import annotations
 
+import json
 import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 __all__ = ["BenchConfig", "SHAPES", "main"]
@@ -59,6 +60,8 @@ class BenchConfig:
     """AdamW learning rate"""
     beta: float = 0.1
     """IPO's β"""
+    draws: Literal["one-generator", "per-example"] = "one-generator"
+    """one-generator: the pair's two responses in two batches from one generator (one process's default draws); per-example: both in one batch, each row with its own generator (``--dist.strategy ddp``'s draws, ``LMPolicy.sample_k``)"""
 
 
 def _sync(device):
@@ -77,7 +80,8 @@ def run(cfg: BenchConfig) -> dict:
     """Measure ``cfg.steps`` steps after ``cfg.warmup``; returns the medians (see the module docstring)."""
     import torch
 
-    from fullscale.lm import Prompts, pm_scores, sample_responses, sequence_logp
+    from fullscale.dist import Dist
+    from fullscale.lm import LMPolicy, Prompts, pm_scores, sample_responses, sequence_logp
     from fullscale.models import ModelSpec, build_model
     from shared.losses import ipo_loss
 
@@ -99,8 +103,11 @@ def run(cfg: BenchConfig) -> dict:
         _sync(device)
         t0 = time.perf_counter()
         with torch.no_grad():
-            y1 = sample_responses(policy, prompts, x, cfg.new_tokens, generator=g, **ops)
-            y2 = sample_responses(policy, prompts, x, cfg.new_tokens, generator=g, **ops)
+            if cfg.draws == "per-example":
+                y1, y2 = LMPolicy(policy, prompts, cfg.new_tokens, dist=Dist(0, 1, True), **ops).sample_k(x, g, 2)
+            else:
+                y1 = sample_responses(policy, prompts, x, cfg.new_tokens, generator=g, **ops)
+                y2 = sample_responses(policy, prompts, x, cfg.new_tokens, generator=g, **ops)
         _sync(device)
         t1 = time.perf_counter()
         with torch.no_grad():
@@ -172,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"split: generate {s['generate']:.0%}  score {s['score']:.0%}  train {s['train']:.0%}"
           + (f"  MFU: {r['mfu']:.1%}" if r["mfu"] is not None else "  MFU: n/a (give --peak-tflops)")
           + (f"  peak memory: {r['peak_memory_gib']:.2f} GiB" if r["peak_memory_gib"] is not None else ""))
+    print("RESULT " + json.dumps({"bench": "fullscale.bench", **{k: v for k, v in asdict(cfg).items()}, **r,
+                                  "torch": torch.__version__}))  # one machine-readable line, as the TRL harness prints
     return 0
 
 

@@ -11,12 +11,16 @@ TINY = ["--model", "tiny", "--vocab", "64", "--batch", "4", "--prompt-tokens", "
         "--steps", "2", "--warmup", "1", "--device", "cpu"]
 
 
-@pytest.mark.parametrize("score", ["cheap", "pm"])
-def test_bench_times_one_online_ipo_step_on_cpu(score, capsys):
-    assert bench.main(TINY + ["--score", score]) == 0
+@pytest.mark.parametrize("score, draws", [("cheap", "one-generator"), ("pm", "one-generator"), ("cheap", "per-example")])
+def test_bench_times_one_online_ipo_step_on_cpu(score, draws, capsys):
+    import json
+
+    assert bench.main(TINY + ["--score", score, "--draws", draws]) == 0
     out = capsys.readouterr().out
     for text in ("pairs/s:", "generated tokens/s:", "training tokens/s:", "split: generate", "MFU: n/a"):
         assert text in out
+    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+    assert result["draws"] == draws and result["pairs_per_s"] == pytest.approx(4 / result["step_s"])
 
 
 def test_bench_counts_parameters_and_flops_by_closed_forms():
