@@ -162,15 +162,28 @@ def one_process(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory):
-    """The same under torchrun, 2 processes, DDP (gloo)."""
-    return _ran(tmp_path_factory.mktemp("dist") / "two", *TORCHRUN, extra=CLS)
+def two_process_runs(tmp_path_factory):
+    """Under torchrun, 2 processes (gloo), in one launch (tests/dist_runs.py): the classification study
+    with DDP, with FSDP2 (the GPT-2 policy, tied embeddings, sharded), and with FSDP2 on a Llama policy."""
+    d = tmp_path_factory.mktemp("dist")
+    runs = {"ddp": ("ddp", CLS), "fsdp": ("fsdp", CLS), "llama": ("fsdp", LLAMA)}
+    commands = [["--config", str(TINY), "--dist.strategy", strategy, "--out", str(d / name), *extra] for name, (strategy, extra) in runs.items()]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("WORLD_SIZE", None)
+    r = subprocess.run([*TORCHRUN, str(ROOT / "tests" / "dist_runs.py"), json.dumps(commands)], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return {name: d / name for name in runs}
 
 
 @pytest.fixture(scope="module")
-def two_sharded(tmp_path_factory):
-    """The classification study under FSDP2: the GPT-2 policy (tied embeddings) sharded over 2 processes."""
-    return _ran(tmp_path_factory.mktemp("dist") / "fsdp", *TORCHRUN, strategy="fsdp", extra=CLS)
+def two_processes(two_process_runs):
+    return two_process_runs["ddp"]
+
+
+@pytest.fixture(scope="module")
+def two_sharded(two_process_runs):
+    return two_process_runs["fsdp"]
 
 
 def _results(out: Path) -> dict:
@@ -231,33 +244,28 @@ def test_fsdp_over_two_processes_reproduces_one(one_process, two_sharded):
 
 
 @pytest.mark.slow  # about 25 s
-def test_fsdp_on_a_llama_policy_reproduces_one(tmp_path):
+def test_fsdp_on_a_llama_policy_reproduces_one(tmp_path, two_process_runs):
     """FSDP2 over 2 processes with a Llama policy (tied embeddings, RMSNorm, rotary positions)."""
     one = _one(tmp_path / "one", *LLAMA)
     assert _results(one)["config"]["models"]["policy"]["arch"] == "llama"
-    _same_study(one, _ran(tmp_path / "two", *TORCHRUN, strategy="fsdp", extra=LLAMA))
+    _same_study(one, two_process_runs["llama"])
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-@pytest.mark.slow  # about 30 s
+@pytest.mark.slow  # about 20 s
 def test_a_rank_killed_mid_arm_stops_the_run_and_resume_reproduces_it(tmp_path, two_sharded):
     """FSDP over 2 processes. Rank 1 is sent SIGKILL (by itself) after its 65th optimiser step
     (29 of SFT, 14 and 8 of the two preference models, 4 of the golden policy, 4 of the online arm:
     the 6th of the offline arm, whose sharded state was saved with DCP at step 4): torchrun stops
-    the other rank and exits non-zero (no hang: the subprocess timeout bounds it). --resume with 2
-    processes goes on from that state and is killed again 3 steps later, after saving the state
-    of step 6; --resume under torchrun with ONE process then loads that state resharded to one
-    rank and finishes. The results.json is the uninterrupted 2-process run's (1e-4 relative: the
-    last steps reduce in another order)."""
-    kill = {"FULLSCALE_FAULT_RANK": "1", "FULLSCALE_FAULT_SIGNAL": "KILL"}
-    killed = _run(tmp_path / "k", *TORCHRUN, strategy="fsdp", extra=CLS, env={**kill, "FULLSCALE_FAULT_AFTER_STEPS": "65"}, timeout=300)
+    the other rank and exits non-zero (no hang: the subprocess timeout bounds it). --resume under
+    torchrun with ONE process loads that state resharded to one rank and finishes; the
+    results.json is the uninterrupted 2-process run's (1e-4 relative: the last steps reduce in
+    another order)."""
+    kill = {"FULLSCALE_FAULT_RANK": "1", "FULLSCALE_FAULT_SIGNAL": "KILL", "FULLSCALE_FAULT_AFTER_STEPS": "65"}
+    killed = _run(tmp_path / "k", *TORCHRUN, strategy="fsdp", extra=CLS, env=kill, timeout=300)
     assert killed.returncode != 0 and not (tmp_path / "k" / "results.json").exists()
     assert "Signal 9 (SIGKILL)" in killed.stderr  # torchrun's report of rank 1
-    assert list((tmp_path / "k").glob("cache/run-*/state-dcp-*/run.pt"))  # the sharded state it resumes from
-    again = _run(tmp_path / "k", *TORCHRUN, strategy="fsdp", extra=(*CLS, "--resume"), env={**kill, "FULLSCALE_FAULT_AFTER_STEPS": "3"},
-                 timeout=300)
-    assert again.returncode != 0 and not (tmp_path / "k" / "results.json").exists()
-    assert [p.name for p in (tmp_path / "k").glob("cache/run-offline-*/state-dcp-*")] == ["state-dcp-6"]
+    assert [p.name for p in (tmp_path / "k").glob("cache/run-offline-*/state-dcp-*")] == ["state-dcp-4"]  # what it resumes from
     resumed = _run(tmp_path / "k", *torchrun(1), strategy="fsdp", extra=(*CLS, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _same_study(tmp_path / "k", two_sharded)
