@@ -20,7 +20,7 @@ names in ``_no_split_modules``) is a group, then the root, which holds the embed
 the output layer, so tied input/output embeddings (GPT-2, Llama-3.2, Qwen) stay in one
 group. Parameters, gradients and Adam moments are split over the ranks; gradients are
 averaged over ranks as under DDP, so the same ``global_mean`` applies. A rollout gathers
-the shards once (``gathered``) and samples with whole weights, so there is no collective
+the shards once (``whole``) and samples with whole weights, so there is no collective
 per token and ranks may run different numbers of forward passes. The run state is saved
 with ``torch.distributed.checkpoint`` (``save_state``/``load_state``), which reshards on
 load. The reference policies are sharded the same way with no gradients (``shard_frozen``)
@@ -135,10 +135,6 @@ class Dist:
         if self.fsdp:
             _settle(model)
 
-    def gathered(self, *models):
-        """``whole(*models)``: see there."""
-        return whole(*models)
-
     def full_state(self, model, everywhere: bool = False) -> dict:
         """The model's whole state dict. Sharded: every rank must call it (a collective); only rank
         0 gets it (on CPU, to write it) unless ``everywhere`` (every rank, on the model's device)."""
@@ -232,7 +228,7 @@ class Dist:
         return per_example.sum() * (self.world / n)
 
 
-_GATHERED: set[int] = set()  # the sharded modules whose weights ``gathered`` holds whole now
+_GATHERED: set[int] = set()  # the sharded modules whose weights ``whole`` holds whole now
 
 SINGLE = Dist()
 """One process, the default: no launcher, today's draws."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from fullscale.dist import whole
 from fullscale.lm import sample_responses, sample_rows, sequence_logp, tokenwise_kl
 from fullscale.train import safe_load
 from shared.metrics import classifier_accuracy, logp_shift, policy_margin, win_rate_from_labels
@@ -35,7 +36,7 @@ def evaluate_checkpoint(pipe, model, ref, arm: Arm, seed: int, step: int):
     and the per-row values are gathered before any mean, so every rank gets the numbers of
     one process with the same per-example draws. Sharded models (the policy, its reference)
     are gathered once for the whole evaluation."""
-    with pipe.dist.gathered(model, ref):
+    with whole(model, ref):
         return _evaluate(pipe, model, ref, arm, seed, step)
 
 

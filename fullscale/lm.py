@@ -215,16 +215,16 @@ def sample_rows(model, prompts: Prompts, x: torch.Tensor, length: int, eos: int,
     [B, length] whatever the number of ranks. ``seed`` a list of k seeds: k samples per prompt
     in one batch, [k·B, length], block j drawn with ``row_generator(seed[j], i)``, so it equals
     k calls with those seeds. A sharded model (FSDP) is gathered once for the whole rollout,
-    not once per token (``Dist.gathered``). Docs: docs/fullscale.md (Several processes and
+    not once per token (``fullscale.dist.whole``). Docs: docs/fullscale.md (Several processes and
     several GPUs)."""
-    from fullscale.dist import row_generator
+    from fullscale.dist import row_generator, whole
 
     seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
     B = len(x)
     xs = x.repeat(len(seeds))
     share = dist.share(len(xs))
     gens = [row_generator(seeds[m // B], m % B, x.device) for m in range(*share.indices(len(xs)))]
-    with dist.gathered(model, *(mix[:1] if mix else ())):
+    with whole(model, *(mix[:1] if mix else ())):
         local = sample_responses(model, prompts, xs[share], length, eos, pad, gens, temperature, mix=mix) if gens else \
             torch.empty(0, length, dtype=torch.long, device=x.device)
     return dist.gather_rows(local, len(xs))

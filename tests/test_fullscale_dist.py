@@ -139,12 +139,6 @@ CLS = ("--hypothesis", "classification", "--train.batch-size", "3", "--eval.kl-p
 LLAMA = (*CLS, "--models.policy.arch", "llama")
 
 
-def _ran(out: Path, *launcher, **kw) -> Path:
-    r = _run(out, *launcher, **kw)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return out
-
-
 def _one(out: Path, *extra: str) -> Path:
     """One process with the per-example draws (--dist.strategy ddp, no launcher), run in this
     process through ``main`` (what ``python -m fullscale.run`` calls: one import of torch fewer)."""
