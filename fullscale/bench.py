@@ -4,11 +4,13 @@
     python -m fullscale.bench --model gpt2 --batch 32 --prompt-tokens 64 --new-tokens 64
 
 One step is what the online arm does (docs/fullscale.md): generate a pair of
-responses per prompt from the current policy (``fullscale.lm.sample_responses``,
-KV cache), score the pair (a cheap reward, the fraction of even token ids, as
+responses per prompt from the current policy (``fullscale.decode``: both in one
+batch, static KV cache; ``--decoder reference`` times ``fullscale.lm.sample_responses``
+once per response instead), score the pair (a cheap reward, the fraction of even token ids, as
 the TRL throughput harness of the GPU-performance issue uses, or a pairwise
 preference model of the policy's shape), policy and reference log-probs, the
-IPO loss of ``shared.losses``, backward and an AdamW step. It prints medians
+IPO loss of ``shared.losses``, backward and an Adam step (the runner's,
+``fullscale.train``: fused where torch has it). It prints medians
 over the measured steps after warm-up: pairs/s, generated tokens/s, training
 tokens/s, the split of the step into generate / score / train, peak GPU memory
 (CUDA), and model FLOP utilisation when ``--peak-tflops`` gives the device's
@@ -57,11 +59,13 @@ class BenchConfig:
     peak_tflops: float = 0.0
     """the device's peak TFLOP/s for MFU (e.g. 989 for an H100's dense bf16); 0: no MFU"""
     lr: float = 1e-5
-    """AdamW learning rate"""
+    """Adam learning rate"""
     beta: float = 0.1
     """IPO's β"""
     draws: Literal["one-generator", "per-example"] = "one-generator"
-    """one-generator: the pair's two responses in two batches from one generator (one process's default draws); per-example: both in one batch, each row with its own generator (``--dist.strategy ddp``'s draws, ``LMPolicy.sample_k``)"""
+    """one-generator: the pair's draws from one generator (one process's default); per-example: each row with its own generator (``--dist.strategy ddp``'s draws)"""
+    decoder: Literal["fast", "reference"] = "fast"
+    """fast: the pair in one batch of 2·batch rows, static KV cache, prompt prefilled once (``fullscale.decode``, what the runner uses); reference: ``fullscale.lm.sample_responses`` once per response (a growing cache, the prompt's logits at every position)"""
 
 
 def _sync(device):
@@ -80,9 +84,10 @@ def run(cfg: BenchConfig) -> dict:
     """Measure ``cfg.steps`` steps after ``cfg.warmup``; returns the medians (see the module docstring)."""
     import torch
 
-    from fullscale.dist import Dist
+    from fullscale.dist import Dist, row_generator
     from fullscale.lm import LMPolicy, Prompts, pm_scores, sample_responses, sequence_logp
     from fullscale.models import ModelSpec, build_model
+    from fullscale.train import _adam
     from shared.losses import ipo_loss
 
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
@@ -92,22 +97,28 @@ def run(cfg: BenchConfig) -> dict:
     policy = build_model(spec, cfg.vocab, ids, seed=0).to(device).train()
     ref = build_model(spec, cfg.vocab, ids, seed=0).to(device).eval().requires_grad_(False)
     pm = build_model(spec, cfg.vocab, ids, seed=1, head=True).to(device).eval().requires_grad_(False) if cfg.score == "pm" else None
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
+    opt = _adam(policy, cfg.lr)
     g = torch.Generator(device=device).manual_seed(0)
     prompts = Prompts(torch.randint(4, cfg.vocab, (cfg.batch, cfg.prompt_tokens), generator=g, device=device),
                       torch.ones(cfg.batch, cfg.prompt_tokens, dtype=torch.bool, device=device))
     x = torch.arange(cfg.batch, device=device)
     ops = {"eos": ids["eos"], "pad": ids["pad"]}
+    dist = Dist(0, 1, True) if cfg.draws == "per-example" else None
+
+    def draws():  # the reference decoder's generator(s) for one response: per-example, one seed drawn from g
+        if dist is None:
+            return g
+        seed = int(torch.randint(1 << 62, (1,), generator=g, device=device))
+        return [row_generator(seed, i, device) for i in range(cfg.batch)]
 
     def step() -> tuple[float, float, float]:
         _sync(device)
         t0 = time.perf_counter()
         with torch.no_grad():
-            if cfg.draws == "per-example":
-                y1, y2 = LMPolicy(policy, prompts, cfg.new_tokens, dist=Dist(0, 1, True), **ops).sample_k(x, g, 2)
+            if cfg.decoder == "fast":
+                y1, y2 = LMPolicy(policy, prompts, cfg.new_tokens, dist=dist, **ops).sample_k(x, g, 2)
             else:
-                y1 = sample_responses(policy, prompts, x, cfg.new_tokens, generator=g, **ops)
-                y2 = sample_responses(policy, prompts, x, cfg.new_tokens, generator=g, **ops)
+                y1, y2 = (sample_responses(policy, prompts, x, cfg.new_tokens, generator=draws(), **ops) for _ in range(2))
         _sync(device)
         t1 = time.perf_counter()
         with torch.no_grad():
@@ -138,9 +149,10 @@ def run(cfg: BenchConfig) -> dict:
     total = statistics.median(sum(t) for t in times)
     n = _non_embedding_params(policy)
     seq = cfg.prompt_tokens + cfg.new_tokens
-    # generation: 2 responses × new_tokens forward tokens (+ the prompts); training: policy fwd+bwd and
-    # reference fwd over 2B sequences; a PM forward over B pair sequences
-    flops = (2 * n * 2 * cfg.batch * seq + 6 * n * 2 * cfg.batch * seq + 2 * n * 2 * cfg.batch * seq
+    # generation: each prompt once and 2 responses of new_tokens (whichever decoder: the work, not what
+    # the reference decoder repeats); training: policy fwd+bwd and reference fwd over 2B sequences; a PM
+    # forward over B pair sequences
+    flops = (2 * n * cfg.batch * (cfg.prompt_tokens + 2 * cfg.new_tokens) + 6 * n * 2 * cfg.batch * seq + 2 * n * 2 * cfg.batch * seq
              + (2 * n * cfg.batch * (cfg.prompt_tokens + 2 * cfg.new_tokens + 1) if pm is not None else 0))
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
+from fullscale.decode import decode
 from fullscale.dist import whole
-from fullscale.lm import sample_responses, sample_rows, sequence_logp, tokenwise_kl
+from fullscale.lm import sample_rows, sequence_logp, tokenwise_kl
 from fullscale.train import safe_load
 from shared.metrics import classifier_accuracy, logp_shift, policy_margin, win_rate_from_labels
 from shared.protocol import online_partner, provides_stream, stream_generator
@@ -47,7 +48,7 @@ def _evaluate(pipe, model, ref, arm: Arm, seed: int, step: int):
 
     def sample(x):
         if not dist.active:
-            return sample_responses(model, pipe.prompts, x, L, **ops, generator=g, temperature=temp)
+            return decode(model, pipe.prompts, x, L, **ops, generator=g, temperature=temp)
         batch_seed = int(torch.randint(1 << 62, (1,), generator=g, device=x.device))
         return sample_rows(model, pipe.prompts, x, L, **ops, seed=batch_seed, dist=dist, temperature=temp)
 

@@ -89,6 +89,12 @@ def _cache_arg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def _accepts(model, name: str) -> bool:
+    """Whether the model's ``forward`` (under a DistributedDataParallel wrapper, its module's) takes ``name``."""
+    inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    return name in inspect.signature(inner.forward).parameters
+
+
 def _positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids that count only attended tokens (pads get 0, never attended)."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -107,10 +113,14 @@ def response_logits(model, prompts: Prompts, x: torch.Tensor, y: torch.Tensor, e
     ids = torch.cat([p_ids, y], -1)
     mask = torch.cat([p_mask, r_mask.long()], -1)
     P, T = p_ids.shape[1], y.shape[1]
+    # the logits at position P-1+t predict response token t: the output layer runs on those T
+    # positions only (``logits_to_keep``, a model without it computes them all and they are cut)
+    keep = torch.arange(P - 1, P - 1 + T, device=ids.device)
+    kw = {"logits_to_keep": keep} if _accepts(model, "logits_to_keep") else {}
     with _autocast(ids.device):
-        out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask))
-    # the logits at position P-1+t predict response token t
-    return _no_pad(out.logits[:, P - 1 : P - 1 + T].float(), pad, eos), r_mask
+        out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), **kw)
+    logits = out.logits if kw else out.logits[:, P - 1 : P - 1 + T]
+    return _no_pad(logits.float(), pad, eos), r_mask
 
 
 def sequence_logp(model, prompts: Prompts, x: torch.Tensor, y: torch.Tensor, eos: int, pad: int) -> torch.Tensor:
@@ -217,6 +227,7 @@ def sample_rows(model, prompts: Prompts, x: torch.Tensor, length: int, eos: int,
     k calls with those seeds. A sharded model (FSDP) is gathered once for the whole rollout,
     not once per token (``fullscale.dist.whole``). Docs: docs/fullscale.md (Several processes and
     several GPUs)."""
+    from fullscale.decode import decode
     from fullscale.dist import row_generator, whole
 
     seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
@@ -225,7 +236,7 @@ def sample_rows(model, prompts: Prompts, x: torch.Tensor, length: int, eos: int,
     share = dist.share(len(xs))
     gens = [row_generator(seeds[m // B], m % B, x.device) for m in range(*share.indices(len(xs)))]
     with whole(model, *(mix[:1] if mix else ())):
-        local = sample_responses(model, prompts, xs[share], length, eos, pad, gens, temperature, mix=mix) if gens else \
+        local = decode(model, prompts, xs[share], length, eos, pad, gens, temperature=temperature, mix=mix) if gens else \
             torch.empty(0, length, dtype=torch.long, device=x.device)
     return dist.gather_rows(local, len(xs))
 
@@ -245,18 +256,23 @@ class LMPolicy:
         of the rows, each row with its own generator (``sample_rows``), and the rows are gathered,
         so every rank returns the same [B, T] whatever the number of ranks."""
         if self.dist is None or not self.dist.active:
-            return sample_responses(self.model, self.prompts, x, self.length, self.eos, self.pad, generator, self.temperature, mix=self.mix)
+            return self._decode(x, generator, 1)
         seed = int(torch.randint(1 << 62, (1,), generator=generator, device=x.device))
         return sample_rows(self.model, self.prompts, x, self.length, self.eos, self.pad, seed, self.dist, self.temperature, self.mix)
 
+    def _decode(self, x, generator, k):
+        from fullscale.decode import decode
+
+        return decode(self.model, self.prompts, x, self.length, self.eos, self.pad, generator, k, self.temperature, self.mix)
+
     def sample_k(self, x, generator, k: int) -> list[torch.Tensor]:
-        """k successive ``sample`` calls. Data parallel, they are drawn in one batch of k·B rows
-        (k seeds drawn from ``generator`` as k calls would, each row with its own generator), so
-        the model's weights are read once per token for all k, not k times; the samples are
-        those of the k calls. One process: the k calls themselves (their draws share one
-        generator, so batching them would change them)."""
+        """k successive ``sample`` calls, drawn in one batch of k·B rows, so the model's weights
+        are read once per token for all k, not k times; the samples are those of the k calls.
+        One process: ``fullscale.decode.decode`` draws the noise of the k calls from ``generator``
+        up front, in their order. Data parallel: k seeds are drawn from ``generator`` as k calls
+        would, each row with its own generator."""
         if self.dist is None or not self.dist.active:
-            return [self.sample(x, generator) for _ in range(k)]
+            return list(self._decode(x, generator, k).split(len(x)))
         seeds = [int(torch.randint(1 << 62, (1,), generator=generator, device=x.device)) for _ in range(k)]
         y = sample_rows(self.model, self.prompts, x, self.length, self.eos, self.pad, seeds, self.dist, self.temperature, self.mix)
         return list(y.split(len(x)))

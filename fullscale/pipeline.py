@@ -25,9 +25,10 @@ import torch
 
 from fullscale.config import RunConfig
 from fullscale.data import Prepared
+from fullscale.decode import decode
 from fullscale.dist import SINGLE
 from fullscale.evaluate import evaluate_checkpoint
-from fullscale.lm import LMPolicy, sample_responses, sequence_logp
+from fullscale.lm import LMPolicy, sequence_logp
 from fullscale.train import atomic_save, optimise, safe_load
 from fullscale.world import World
 from shared.claims import judge
@@ -65,8 +66,8 @@ class Pipeline(World):
         n = min(self.cfg.eval.win_prompts, len(self.prompts.ids))
         g = stream_generator(self.cfg.seed, "golden-responses", self.device)
         self.win_x = torch.arange(n, device=self.device)
-        self.golden_y = sample_responses(model, self.prompts, self.win_x, self.cfg.data.max_response_tokens, self.ids["eos"],
-                                         self.ids["pad"], g, self.t.temperature)
+        self.golden_y = decode(model, self.prompts, self.win_x, self.cfg.data.max_response_tokens, self.ids["eos"],
+                                 self.ids["pad"], g, temperature=self.t.temperature)
         acc = self.d_golden.take(torch.randperm(len(self.d_golden), generator=torch.Generator().manual_seed(7))[: self.cfg.eval.acc_pairs].to(self.device))
         self.acc_batch = acc
         sft = self.sft[1.0]

@@ -82,7 +82,22 @@ def safe_load(path: Path):
 
 
 def _adam(model, lr: float):
-    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    """Adam (Kingma & Ba 2015, Algorithm 1) over the trainable parameters. Fused, one kernel over
+    every parameter, where torch has it (CPU and CUDA from torch 2.4) and the parameters are plain
+    tensors: at GPT-2-small size on 2 CPU cores its step takes 0.06 s against the for-loop's 0.57 s
+    (docs/fullscale.md, The decode path and the step). Its updates equal the for-loop's to float
+    rounding, not bit for bit. FSDP's sharded parameters (DTensor) keep the for-loop."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch without it has no FSDP2 either
+        DTensor = ()
+    if params and not any(isinstance(p, DTensor) for p in params) and all(p.device.type in ("cpu", "cuda") for p in params):
+        try:
+            return torch.optim.Adam(params, lr=lr, fused=True)
+        except (RuntimeError, TypeError, ValueError):  # an older torch, or a dtype without a fused kernel
+            pass
+    return torch.optim.Adam(params, lr=lr)
 
 
 def _fit(model, n: int, batch_loss, lr: float, epochs: int, batch_size: int, generator: torch.Generator, progress=None,

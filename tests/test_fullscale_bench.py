@@ -11,16 +11,18 @@ TINY = ["--model", "tiny", "--vocab", "64", "--batch", "4", "--prompt-tokens", "
         "--steps", "2", "--warmup", "1", "--device", "cpu"]
 
 
-@pytest.mark.parametrize("score, draws", [("cheap", "one-generator"), ("pm", "one-generator"), ("cheap", "per-example")])
-def test_bench_times_one_online_ipo_step_on_cpu(score, draws, capsys):
+@pytest.mark.parametrize("score, draws, decoder", [("cheap", "one-generator", "fast"), ("pm", "one-generator", "fast"),
+                                                   ("cheap", "per-example", "fast"), ("cheap", "one-generator", "reference"),
+                                                   ("cheap", "per-example", "reference")])
+def test_bench_times_one_online_ipo_step_on_cpu(score, draws, decoder, capsys):
     import json
 
-    assert bench.main(TINY + ["--score", score, "--draws", draws]) == 0
+    assert bench.main(TINY + ["--score", score, "--draws", draws, "--decoder", decoder]) == 0
     out = capsys.readouterr().out
     for text in ("pairs/s:", "generated tokens/s:", "training tokens/s:", "split: generate", "MFU: n/a"):
         assert text in out
     result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
-    assert result["draws"] == draws and result["pairs_per_s"] == pytest.approx(4 / result["step_s"])
+    assert result["draws"] == draws and result["decoder"] == decoder and result["pairs_per_s"] == pytest.approx(4 / result["step_s"])
 
 
 def test_bench_counts_parameters_and_flops_by_closed_forms():
@@ -33,7 +35,8 @@ def test_bench_counts_parameters_and_flops_by_closed_forms():
     n = layers * (12 * d * d + 13 * d) + 2 * d
     assert r["non_embedding_params"] == n
     tokens = 2 * cfg.batch * (cfg.prompt_tokens + cfg.new_tokens)  # both responses of every prompt, with the prompt
-    flops = (2 + 6 + 2) * n * tokens  # generation, policy forward + backward, reference forward
+    generated = cfg.batch * (cfg.prompt_tokens + 2 * cfg.new_tokens)  # each prompt read once, two responses
+    flops = 2 * n * generated + (6 + 2) * n * tokens  # generation, policy forward + backward, reference forward
     assert r["mfu"] * r["step_s"] * 1e12 == pytest.approx(flops, rel=1e-9)
     assert r["peak_memory_gib"] is None and min(r["split"].values()) > 0
 
