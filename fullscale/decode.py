@@ -14,9 +14,11 @@ responses faster:
   stream, sample after sample; batching them keeps those tokens because every draw's noise is
   taken from the generator up front, in the order the k calls would take it. A categorical
   draw ``torch.multinomial(p, 1)`` is, in torch, ``argmax(p / E)`` with E a tensor of Exp(1)
-  noise of p's shape drawn from the generator (the exponential race, the Gumbel-max trick in
-  another form); ``tests/test_fullscale_decode.py`` checks that identity on this torch, token
-  for token. With one generator per row (the per-example draws of ``fullscale.dist``) every
+  noise of p's shape drawn from the generator (the exponential race: E_i / p_i ~ Exp(p_i), and
+  the smallest of independent exponentials is i with probability p_i / Σ p; the Gumbel-max
+  trick in another form); ``tests/test_fullscale_decode.py`` checks that identity on this
+  torch, token for token. On CPU the noise is drawn a third faster by ``_exponential_``, the
+  same numbers. With one generator per row (the per-example draws of ``fullscale.dist``) every
   row draws from its own generator (``fullscale.lm._draw``), so batching changes nothing.
 - **A static cache** (``transformers.StaticCache``): keys and values of the prompt plus
   ``length − 1`` positions preallocated, the attention mask a fixed [k·B, P + length − 1]
@@ -24,6 +26,11 @@ responses faster:
   so one decode step has fixed shapes (what a CUDA graph or ``torch.compile`` needs). Models
   outside ``STATIC_MODEL_TYPES`` (or a transformers without ``StaticCache``) use a growing
   cache instead, said once per process in one log line.
+- **One bf16 autocast region per rollout on CUDA**, so the trained weights' bf16 casts are
+  cached for the whole rollout instead of made again at every token.
+
+Not here yet, for want of a GPU to measure them on: capturing the decode step in a CUDA
+graph or compiling it, and a bf16 copy of the weights beside autocast.
 
 The logits of a row computed in a batch of k·B rows may differ from those of a batch of B in
 the last float bits (matrix products block differently by batch size), so a token may differ
@@ -102,9 +109,8 @@ def _prefill(model, ids, mask, k, max_len, static):
     """Prompt logits at the last position, and a static cache of k copies of the prompt rows,
     block after block (``static`` False: the growing cache, each row repeated k times in place)."""
     arg = _cache_arg(model)
-    with _autocast(ids.device):
-        kw = {"logits_to_keep": 1} if static else {}
-        out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, **kw)
+    kw = {"logits_to_keep": 1} if static else {}
+    out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, **kw)
     grown = out[arg]
     if not static:
         if k > 1:
@@ -126,12 +132,18 @@ def decode(model, prompts: Prompts, x: torch.Tensor, length: int, eos: int, pad:
     with it (and it ends in the same state); a list of k·B generators: row i draws from its own,
     as ``sample_responses`` with that list over ``x.repeat(k)``. ``mix=(ref_model, alpha)``:
     IPO-MD's geometric mixture, as in ``sample_responses``; ``return_logits`` adds the logits
-    each token was drawn from, [k·B, length, V]."""
+    each token was drawn from, [k·B, length, V]. On CUDA the whole rollout is one bf16 autocast
+    region, so the trained weights are cast to bf16 once per rollout, not once per token."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module  # no gradient here: the module itself, without the wrapper's hooks
+    with _autocast(prompts.ids.device):
+        return _decode(model, prompts, x, length, eos, pad, generator, k, temperature, mix, return_logits)
+
+
+def _decode(model, prompts, x, length, eos, pad, generator, k, temperature, mix, return_logits):
     per_row = isinstance(generator, (list, tuple))
     if per_row and len(generator) != k * len(x):
         raise ValueError(f"{len(generator)} generators for {k}·{len(x)} rows")
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        model = model.module  # no gradient here: the module itself, without the wrapper's hooks
     p_ids, p_mask = prompts.ids[x], prompts.mask[x].long()
     B, P = p_ids.shape
     dev = p_ids.device
@@ -180,9 +192,8 @@ def decode(model, prompts: Prompts, x: torch.Tensor, length: int, eos: int, pad:
                 step_mask, tokens, positions = step_mask[order], tokens[order], positions[order]
         out = []
         for i, m in enumerate(models):
-            with _autocast(dev):
-                kw = {"logits_to_keep": 1} if static else {}
-                o = m(input_ids=tokens, attention_mask=step_mask, position_ids=positions, use_cache=True, **{args[i]: caches[i]}, **kw)
+            kw = {"logits_to_keep": 1} if static else {}
+            o = m(input_ids=tokens, attention_mask=step_mask, position_ids=positions, use_cache=True, **{args[i]: caches[i]}, **kw)
             caches[i] = o[args[i]]
             lg = o.logits[:, -1]
             out.append(lg if order is None else lg[torch.argsort(order)])

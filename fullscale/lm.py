@@ -113,14 +113,51 @@ def response_logits(model, prompts: Prompts, x: torch.Tensor, y: torch.Tensor, e
     ids = torch.cat([p_ids, y], -1)
     mask = torch.cat([p_mask, r_mask.long()], -1)
     P, T = p_ids.shape[1], y.shape[1]
-    # the logits at position P-1+t predict response token t: the output layer runs on those T
-    # positions only (``logits_to_keep``, a model without it computes them all and they are cut)
-    keep = torch.arange(P - 1, P - 1 + T, device=ids.device)
-    kw = {"logits_to_keep": keep} if _accepts(model, "logits_to_keep") else {}
+    kept = _accepts(model, "logits_to_keep")
+    rows, where = torch.unique(x, return_inverse=True)
     with _autocast(ids.device):
-        out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), **kw)
-    logits = out.logits if kw else out.logits[:, P - 1 : P - 1 + T]
+        if kept and len(rows) < len(x) and P > 1 and _plain(model):
+            logits = _shared_prompt_logits(model, prompts, rows, where, p_ids[:, -1:], y, mask)
+        else:
+            # the logits at position P-1+t predict response token t: the output layer runs on those
+            # T positions only (``logits_to_keep``; a model without it computes them all, then cut)
+            kw = {"logits_to_keep": torch.arange(P - 1, P - 1 + T, device=ids.device)} if kept else {}
+            out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), **kw)
+            logits = out.logits if kw else out.logits[:, P - 1 : P - 1 + T]
     return _no_pad(logits.float(), pad, eos), r_mask
+
+
+def _plain(model) -> bool:
+    """A module of one process: not under DistributedDataParallel, not sharded by FSDP."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return False
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return True
+    return not isinstance(model, FSDPModule)
+
+
+def _shared_prompt_logits(model, prompts: Prompts, rows, where, p_last, y, mask):
+    """``response_logits``'s logits when prompts repeat (the two responses of a pair, RLHF's k
+    samples): the prompt's first P − 1 positions run once per distinct prompt row (``rows``) in
+    the model's body, and their keys and values, gradients flowing through them, are copied to
+    the rows that share them (``where``); then [last prompt token | response] runs on that cache,
+    its T positions giving the T logits in one pass of the output layer. The same numbers as one
+    pass over [prompt | response] to float rounding, with most of the prompt's work done once
+    per prompt rather than once per response. One process only (``_plain``): the prompt pass is
+    a second call before the backward pass."""
+    u_ids, u_mask = prompts.ids[rows][:, :-1], prompts.mask[rows][:, :-1].long()
+    body = model.base_model
+    arg = _cache_arg(body)
+    cache = body(input_ids=u_ids, attention_mask=u_mask, position_ids=_positions(u_mask), use_cache=True)[arg]
+    cache.batch_select_indices(where)
+    P = u_ids.shape[1] + 1
+    T = y.shape[1]
+    tail = torch.cat([p_last, y[:, :-1]], -1)  # [B, T]: the tokens whose next-token logits are wanted
+    m = mask[:, :P + T - 1]
+    out = model(input_ids=tail, attention_mask=m, position_ids=_positions(m)[:, P - 1:], use_cache=True, **{_cache_arg(model): cache})
+    return out.logits
 
 
 def sequence_logp(model, prompts: Prompts, x: torch.Tensor, y: torch.Tensor, eos: int, pad: int) -> torch.Tensor:
