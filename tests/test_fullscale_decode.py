@@ -1,7 +1,7 @@
 """The fast decode path (``fullscale.decode``) against the reference sampler it replaces,
 ``fullscale.lm.sample_responses`` (itself checked against exact enumerations in
 tests/test_fullscale_lm.py): the same tokens, the same logits to 1e-5 and the same generator
-state after, for GPT-2 and Llama, with EOS and padding, k samples per prompt, per-example
+state after, for GPT-2, Llama and Qwen2, with EOS and padding, k samples per prompt, per-example
 draws, IPO-MD's mixture, the growing-cache fallback; and a whole run of the runner gives the
 same results.json with either sampler."""
 
@@ -33,7 +33,16 @@ X = torch.tensor([0, 1, 2, 2, 1])
 
 
 def tiny(seed=0, arch="gpt2"):
-    m = build_model(ModelSpec(arch=arch, width=16, layers=2, heads=2, max_len=24), V, IDS, seed)
+    if arch == "qwen2":  # not one the runner builds, but one it loads: grouped-query attention, its own cache layout
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        cfg = Qwen2Config(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          num_key_value_heads=1, max_position_embeddings=24, pad_token_id=PAD, eos_token_id=EOS, tie_word_embeddings=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            m = Qwen2ForCausalLM(cfg).eval()
+    else:
+        m = build_model(ModelSpec(arch=arch, width=16, layers=2, heads=2, max_len=24), V, IDS, seed)
     with torch.no_grad():  # sharpen the random init so distributions are far from uniform
         for p in m.parameters():
             p.mul_(3.0)
@@ -80,12 +89,13 @@ def test_the_noise_is_torchs_exponential_noise_bit_for_bit():
     assert torch.equal(a.get_state(), b.get_state())
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
 @pytest.mark.parametrize("mixed", [False, True])
 @pytest.mark.parametrize("k", [1, 2, 3])
 @pytest.mark.parametrize("length", [1, 6])
 def test_decode_draws_the_tokens_of_k_reference_calls(arch, mixed, k, length):
     model, ref = tiny(0, arch), tiny(1, arch)
+    assert D._static_ok(model)  # the static cache, not the fallback
     mix = (ref, 0.3) if mixed else None
     a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     want, want_logits = reference(model, PROMPTS, X, length, EOS, PAD, a, k, 0.9, mix, True)
@@ -100,7 +110,10 @@ def test_decode_draws_the_tokens_of_k_reference_calls(arch, mixed, k, length):
 @pytest.mark.parametrize("k", [1, 2])
 def test_per_example_draws_are_those_of_each_rows_generator(arch, k):
     model = tiny(0, arch)
-    gens = lambda: [row_generator(11, i, "cpu") for i in range(k * len(X))]  # noqa: E731
+
+    def gens():
+        return [row_generator(11, i, "cpu") for i in range(k * len(X))]
+
     assert torch.equal(decode(model, PROMPTS, X, 6, EOS, PAD, gens(), k), reference(model, PROMPTS, X, 6, EOS, PAD, gens(), k))
     with pytest.raises(ValueError, match="generators"):
         decode(model, PROMPTS, X, 6, EOS, PAD, gens()[:-1], k)

@@ -86,6 +86,38 @@ def test_sequence_logp_is_a_token_by_token_sum():
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("T", [1, 4])
+def test_a_repeated_prompt_run_once_gives_the_log_probs_and_gradients_of_one_pass(arch, T, monkeypatch):
+    """Rows sharing a prompt (a pair, k samples) take ``_shared_prompt_logits``: the prompt's
+    body once per prompt, the responses on its cache. Against one pass per row over [prompt |
+    response] (``_plain`` patched off), in float64: the log-probs to 1e-12 and every gradient
+    to 1e-6 of its largest entry (Llama's rotary angles are computed in float32 whatever the
+    model's dtype, so its two paths agree to float32 rounding only)."""
+    import fullscale.lm as L
+
+    m = tiny(arch=arch).double().train()
+    x = torch.tensor([0, 1, 2, 2, 1, 0, 0])
+    y = torch.tensor([[5, 6, EOS, PAD], [6, EOS, PAD, PAD], [5, 5, 5, 5], [EOS, PAD, PAD, PAD], [6, 6, 5, EOS],
+                      [5, EOS, PAD, PAD], [6, 6, 6, 6]])[:, :T]
+    calls = []
+    real = L._shared_prompt_logits
+    monkeypatch.setattr(L, "_shared_prompt_logits", lambda *a: calls.append(1) or real(*a))
+
+    def logp_and_grads():
+        lp = sequence_logp(m, PROMPTS.to("cpu"), x, y, EOS, PAD)
+        return lp, torch.autograd.grad((lp * torch.linspace(0.5, 1.5, len(x), dtype=lp.dtype)).sum(), list(m.parameters()))
+
+    shared, g_shared = logp_and_grads()
+    assert calls, "the repeated prompts did not take the shared path"
+    monkeypatch.setattr(L, "_plain", lambda model: False)
+    plain, g_plain = logp_and_grads()
+    assert len(calls) == 1
+    torch.testing.assert_close(shared, plain, atol=1e-12, rtol=0)
+    for a, b in zip(g_shared, g_plain):
+        assert (a - b).abs().max() <= 1e-6 * b.abs().max()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_enumerated_responses_sum_to_one(arch):
     probs = table(tiny(arch=arch)).exp().sum(-1)
     torch.testing.assert_close(probs, torch.ones_like(probs), atol=1e-5, rtol=0)
