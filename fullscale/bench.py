@@ -10,7 +10,7 @@ once per response instead), score the pair (a cheap reward, the fraction of even
 the TRL throughput harness of the GPU-performance issue uses, or a pairwise
 preference model of the policy's shape), policy and reference log-probs, the
 IPO loss of ``shared.losses``, backward and an Adam step (the runner's,
-``fullscale.train``: fused where torch has it). It prints medians
+``fullscale.train``; ``--numerics fast`` as the runner's ``--train.numerics fast``). It prints medians
 over the measured steps after warm-up: pairs/s, generated tokens/s, training
 tokens/s, the split of the step into generate / score / train, peak GPU memory
 (CUDA), and model FLOP utilisation when ``--peak-tflops`` gives the device's
@@ -64,6 +64,8 @@ class BenchConfig:
     """IPO's β"""
     draws: Literal["one-generator", "per-example"] = "one-generator"
     """one-generator: the pair's draws from one generator (one process's default); per-example: each row with its own generator (``--dist.strategy ddp``'s draws)"""
+    numerics: Literal["exact", "fast"] = "exact"
+    """the runner's ``--train.numerics``: exact, or fused Adam and the pair's prompt run once in training (the same maths to float rounding)"""
     decoder: Literal["fast", "reference"] = "fast"
     """fast: the pair in one batch of 2·batch rows, static KV cache, prompt prefilled once (``fullscale.decode``, what the runner uses); reference: ``fullscale.lm.sample_responses`` once per response (a growing cache, the prompt's logits at every position)"""
 
@@ -97,7 +99,8 @@ def run(cfg: BenchConfig) -> dict:
     policy = build_model(spec, cfg.vocab, ids, seed=0).to(device).train()
     ref = build_model(spec, cfg.vocab, ids, seed=0).to(device).eval().requires_grad_(False)
     pm = build_model(spec, cfg.vocab, ids, seed=1, head=True).to(device).eval().requires_grad_(False) if cfg.score == "pm" else None
-    opt = _adam(policy, cfg.lr)
+    fast = cfg.numerics == "fast"
+    opt = _adam(policy, cfg.lr, fast)
     g = torch.Generator(device=device).manual_seed(0)
     prompts = Prompts(torch.randint(4, cfg.vocab, (cfg.batch, cfg.prompt_tokens), generator=g, device=device),
                       torch.ones(cfg.batch, cfg.prompt_tokens, dtype=torch.bool, device=device))
@@ -131,8 +134,8 @@ def run(cfg: BenchConfig) -> dict:
         t2 = time.perf_counter()
         yy, xx = torch.cat([y_w, y_l]), torch.cat([x, x])
         with torch.no_grad():
-            r = sequence_logp(ref, prompts, xx, yy, **ops)
-        p = sequence_logp(policy, prompts, xx, yy, **ops)
+            r = sequence_logp(ref, prompts, xx, yy, **ops, fast=fast)
+        p = sequence_logp(policy, prompts, xx, yy, **ops, fast=fast)
         loss = ipo_loss(p[: cfg.batch], p[cfg.batch:], r[: cfg.batch], r[cfg.batch:], cfg.beta).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

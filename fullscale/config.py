@@ -102,6 +102,8 @@ class TrainConfig(Schedule):
     """sampling temperature (the paper does not state it)"""
     save_every: int = 50
     """a run's state is also saved every this many steps"""
+    numerics: Literal["exact", "fast"] = "exact"
+    """exact: every float as the committed results were computed; fast: fused Adam, the output layer on the response positions only, and a repeated prompt's body run once for its responses (one process): the same maths to float rounding, faster, but a run's numbers change in their last digits and a world whose preference model is chaotic at its plateau (the small preset's) then turns out differently (docs/fullscale.md, Speed)"""
 
 
 @dataclass(frozen=True)

@@ -100,11 +100,14 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def response_logits(model, prompts: Prompts, x: torch.Tensor, y: torch.Tensor, eos: int, pad: int):
+def response_logits(model, prompts: Prompts, x: torch.Tensor, y: torch.Tensor, eos: int, pad: int, fast: bool = False):
     """Next-token logits at each response position, and the response mask.
 
     x: [B] prompt rows; y: [B, T]. Returns (logits [B, T, V] float32, mask [B, T]):
     logits[:, t] is the model's distribution of y[:, t] given the prompt and y[:, :t].
+    ``fast`` (``--train.numerics fast``): the output layer runs on the response positions only
+    (``logits_to_keep``), and rows that share a prompt run on one pass of its body
+    (``_shared_prompt_logits``; one process): the same numbers to float rounding, not bit for bit.
     """
     if x.ndim != 1 or y.ndim != 2 or y.shape[0] != x.shape[0]:
         raise ValueError(f"x must be [B] and y [B, T], got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -113,14 +116,14 @@ def response_logits(model, prompts: Prompts, x: torch.Tensor, y: torch.Tensor, e
     ids = torch.cat([p_ids, y], -1)
     mask = torch.cat([p_mask, r_mask.long()], -1)
     P, T = p_ids.shape[1], y.shape[1]
-    kept = _accepts(model, "logits_to_keep")
+    kept = fast and _accepts(model, "logits_to_keep")
     rows, where = torch.unique(x, return_inverse=True)
     with _autocast(ids.device):
         if kept and len(rows) < len(x) and P > 1 and _plain(model):
             logits = _shared_prompt_logits(model, prompts, rows, where, p_ids[:, -1:], y, mask)
         else:
-            # the logits at position P-1+t predict response token t: the output layer runs on those
-            # T positions only (``logits_to_keep``; a model without it computes them all, then cut)
+            # the logits at position P-1+t predict response token t (fast: the output layer runs on
+            # those T positions only, ``logits_to_keep``; otherwise on all P + T, then cut)
             kw = {"logits_to_keep": torch.arange(P - 1, P - 1 + T, device=ids.device)} if kept else {}
             out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), **kw)
             logits = out.logits if kw else out.logits[:, P - 1 : P - 1 + T]
@@ -160,11 +163,11 @@ def _shared_prompt_logits(model, prompts: Prompts, rows, where, p_last, y, mask)
     return out.logits
 
 
-def sequence_logp(model, prompts: Prompts, x: torch.Tensor, y: torch.Tensor, eos: int, pad: int) -> torch.Tensor:
+def sequence_logp(model, prompts: Prompts, x: torch.Tensor, y: torch.Tensor, eos: int, pad: int, fast: bool = False) -> torch.Tensor:
     """log π(y|x) = Σ_t log π(y_t | x, y_<t), summed over the response's tokens
     (EOS included; Tang et al. 2024 and Azar et al. 2023 use summed log-probs).
-    x: [B]; y: [B, T] -> [B] float32, differentiable."""
-    logits, mask = response_logits(model, prompts, x, y, eos, pad)
+    x: [B]; y: [B, T] -> [B] float32, differentiable. ``fast``: ``response_logits``."""
+    logits, mask = response_logits(model, prompts, x, y, eos, pad, fast)
     lp = torch.log_softmax(logits, -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
     return torch.where(mask, lp, torch.zeros_like(lp)).sum(-1)  # where, not ×: lp is −∞ at pads
 

@@ -99,7 +99,7 @@ class Pipeline(World):
     def _run(self, arm: Arm, c: dict, seed: int, evaluate: bool) -> dict:
         t, ev = self.t, self.cfg.eval
         deps = [self.world_key, getattr(self, "golden_run", None), repr(arm), c, seed, t.batch_size, t.temperature,
-                t.checkpoints, t.steps, asdict(ev), self.cfg.models.policy.width, self.cfg.seed]
+                t.checkpoints, t.steps, asdict(ev), self.cfg.models.policy.width, self.cfg.seed, *self._numerics()]
         if stream_read_by(arm) is not None:
             deps.append(str(self.stream_dir(stream_read_by(arm), seed)))
         if self.dist.active:  # per-example draws (fullscale.dist): other samples than one process's default
@@ -148,7 +148,7 @@ class Pipeline(World):
             series = optimise(model, ref, self.prompts, sampler, arm.loss, c["beta"], c["lr"], steps,
                               self.checkpoints(steps) if evaluate else set(), run_eval, self.ids["eos"], self.ids["pad"],
                               state_path=state, save_every=t.save_every, snapshot_at=snaps, snapshot=snapshot, progress=bar,
-                              dist=dist, losses=losses)
+                              dist=dist, losses=losses, fast=t.numerics == "fast")
         whole = dist.full_state(model)
         if main:
             atomic_save(whole, d / "final.pt")

@@ -81,13 +81,15 @@ def safe_load(path: Path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _adam(model, lr: float):
-    """Adam (Kingma & Ba 2015, Algorithm 1) over the trainable parameters. Fused, one kernel over
-    every parameter, where torch has it (CPU and CUDA from torch 2.4) and the parameters are plain
-    tensors: at GPT-2-small size on 2 CPU cores its step takes 0.06 s against the for-loop's 0.57 s
-    (docs/fullscale.md, The decode path and the step). Its updates equal the for-loop's to float
-    rounding, not bit for bit. FSDP's sharded parameters (DTensor) keep the for-loop."""
+def _adam(model, lr: float, fused: bool = False):
+    """Adam (Kingma & Ba 2015, Algorithm 1) over the trainable parameters. ``fused`` (``--train.numerics
+    fast``): one kernel over every parameter, where torch has it (CPU and CUDA from torch 2.4) and the
+    parameters are plain tensors; at GPT-2-small size on 2 CPU cores its step takes 0.06 s against the
+    for-loop's 0.57 s (docs/fullscale.md, Speed). Its updates equal the for-loop's to float rounding,
+    not bit for bit. FSDP's sharded parameters (DTensor) keep the for-loop."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if not fused:
+        return torch.optim.Adam(params, lr=lr)
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # a torch without it has no FSDP2 either
@@ -101,15 +103,15 @@ def _adam(model, lr: float):
 
 
 def _fit(model, n: int, batch_loss, lr: float, epochs: int, batch_size: int, generator: torch.Generator, progress=None,
-         dist=None) -> list[float]:
+         dist=None, fast: bool = False) -> list[float]:
     """Adam over ``epochs`` shuffled passes of ``n`` examples; ``batch_loss(idx, rows)`` gives the
     per-example losses of the minibatch ``idx``'s positions ``rows`` (a slice; every draw for the
     whole minibatch is made first, so it is the same on every rank). Returns the mean loss per
     epoch. Data parallel (``dist.active``): each rank computes its share of every minibatch,
     normalised by the minibatch's size, and the gradients are averaged over the ranks
-    (``Dist.average_gradients``), so N processes follow one."""
+    (``Dist.average_gradients``), so N processes follow one. ``fast``: fused Adam (``_adam``)."""
     active = dist is not None and dist.active
-    opt = _adam(model, lr)
+    opt = _adam(model, lr, fast)
     hist = []
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator)
@@ -137,21 +139,23 @@ def _fit(model, n: int, batch_loss, lr: float, epochs: int, batch_size: int, gen
 
 
 def supervised(model, prompts: Prompts, x, y, eos: int, pad: int, lr: float, epochs: int, batch_size: int,
-               generator: torch.Generator, progress=None, dist=None) -> list[float]:
+               generator: torch.Generator, progress=None, dist=None, fast: bool = False) -> list[float]:
     """SFT: maximise Σ log π(y|x) over (x, y) pairs (mean over the batch), shuffled
-    each epoch. Returns the mean loss per epoch. ``dist``: data parallel (``_fit``)."""
-    return _fit(model, len(x), lambda idx, rows: -sequence_logp(model, prompts, x[idx][rows], y[idx][rows], eos, pad),
-                lr, epochs, batch_size, generator, progress, dist)
+    each epoch. Returns the mean loss per epoch. ``dist``: data parallel; ``fast``: fused Adam (``_fit``)
+    and ``fullscale.lm.response_logits``'s fast path."""
+    return _fit(model, len(x), lambda idx, rows: -sequence_logp(model, prompts, x[idx][rows], y[idx][rows], eos, pad, fast),
+                lr, epochs, batch_size, generator, progress, dist, fast)
 
 
 def fit_pm(pm, prompts: Prompts, x, y_w, y_l, kind: str, eos: int, pad: int, cls: int, lr: float, epochs: int,
-           batch_size: int, generator: torch.Generator, progress=None, dist=None) -> list[float]:
+           batch_size: int, generator: torch.Generator, progress=None, dist=None, fast: bool = False) -> list[float]:
     """Train a preference model on labelled pairs (chosen y_w, rejected y_l).
 
     pairwise: r(x, y1, y2) = σ(score) by maximum likelihood with the order of the two
     responses randomised each time (Tang et al. 2024, §3; ``shared.losses.pairwise_pm_loss``);
     bt: a pointwise reward with the Bradley–Terry loss −log σ(r_w − r_l) (``bt_loss``).
     ``dist``: data parallel (``_fit``); the orders are drawn for the whole minibatch first.
+    ``fast``: fused Adam (``_fit``).
     """
     def batch_loss(idx, rows):
         xs, yw, yl = x[idx], y_w[idx], y_l[idx]
@@ -161,12 +165,13 @@ def fit_pm(pm, prompts: Prompts, x, y_w, y_l, kind: str, eos: int, pad: int, cls
         xs, yw, yl = xs[rows], yw[rows], yl[rows]
         return losses.bt_loss(pm_scores(pm, prompts, xs, [yw], eos, pad, cls), pm_scores(pm, prompts, xs, [yl], eos, pad, cls))
 
-    return _fit(pm, len(x), batch_loss, lr, epochs, batch_size, generator, progress, dist)
+    return _fit(pm, len(x), batch_loss, lr, epochs, batch_size, generator, progress, dist, fast)
 
 
 def optimise(model, ref_model, prompts: Prompts, sampler, loss_name: str, beta: float, lr: float, steps: int,
              eval_at: set[int], evaluate, eos: int, pad: int, state_path: Path | None = None, save_every: int = 50,
-             snapshot_at: set[int] = frozenset(), snapshot=None, progress=None, dist=None, losses: list | None = None) -> dict[str, list]:
+             snapshot_at: set[int] = frozenset(), snapshot=None, progress=None, dist=None, losses: list | None = None,
+             fast: bool = False) -> dict[str, list]:
     """Train ``model`` on ``sampler``'s pairs with loss ``LOSSES[loss_name]`` (see the module
     docstring). ``evaluate(step) -> dict`` runs at step 0 and at each step in ``eval_at``;
     ``snapshot(step)`` at each step in ``snapshot_at``. Resumes from ``state_path`` when it
@@ -178,11 +183,14 @@ def optimise(model, ref_model, prompts: Prompts, sampler, loss_name: str, beta: 
     computes the loss on its share of the rows, normalised by the global count, and
     DistributedDataParallel averages the gradients; only rank 0 saves the state. Under FSDP
     (``dist.fsdp``) ``model`` is sharded in place and every rank saves its shards of the state
-    (``Dist.save_state``); ``state_path`` is then a pointer to the latest state's folder."""
+    (``Dist.save_state``); ``state_path`` is then a pointer to the latest state's folder.
+
+    ``fast`` (``--train.numerics fast``): fused Adam, and the output layer on the response positions only
+    and one pass of a prompt's body for the responses that share it (``fullscale.lm.response_logits``)."""
     loss_fn = LOSSES[loss_name]
     active = dist is not None and dist.active
     net = dist.wrap(model) if active else model  # FSDP shards ``model`` in place, before Adam sees its parameters
-    opt = _adam(model, lr)
+    opt = _adam(model, lr, fast)
     sharded = active and dist.fsdp
     series: dict[str, list] = {"step": []}
     start, resumed = 0, False
@@ -236,16 +244,17 @@ def optimise(model, ref_model, prompts: Prompts, sampler, loss_name: str, beta: 
         if isinstance(batch, Rollouts):  # RLHF: k responses per prompt, y [B, k, T]
             B, k = batch.y.shape[:2]
             x, y = batch.x[:, None].expand(B, k).reshape(-1), batch.y.reshape(B * k, -1)
-            pi = sequence_logp(net, prompts, x, y, eos, pad).reshape(B, k)
+            pi = sequence_logp(net, prompts, x, y, eos, pad, fast).reshape(B, k)
             with torch.no_grad():
-                ref = sequence_logp(ref_model, prompts, x, y, eos, pad).reshape(B, k)
+                ref = sequence_logp(ref_model, prompts, x, y, eos, pad, fast).reshape(B, k)
             per = loss_fn(pi, ref, batch.reward, beta)  # one value per prompt (the mean over its k samples)
             loss = dist.global_mean(per * weight, n) if active else per.mean()
         else:
             B = batch.x.shape[0]
-            pi = sequence_logp(net, prompts, torch.cat([batch.x, batch.x]), torch.cat([batch.y_w, batch.y_l]), eos, pad)
+            xx, yy = torch.cat([batch.x, batch.x]), torch.cat([batch.y_w, batch.y_l])
+            pi = sequence_logp(net, prompts, xx, yy, eos, pad, fast)
             with torch.no_grad():
-                ref = sequence_logp(ref_model, prompts, torch.cat([batch.x, batch.x]), torch.cat([batch.y_w, batch.y_l]), eos, pad)
+                ref = sequence_logp(ref_model, prompts, xx, yy, eos, pad, fast)
             per = loss_fn(pi[:B], pi[B:], ref[:B], ref[B:], beta)
             loss = dist.global_mean(per * weight, n) if active else per.mean()
         if active:

@@ -178,7 +178,7 @@ class World:
     def _sft(self, capacity: float):
         """π_sft: maximum likelihood on both responses of every training pair (Tang et al. 2024, §3)."""
         d, done = self._stage(f"sft@{capacity:g}", self.data_key, asdict(self.cfg.models.policy), str(self.cfg.models.policy_path),
-                              capacity, self.t.sft_epochs, self.t.sft_lr, self.t.batch_size, self.cfg.seed)
+                              capacity, self.t.sft_epochs, self.t.sft_lr, self.t.batch_size, self.cfg.seed, *self._numerics())
         if not done:
             model = self._new_policy(capacity)
             p = self.pairs
@@ -188,7 +188,7 @@ class World:
             steps = self.t.sft_epochs * math.ceil(len(x) / self.t.batch_size)
             with self.progress(steps, f"sft@{capacity:g}") as bar:
                 hist = supervised(model, self.prompts, x, y, **self.policy_ops(), lr=self.t.sft_lr, epochs=self.t.sft_epochs,
-                                  batch_size=self.t.batch_size, generator=g, progress=bar, dist=self.dist)
+                                  batch_size=self.t.batch_size, generator=g, progress=bar, dist=self.dist, fast=self.t.numerics == "fast")
             if self.dist.main:
                 save_model(model, self.tokenizer, d / "model")
                 self._done(d, {"loss_per_epoch": hist, "params": sum(q.numel() for q in model.parameters())})
@@ -197,13 +197,17 @@ class World:
         self.extras.setdefault("models", {})[f"sft@{capacity:g}"] = json.loads((d / "info.json").read_text())
         return load_model(d / "model", device=self.device)[0]
 
+    def _numerics(self) -> tuple:
+        """A stage key's part for ``--train.numerics``: nothing for exact (the keys stages always had)."""
+        return () if self.t.numerics == "exact" else (f"numerics {self.t.numerics}",)
+
     def _pm(self, name, spec, path, x, y_w, y_l, extra=None, kind=None, path_key=None):
         """A preference model trained on (y_w, y_l); built from ``spec``, or started from the causal LM
         at ``path`` (cached under ``path_key`` when given, e.g. a stage's name, else under the path)."""
         m, t = self.cfg.models, self.t
         kind = kind or m.pm_kind
         d, done = self._stage(name, self.data_key, asdict(spec), path_key or str(path), kind, t.pm_epochs, t.pm_lr,
-                              t.batch_size, self.cfg.seed, extra)
+                              t.batch_size, self.cfg.seed, extra, *self._numerics())
         if not done:
             pm = (load_model(path, head=True, device=self.device)[0] if path is not None else
                   build_model(spec, len(self.tokenizer), self.ids, self.cfg.seed + 1, head=True).to(self.device))
@@ -211,7 +215,7 @@ class World:
             steps = t.pm_epochs * math.ceil(len(x) / t.batch_size)
             with self.progress(steps, name) as bar:
                 hist = fit_pm(pm, self.prompts, x, y_w, y_l, kind, self.ids["eos"], self.ids["pad"], self.ids["cls"],
-                              t.pm_lr, t.pm_epochs, t.batch_size, g, bar, dist=self.dist)
+                              t.pm_lr, t.pm_epochs, t.batch_size, g, bar, dist=self.dist, fast=t.numerics == "fast")
             if self.dist.main:
                 save_model(pm, self.tokenizer, d / "model")
                 self._done(d, {"loss_per_epoch": hist, "params": sum(q.numel() for q in pm.parameters()), "train_pairs": len(x)})

@@ -88,9 +88,9 @@ def test_sequence_logp_is_a_token_by_token_sum():
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 @pytest.mark.parametrize("T", [1, 4])
 def test_a_repeated_prompt_run_once_gives_the_log_probs_and_gradients_of_one_pass(arch, T, monkeypatch):
-    """Rows sharing a prompt (a pair, k samples) take ``_shared_prompt_logits``: the prompt's
-    body once per prompt, the responses on its cache. Against one pass per row over [prompt |
-    response] (``_plain`` patched off), in float64: the log-probs to 1e-12 and every gradient
+    """Under ``--train.numerics fast`` rows sharing a prompt (a pair, k samples) take
+    ``_shared_prompt_logits``: the prompt's body once per prompt, the responses on its cache.
+    Against one pass per row over [prompt | response] (``_plain`` patched off), in float64: the log-probs to 1e-12 and every gradient
     to 1e-6 of its largest entry (Llama's rotary angles are computed in float32 whatever the
     model's dtype, so its two paths agree to float32 rounding only)."""
     import fullscale.lm as L
@@ -104,7 +104,7 @@ def test_a_repeated_prompt_run_once_gives_the_log_probs_and_gradients_of_one_pas
     monkeypatch.setattr(L, "_shared_prompt_logits", lambda *a: calls.append(1) or real(*a))
 
     def logp_and_grads():
-        lp = sequence_logp(m, PROMPTS.to("cpu"), x, y, EOS, PAD)
+        lp = sequence_logp(m, PROMPTS, x, y, EOS, PAD, fast=True)
         return lp, torch.autograd.grad((lp * torch.linspace(0.5, 1.5, len(x), dtype=lp.dtype)).sum(), list(m.parameters()))
 
     shared, g_shared = logp_and_grads()
@@ -115,6 +115,8 @@ def test_a_repeated_prompt_run_once_gives_the_log_probs_and_gradients_of_one_pas
     torch.testing.assert_close(shared, plain, atol=1e-12, rtol=0)
     for a, b in zip(g_shared, g_plain):
         assert (a - b).abs().max() <= 1e-6 * b.abs().max()
+    exact = sequence_logp(m, PROMPTS, x, y, EOS, PAD)  # the default: the output layer on every position, then cut
+    torch.testing.assert_close(exact, plain, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

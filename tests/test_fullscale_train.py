@@ -9,7 +9,7 @@ pytest.importorskip("transformers")
 
 import torch
 
-from fullscale.lm import LMPolicy, PMOracle, Prompts
+from fullscale.lm import LMPolicy, PMOracle, Prompts, sequence_logp
 from fullscale.models import ModelSpec, build_model, special_ids, word_tokenizer
 from fullscale.train import optimise, supervised
 from shared.sampling import OfflineSampler, OnlineSampler, RefreshSampler, ReplaySampler, RolloutSampler
@@ -173,3 +173,38 @@ def test_the_data_parallel_loss_of_one_process_is_the_plain_mean(kind):
     (plain, w0), (parallel, w1) = train(None), train(Dist(0, 1, True))
     assert len(plain) == 5 and parallel == pytest.approx(plain, rel=1e-5, abs=1e-8)
     assert torch.allclose(w0, w1, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["online", "offline", "rlhf"])
+def test_fast_numerics_follow_the_exact_training_to_float_rounding(kind):
+    """``--train.numerics fast`` (fused Adam, the output layer on response positions only, a
+    repeated prompt's body once) against the default on the same batches: the loss at every
+    step to float rounding, and the final policies' log-probs to 1e-3 (not the weights: Adam
+    turns a rounding-sized gradient into a step of the learning rate's size, so weights whose
+    gradient is near 0 may move apart); the default's Adam is not the fused one."""
+    from fullscale.train import _adam
+    from shared.sampling import Batch
+
+    def train(fast):
+        model, ref, oracle = world()
+        g = torch.Generator().manual_seed(0)
+        pol = LMPolicy(model, PROMPTS, 4, EOS, PAD)
+        if kind == "rlhf":
+            sampler = RolloutSampler(pol, lambda x, y: (y == 5).sum(-1).float(), torch.arange(4), (6,), 3, g)
+        elif kind == "offline":
+            y = torch.randint(5, 8, (12, 4), generator=torch.Generator().manual_seed(3))
+            sampler = OfflineSampler(Batch(torch.arange(12) % 4, y, y.flip(0), torch.zeros(12, dtype=torch.bool)), 6, g)
+        else:
+            sampler = OnlineSampler(pol, oracle, torch.arange(4), (6,), g)
+        losses = []
+        optimise(model, ref, PROMPTS, sampler, "rloo" if kind == "rlhf" else "ipo", 0.1, 1e-2, 5, set(), lambda s: {}, EOS, PAD,
+                 losses=losses, fast=fast)
+        y = torch.randint(5, 8, (8, 4), generator=torch.Generator().manual_seed(9))
+        with torch.no_grad():
+            return losses, sequence_logp(model, PROMPTS, torch.arange(8) % 4, y, EOS, PAD)
+
+    (exact, lp0), (fast, lp1) = train(False), train(True)
+    assert len(exact) == 5 and fast == pytest.approx(exact, rel=1e-4, abs=1e-6)
+    torch.testing.assert_close(lp1, lp0, rtol=1e-3, atol=1e-3)
+    model = world()[0]
+    assert not _adam(model, 1e-3).defaults.get("fused") and _adam(model, 1e-3, fused=True).defaults["fused"]
