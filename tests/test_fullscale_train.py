@@ -144,6 +144,19 @@ def test_rlhf_raises_the_reward_it_is_trained_on():
     assert mean_reward() > before + 0.5
 
 
+def small_sampler(kind, pol, oracle):
+    """Six pairs a step: online from ``pol`` labelled by ``oracle``, offline from fixed pairs, or RLHF rollouts (k = 3)."""
+    from shared.sampling import Batch
+
+    g = torch.Generator().manual_seed(0)
+    if kind == "rlhf":
+        return RolloutSampler(pol, lambda x, y: (y == 5).sum(-1).float(), torch.arange(4), (6,), 3, g)
+    if kind == "offline":
+        y = torch.randint(5, 8, (12, 4), generator=torch.Generator().manual_seed(3))
+        return OfflineSampler(Batch(torch.arange(12) % 4, y, y.flip(0), torch.zeros(12, dtype=torch.bool)), 6, g)
+    return OnlineSampler(pol, oracle, torch.arange(4), (6,), g)
+
+
 @pytest.mark.parametrize("kind", ["online", "offline", "rlhf"])
 def test_the_data_parallel_loss_of_one_process_is_the_plain_mean(kind):
     """``optimise`` with ``dist`` active and one process (the reference N processes reproduce)
@@ -152,19 +165,10 @@ def test_the_data_parallel_loss_of_one_process_is_the_plain_mean(kind):
     and for RLHF's rollouts (one loss per prompt: the normalisation by the global count once
     went wrong there, by a factor of the batch size)."""
     from fullscale.dist import Dist
-    from shared.sampling import Batch
 
     def train(dist):
         model, ref, oracle = world()
-        g = torch.Generator().manual_seed(0)
-        pol = LMPolicy(model, PROMPTS, 4, EOS, PAD, dist=Dist(0, 1, True))
-        if kind == "rlhf":
-            sampler = RolloutSampler(pol, lambda x, y: (y == 5).sum(-1).float(), torch.arange(4), (6,), 3, g)
-        elif kind == "offline":
-            y = torch.randint(5, 8, (12, 4), generator=torch.Generator().manual_seed(3))
-            sampler = OfflineSampler(Batch(torch.arange(12) % 4, y, y.flip(0), torch.zeros(12, dtype=torch.bool)), 6, g)
-        else:
-            sampler = OnlineSampler(pol, oracle, torch.arange(4), (6,), g)
+        sampler = small_sampler(kind, LMPolicy(model, PROMPTS, 4, EOS, PAD, dist=Dist(0, 1, True)), oracle)
         losses = []
         optimise(model, ref, PROMPTS, sampler, "rloo" if kind == "rlhf" else "ipo", 0.1, 1e-2, 5, set(), lambda s: {}, EOS, PAD,
                  dist=dist, losses=losses)
@@ -183,19 +187,10 @@ def test_fast_numerics_follow_the_exact_training_to_float_rounding(kind):
     turns a rounding-sized gradient into a step of the learning rate's size, so weights whose
     gradient is near 0 may move apart); the default's Adam is not the fused one."""
     from fullscale.train import _adam
-    from shared.sampling import Batch
 
     def train(fast):
         model, ref, oracle = world()
-        g = torch.Generator().manual_seed(0)
-        pol = LMPolicy(model, PROMPTS, 4, EOS, PAD)
-        if kind == "rlhf":
-            sampler = RolloutSampler(pol, lambda x, y: (y == 5).sum(-1).float(), torch.arange(4), (6,), 3, g)
-        elif kind == "offline":
-            y = torch.randint(5, 8, (12, 4), generator=torch.Generator().manual_seed(3))
-            sampler = OfflineSampler(Batch(torch.arange(12) % 4, y, y.flip(0), torch.zeros(12, dtype=torch.bool)), 6, g)
-        else:
-            sampler = OnlineSampler(pol, oracle, torch.arange(4), (6,), g)
+        sampler = small_sampler(kind, LMPolicy(model, PROMPTS, 4, EOS, PAD), oracle)
         losses = []
         optimise(model, ref, PROMPTS, sampler, "rloo" if kind == "rlhf" else "ipo", 0.1, 1e-2, 5, set(), lambda s: {}, EOS, PAD,
                  losses=losses, fast=fast)
