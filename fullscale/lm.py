@@ -117,7 +117,7 @@ def response_logits(model, prompts: Prompts, x: torch.Tensor, y: torch.Tensor, e
     mask = torch.cat([p_mask, r_mask.long()], -1)
     P, T = p_ids.shape[1], y.shape[1]
     kept = fast and _accepts(model, "logits_to_keep")
-    rows, where = torch.unique(x, return_inverse=True)
+    rows, where = torch.unique(x, return_inverse=True) if kept else (x, None)
     with _autocast(ids.device):
         if kept and len(rows) < len(x) and P > 1 and _plain(model):
             logits = _shared_prompt_logits(model, prompts, rows, where, p_ids[:, -1:], y, mask)
