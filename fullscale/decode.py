@@ -106,15 +106,15 @@ def draw_noise(generator, rows: int, vocab: int, length: int, k: int, device) ->
 
 
 def _prefill(model, ids, mask, k, max_len, static):
-    """Prompt logits at the last position, and a static cache of k copies of the prompt rows,
-    block after block (``static`` False: the growing cache, each row repeated k times in place)."""
+    """Prompt logits at the last position, and a cache of k copies of the prompt rows, block
+    after block: static, or (``static`` False) the growing cache the prefill returned."""
     arg = _cache_arg(model)
     kw = {"logits_to_keep": 1} if static else {}
     out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, **kw)
     grown = out[arg]
     if not static:
         if k > 1:
-            grown.batch_repeat_interleave(k)  # rows m·k + j; reordered to block order by the caller
+            grown.batch_select_indices(torch.arange(len(ids), device=ids.device).repeat(k))
         return out.logits[:, -1], grown
     from transformers import StaticCache
 
@@ -152,9 +152,6 @@ def _decode(model, prompts, x, length, eos, pad, generator, k, temperature, mix,
     static = all([_static_ok(m) for m in models])
     firsts, caches = zip(*(_prefill(m, p_ids, p_mask, k, max_len, static) for m in models))
     caches = list(caches)
-    order = None
-    if not static and k > 1:  # a grown cache repeated row by row: feed rows in that order
-        order = torch.arange(k * B, device=dev).view(k, B).t().reshape(-1)  # position of block row r in the cache
     mask = torch.zeros(k * B, max_len, dtype=p_mask.dtype, device=dev)
     mask[:, :P] = p_mask.repeat(k, 1)
     pos = p_mask.sum(-1, keepdim=True).repeat(k, 1)
@@ -186,17 +183,13 @@ def _decode(model, prompts, x, length, eos, pad, generator, k, temperature, mix,
         if t + 1 == length:
             break
         mask[:, P + t] = 1
-        step_mask, tokens, positions = (mask, tok[:, None], pos) if static else (mask[:, :P + t + 1], tok[:, None], pos)
-        if not static:
-            if order is not None:
-                step_mask, tokens, positions = step_mask[order], tokens[order], positions[order]
+        step_mask = mask if static else mask[:, :P + t + 1]  # a growing cache takes the mask of what it holds
+        kw = {"logits_to_keep": 1} if static else {}
         out = []
         for i, m in enumerate(models):
-            kw = {"logits_to_keep": 1} if static else {}
-            o = m(input_ids=tokens, attention_mask=step_mask, position_ids=positions, use_cache=True, **{args[i]: caches[i]}, **kw)
+            o = m(input_ids=tok[:, None], attention_mask=step_mask, position_ids=pos, use_cache=True, **{args[i]: caches[i]}, **kw)
             caches[i] = o[args[i]]
-            lg = o.logits[:, -1]
-            out.append(lg if order is None else lg[torch.argsort(order)])
+            out.append(o.logits[:, -1])
         logits = scores(out)
         pos = pos + 1
     y = torch.stack(ys, -1)
