@@ -157,7 +157,7 @@ def test_a_run_gives_the_same_results_with_the_reference_sampler(tmp_path, monke
     from fullscale import evaluate, pipeline
     from fullscale.run import main
 
-    args = ["--config", str(Path(__file__).parent / "fixtures" / "fullscale-tiny.json"), "--hypothesis", "refresh", "--seeds", "1"]
+    args = ["--config", str(Path(__file__).parent / "fixtures" / "fullscale-tiny.json"), "--hypothesis", "refresh", "--seeds", "1", "--train.steps", "2", "--train.checkpoints", "2"]
     assert main(args + ["--out", str(tmp_path / "fast")]) == 0
     for module in (D, evaluate, pipeline):
         monkeypatch.setattr(module, "decode", reference)
