@@ -4,7 +4,7 @@ results schema names them (docs/results-schema.md).
 Docs: docs/fullscale.md (§ metrics). Tests: tests/test_fullscale_run.py.
 
 ``evaluate_checkpoint(pipe, ...)`` reads the world and the golden policy's reference
-responses from a ``fullscale.pipeline.Pipeline``: win rate against the golden policy (on
+responses from a ``fullscale.study.Pipeline``: win rate against the golden policy (on
 two halves of the prompts too), token-wise KL to π_sft, the policy-as-classifier accuracies
 (on D_golden, on its own pairs, on the online run's pairs, and the proxy PM's on those) and
 the log-likelihood shifts of chosen and rejected responses.

@@ -178,7 +178,7 @@ def _join(cfg):
 
 def _follow(cfg, prepared, dist) -> int:
     """A rank other than 0: run the study with rank 0 (``fullscale.dist``), which writes every file."""
-    from fullscale.pipeline import Pipeline, run_study
+    from fullscale.study import Pipeline, run_study
 
     try:
         run_study(Pipeline(cfg, None, None, data=prepared, dist=dist), cfg.hypothesis)
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"resolved config: {json.dumps(resolved)}")
 
     # lazy: torch and transformers load only once the inputs are checked (fast --help and errors)
-    from fullscale.pipeline import Pipeline, run_study
+    from fullscale.study import Pipeline, run_study
     from shared import plots, report
 
     t0 = time.time()

@@ -2,14 +2,14 @@
 
 Docs: docs/fullscale.md (§ the pipeline). Tests: tests/test_fullscale_run.py, tests/test_fullscale_checks.py.
 
-Section 1 of the study, as in ``toysim.env``: the task data; SFT of the policy on both
+Section 1 of the study, as in ``toysim.world``: the task data; SFT of the policy on both
 responses of every pair; the golden PM trained on the initial (rater / human) labels;
 D_golden, the pairs relabelled by the golden PM; the proxy PM trained on D_golden (and, for
 the RLHF arm, a Bradley–Terry reward model on the same data).
 
 Every stage is stored under ``cache/<stage>-<hash>`` where the hash covers the config
 fields it depends on and its inputs' hashes, written to a temporary name and renamed when
-finished; a finished stage is reused. ``fullscale.pipeline`` adds the golden policy and the
+finished; a finished stage is reused. ``fullscale.study`` adds the golden policy and the
 arms on top of a ``World``.
 """
 

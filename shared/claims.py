@@ -19,7 +19,8 @@ from typing import Callable
 import numpy as np
 
 from shared.metrics import gap_at_matched_kl
-from shared.results import ci_over_seeds, curves, final, fmt, gap, has, has_halves, peak, per_seed, runs_of, seeds_of, verdict_from_ci
+from shared.results import (best_run, ci_over_seeds, curves, final, first_series, fmt, gap, has, has_halves, peak, per_seed, runs_of,
+                            seeds_of, verdict_from_ci)
 from shared.studies import ARMS, Arm, Study, scale_arms
 
 __all__ = ["Claim", "CLAIMS", "judge"]
@@ -56,7 +57,8 @@ def _rise_then_fall(results: dict) -> tuple[str, str]:
     for a in arms:
         flags = []
         for s in seeds_of(results, a):
-            for r in runs_of(results, a, s)[:1] if a == "online" else [max(runs_of(results, a, s), key=lambda r: max(r["series"]["win_rate"]))]:
+            for r in (runs_of(results, a, s)[:1] if a == "online"
+                      else [best_run(runs_of(results, a, s))]):
                 wr = np.asarray(r["series"]["win_rate"])
                 i = int(wr.argmax())
                 flags.append(0 < i < len(wr) - 1 and wr[i] - wr[-1] > 0.005 and wr[i] - wr[0] > 0.005)
@@ -73,7 +75,8 @@ def _online_ge_offline(results):
     evidence = f"win rate online − offline at matched KL: {fmt(m, half)}"
     if has_halves(results, "online") and has_halves(results, "offline"):
         # estimated win rates: the envelope over the sweep is cross-fitted; the plain one is biased towards offline
-        evidence += f" (cross-fitted over halves of the evaluation prompts; plain envelope: {fmt(*gap(results, 'online', 'offline', crossfit=False))})"
+        evidence += (" (cross-fitted over halves of the evaluation prompts; plain envelope: "
+                     f"{fmt(*gap(results, 'online', 'offline', crossfit=False))})")
     return verdict_from_ci(m, half), evidence
 
 
@@ -88,10 +91,11 @@ def _ordered_replay(results):
     if not has(results, "online", "replay-ordered"):
         return _missing(results, "online", "replay-ordered")
     diffs = per_seed(results, ("online", "replay-ordered"), lambda s: float(np.max(np.abs(
-        np.asarray(runs_of(results, "online", s)[0]["series"]["win_rate"])
-        - np.asarray(runs_of(results, "replay-ordered", s)[0]["series"]["win_rate"])))))
+        np.asarray(first_series(results, "online", s)["win_rate"])
+        - np.asarray(first_series(results, "replay-ordered", s)["win_rate"])))))
     worst = max(diffs)
-    return ("supported" if worst <= 1e-3 else "not supported"), f"max |win-rate difference| vs online over checkpoints and seeds: {worst:.2e} (threshold 1e-3)"
+    return ("supported" if worst <= 1e-3 else "not supported"), (
+        f"max |win-rate difference| vs online over checkpoints and seeds: {worst:.2e} (threshold 1e-3)")
 
 
 def _recovered(results, arm, lo="offline", hi="online"):
@@ -138,36 +142,39 @@ def _quality(results):
     if not has(results, "online", "self-final"):
         return _missing(results, "online", "self-final")
     def f(s):
-        wr0 = runs_of(results, "online", s)[0]["series"]["win_rate"][0]
-        top = runs_of(results, "online", s)[0]["series"]["win_rate"][-1]
+        wr0 = first_series(results, "online", s)["win_rate"][0]
+        top = first_series(results, "online", s)["win_rate"][-1]
         return (peak(results, "self-final", s) - wr0) / (top - wr0) if top > wr0 else math.nan
     m, half = ci_over_seeds(per_seed(results, ("online", "self-final"), f))
-    return verdict_from_ci(0.25 - m, half), f"self-final's peak gain over SFT as a fraction of the final online policy's gain: {fmt(m, half)} (supported needs < 0.25)"
+    return verdict_from_ci(0.25 - m, half), (f"self-final's peak gain over SFT as a fraction of the final online policy's gain: "
+                                             f"{fmt(m, half)} (supported needs < 0.25)")
 
 
 def _proxy_beats_policies(results):
     if not has(results, "online", "offline"):
         return _missing(results, "online", "offline")
     def margin(s):
-        on = runs_of(results, "online", s)[0]["series"]
+        on = first_series(results, "online", s)
         last = on["step"][-1]
-        best_off = max(runs_of(results, "offline", s), key=lambda r: max(r["series"]["win_rate"]))["series"]
+        best_off = best_run(runs_of(results, "offline", s))["series"]
         off = [a for st, a in zip(best_off["step"], best_off["acc_online_pairs"]) if 0 < st <= last]
         proxy = float(np.mean(on["proxy_acc_online_pairs"][1:]))
         return proxy - max(float(np.mean(on["acc_online_pairs"][1:])), float(np.mean(off)))
     m, half = ci_over_seeds(per_seed(results, ("online", "offline"), margin))
-    decay = ci_over_seeds(per_seed(results, ("online",), lambda s: runs_of(results, "online", s)[0]["series"]["proxy_acc_online_pairs"][1]
-                                 - runs_of(results, "online", s)[0]["series"]["proxy_acc_online_pairs"][-1]))
+    decay = ci_over_seeds(per_seed(results, ("online",), lambda s: first_series(results, "online", s)["proxy_acc_online_pairs"][1]
+                                 - first_series(results, "online", s)["proxy_acc_online_pairs"][-1]))
     v1, v2 = verdict_from_ci(m, half), verdict_from_ci(*decay)
     v = v1 if v1 == v2 else "mixed"
     return v, (f"proxy accuracy on online pairs − the better policy's (online: mean over its trained checkpoints; offline: mean over "
-               f"its checkpoints within the online run's steps): {fmt(m, half)}; proxy accuracy first trained − last checkpoint: {fmt(*decay)}")
+               f"its checkpoints within the online run's steps): {fmt(m, half)}; "
+               f"proxy accuracy first trained − last checkpoint: {fmt(*decay)}")
 
 
 def _offline_classifies_better(results):
     if not has(results, "online", "offline"):
         return _missing(results, "online", "offline")
-    m, half = ci_over_seeds(per_seed(results, ("online", "offline"), lambda s: final(results, "offline", s, "acc_golden") - final(results, "online", s, "acc_golden")))
+    m, half = ci_over_seeds(per_seed(results, ("online", "offline"),
+                                     lambda s: final(results, "offline", s, "acc_golden") - final(results, "online", s, "acc_golden")))
     return verdict_from_ci(m, half), f"accuracy on D_golden, offline − online (final checkpoints): {fmt(m, half)}"
 
 
@@ -182,7 +189,8 @@ def _acc_uncorrelated(results):
     m, half = ci_over_seeds(per_seed(results, ("offline",), f))
     if math.isnan(m):
         return "not tested", "the sweep has fewer than two distinct runs per seed"
-    return verdict_from_ci(0.5 - m, half), f"|Pearson r|(accuracy on D_golden, peak win rate) across the offline sweep, per seed: {fmt(m, half)} (supported needs < 0.5)"
+    return verdict_from_ci(0.5 - m, half), (f"|Pearson r|(accuracy on D_golden, peak win rate) across the offline sweep, per seed: "
+                                            f"{fmt(m, half)} (supported needs < 0.5)")
 
 
 def _chosen_falls(results):
@@ -191,10 +199,12 @@ def _chosen_falls(results):
         return _missing(results, "online", "offline")
     shifts = {a: ci_over_seeds(per_seed(results, (a,), lambda s, a=a: final(results, a, s, "chosen_logp_shift"))) for a in arms}
     all_fall = all(verdict_from_ci(-m, half) == "supported" for m, half in shifts.values())
-    m, half = ci_over_seeds(per_seed(results, ("online", "offline"), lambda s: final(results, "online", s, "chosen_logp_shift") - final(results, "offline", s, "chosen_logp_shift")))
+    m, half = ci_over_seeds(per_seed(results, ("online", "offline"), lambda s: final(results, "online", s, "chosen_logp_shift")
+                                     - final(results, "offline", s, "chosen_logp_shift")))
     most = verdict_from_ci(m, half)
     v = "supported" if all_fall and most == "supported" else "mixed" if all_fall or most == "supported" else "not supported"
-    return v, "chosen log-likelihood shift (D_golden): " + ", ".join(f"{a} {fmt(*shifts[a])}" for a in arms) + f"; online − offline {fmt(m, half)}"
+    return v, ("chosen log-likelihood shift (D_golden): " + ", ".join(f"{a} {fmt(*shifts[a])}" for a in arms)
+               + f"; online − offline {fmt(m, half)}")
 
 
 def _self_chance(results):
@@ -204,7 +214,7 @@ def _self_chance(results):
     parts, ok = [], True
     for a in arms:
         m, half = ci_over_seeds(per_seed(results, (a,), lambda s, a=a: float(np.max(
-            max(runs_of(results, a, s), key=lambda r: max(r["series"]["win_rate"]))["series"]["acc_self"][1:]))))
+            best_run(runs_of(results, a, s))["series"]["acc_self"][1:]))))
         ok &= verdict_from_ci(0.55 - m, half) == "supported"
         parts.append(f"{a} best accuracy on its own samples {fmt(m, half)}")
     return ("supported" if ok else "not supported"), "; ".join(parts) + " (supported needs < 0.55)"
@@ -215,7 +225,8 @@ def _bo2(results):
     need not share a KL range; the paper compares them by their best win rate."""
     if not has(results, "online-bo2", "offline-bo2", "tandem-bo2"):
         return _missing(results, "online-bo2", "offline-bo2", "tandem-bo2")
-    m, half = ci_over_seeds(per_seed(results, ("online-bo2", "offline-bo2"), lambda s: peak(results, "online-bo2", s) - peak(results, "offline-bo2", s)))
+    m, half = ci_over_seeds(per_seed(results, ("online-bo2", "offline-bo2"),
+                                     lambda s: peak(results, "online-bo2", s) - peak(results, "offline-bo2", s)))
     def rec(s):
         g = peak(results, "online-bo2", s) - peak(results, "offline-bo2", s)
         return (peak(results, "tandem-bo2", s) - peak(results, "offline-bo2", s)) / g if g > 0 else math.nan
@@ -223,7 +234,8 @@ def _bo2(results):
     v1 = verdict_from_ci(m, half)
     v2 = verdict_from_ci(r - 0.8, half_r)
     v = "supported" if v1 == v2 == "supported" else "not supported" if "supported" not in (v1, v2) else "mixed"
-    return v, f"peak win rate Bo2 online − offline: {fmt(m, half)}; tandem-Bo2 recovers {fmt(r, half_r)} of that peak gap (supported needs > 0.8)"
+    return v, (f"peak win rate Bo2 online − offline: {fmt(m, half)}; "
+               f"tandem-Bo2 recovers {fmt(r, half_r)} of that peak gap (supported needs > 0.8)")
 
 
 
@@ -234,19 +246,21 @@ def _scale_peaks(results):
     peaks = [ci_over_seeds(per_seed(results, (a,), lambda s, a=a: peak(results, a, s))) for a in arms]
     gain = ci_over_seeds(per_seed(results, (arms[0], arms[-1]), lambda s: peak(results, arms[-1], s) - peak(results, arms[0], s)))
     def overopt(a):
-        return ci_over_seeds(per_seed(results, (a,), lambda s: peak(results, a, s) - runs_of(results, a, s)[0]["series"]["win_rate"][-1]))
+        return ci_over_seeds(per_seed(results, (a,), lambda s: peak(results, a, s) - first_series(results, a, s)["win_rate"][-1]))
     still = all(verdict_from_ci(*overopt(a)) == "supported" for a in arms)
     def kl_at_peak(a, s):
-        r = runs_of(results, a, s)[0]["series"]
+        r = first_series(results, a, s)
         return r["kl"][int(np.argmax(r["win_rate"]))]
     def log_ratio(s):  # undefined when a peak sits at π_sft itself (KL 0)
         a, b = kl_at_peak(arms[-1], s), kl_at_peak(arms[0], s)
         return math.log(a / b) if a > 0 and b > 0 else math.nan
     ratio = ci_over_seeds(per_seed(results, (arms[0], arms[-1]), log_ratio))
     similar = not math.isnan(ratio[0]) and abs(ratio[0]) < math.log(3)
-    v = "supported" if verdict_from_ci(*gain) == "supported" and still and similar else "mixed" if verdict_from_ci(*gain) == "supported" else "not supported"
+    v = ("supported" if verdict_from_ci(*gain) == "supported" and still and similar
+         else "mixed" if verdict_from_ci(*gain) == "supported" else "not supported")
     return v, ("peak win rate " + ", ".join(f"{a} {fmt(*p)}" for a, p in zip(arms, peaks))
-               + f"; largest − smallest {fmt(*gain)}; all over-optimise (peak > final): {still}; log KL-at-peak ratio {fmt(*ratio)} (similar needs |·| < log 3)")
+               + f"; largest − smallest {fmt(*gain)}; all over-optimise (peak > final): {still}; "
+                 f"log KL-at-peak ratio {fmt(*ratio)} (similar needs |·| < log 3)")
 
 
 def _scale_tandem(results):
@@ -266,16 +280,20 @@ def _scale_tandem(results):
 def _separation(results):
     if not has(results, "sft-vs-800", "sft-vs-4k"):
         return _missing(results, "sft-vs-800", "sft-vs-4k")
-    m, half = ci_over_seeds(per_seed(results, ("sft-vs-800", "sft-vs-4k"), lambda s: peak(results, "sft-vs-800", s) - peak(results, "sft-vs-4k", s)))
-    return verdict_from_ci(m + 0.01, half), f"peak win rate sft-vs-800 − sft-vs-4k (wider pair): {fmt(m, half)} (supported unless the wider pair is better by > 0.01)"
+    m, half = ci_over_seeds(per_seed(results, ("sft-vs-800", "sft-vs-4k"),
+                                     lambda s: peak(results, "sft-vs-800", s) - peak(results, "sft-vs-4k", s)))
+    return verdict_from_ci(m + 0.01, half), (f"peak win rate sft-vs-800 − sft-vs-4k (wider pair): {fmt(m, half)}"
+                                             " (supported unless the wider pair is better by > 0.01)")
 
 
 def _proximity(results):
     if not has(results, "sft-vs-800", "800-vs-4k", "offline"):
         return _missing(results, "sft-vs-800", "800-vs-4k", "offline")
-    m, half = ci_over_seeds(per_seed(results, ("sft-vs-800", "800-vs-4k"), lambda s: peak(results, "sft-vs-800", s) - peak(results, "800-vs-4k", s)))
+    m, half = ci_over_seeds(per_seed(results, ("sft-vs-800", "800-vs-4k"),
+                                     lambda s: peak(results, "sft-vs-800", s) - peak(results, "800-vs-4k", s)))
     others = [a for a in ("sft-vs-800", "800-vs-4k", "sft-vs-4k", "4k-vs-4k") if has(results, a)]
-    g, half_g = ci_over_seeds(per_seed(results, ("offline", *others), lambda s: peak(results, "offline", s) - max(peak(results, a, s) for a in others)))
+    g, half_g = ci_over_seeds(per_seed(results, ("offline", *others),
+                                       lambda s: peak(results, "offline", s) - max(peak(results, a, s) for a in others)))
     v1, v2 = verdict_from_ci(m, half), verdict_from_ci(g + 0.01, half_g)
     v = "supported" if v1 == v2 == "supported" else "mixed" if "supported" in (v1, v2) else "not supported"
     return v, f"peak sft-vs-800 − 800-vs-4k: {fmt(m, half)}; D_golden − best checkpoint dataset: {fmt(g, half_g)}"
@@ -291,7 +309,8 @@ def _theory(results):
     items = ", ".join(f"{k}={v:.2e}" for k, v in th.items() if k.endswith("_tv"))
     return ("supported" if ok and collapse else "not supported"), (
         f"total-variation distances to the closed forms: {items} (tolerance {tol:.0e}); "
-        f"deterministic labels: DPO max π(y1) {th['dpo_det_max_prob']:.4f}, IPO π(y1) {th['ipo_det_prob']:.4f} vs σ(0.5/β) {th['ipo_det_closed_form']:.4f}")
+        f"deterministic labels: DPO max π(y1) {th['dpo_det_max_prob']:.4f}, IPO π(y1) {th['ipo_det_prob']:.4f} "
+        f"vs σ(0.5/β) {th['ipo_det_closed_form']:.4f}")
 
 
 def _equivalence(results):
@@ -342,7 +361,8 @@ def _refresh(results):
 
 CLAIMS: dict[int, Claim] = {c.id: c for c in [
     Claim(1, "Win rate vs KL rises then falls, online and offline.", _rise_then_fall),
-    Claim(19, "Beyond the paper: with full coverage, RLHF (exact policy gradient) and DPO (population loss, Bradley–Terry labels) reach the same policy π_ref·exp(r/β)/Z.", _equivalence),
+    Claim(19, "Beyond the paper: with full coverage, RLHF (exact policy gradient) and DPO (population loss, Bradley–Terry labels) "
+              "reach the same policy π_ref·exp(r/β)/Z.", _equivalence),
     Claim(20, "Beyond the paper: with finite data, RLHF on the proxy reward ≥ offline DPO at matched KL.", _rlhf_vs_offline_dpo),
     Claim(21, "Beyond the paper: refreshing the data more often (smaller k) recovers more of the online − offline gap.", _refresh),
     Claim(2, "At matched KL, online ≥ offline.", _online_ge_offline),
@@ -361,7 +381,8 @@ CLAIMS: dict[int, Claim] = {c.id: c for c in [
     Claim(15, "With scale, tandem approaches online before offline does.", _scale_tandem),
     Claim(16, "Wider separation inside a pair (sft-vs-4k vs sft-vs-800) does not help.", _separation),
     Claim(17, "Proximity to SFT (sft-vs-800) beats separation (800-vs-4k); D_golden is hard to beat.", _proximity),
-    Claim(18, "Theory: the closed-form optima of offline IPO, online IPO and DPO ≡ RLHF; DPO collapses under deterministic labels, IPO does not.", _theory),
+    Claim(18, "Theory: the closed-form optima of offline IPO, online IPO and DPO ≡ RLHF; "
+              "DPO collapses under deterministic labels, IPO does not.", _theory),
 ]}
 
 

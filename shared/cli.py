@@ -1,20 +1,25 @@
-"""Command lines generated from a command's config dataclass (tyro), with bad
-arguments reported in one line.
+"""What every command shares: a command line generated from its config dataclass (tyro), a bad
+argument reported in one line (``cli``, ``fail``), the start of a run (``prelude``: its seeds, its
+threads, its own folder), a progress bar, and atomic JSON writes.
 
-Every entry point (``toysim.gap``, ``toysim.sweep``, ``toysim.bench``,
-``toysim.figures``, ``fullscale.run``) parses through ``cli``. Tests:
-tests/test_toysim_gap.py and tests/test_fullscale_run.py (bad arguments).
+Every entry point (``toysim.gap``, ``toysim.sweep``, ``toysim.search``, ``toysim.displacement``,
+``toysim.bench``, ``toysim.figures``, ``fullscale.run``, ``fullscale.bench``) parses through ``cli``.
+Tests: tests/test_cli.py, tests/test_toysim_gap.py and tests/test_fullscale_run.py (bad arguments).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
+import json
+import os
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["cli", "one_line", "ALIASES", "new_run_dir", "claim_run_dir", "output_dir", "threads_problem"]
+__all__ = ["cli", "one_line", "ALIASES", "fail", "progress", "write_json", "prelude", "new_run_dir", "claim_run_dir", "output_dir",
+           "threads_problem", "seeds_problem"]
 
 ALIASES = {"--study": "--hypothesis"}
 """Other spellings of a flag, accepted by every command that has the flag: one concept, one name
@@ -88,6 +93,56 @@ def output_dir(out: Path | None, base: Path, name: str) -> tuple[Path | None, st
         return None, f"cannot make a run folder under {base}: {e.strerror or e}"
 
 
+def fail(message: str) -> int:
+    """A bad input: ``error: <message>`` as one line on stderr; returns exit code 2 for the command to return."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def progress(total: int, desc: str, width: int = 16):
+    """A progress bar on stderr for ``total`` steps (tqdm), removed when done; none when stderr is
+    not a terminal."""
+    from tqdm import tqdm  # lazily: only a command that trains draws one
+
+    return tqdm(total=total, desc=f"{desc:>{width}}", file=sys.stderr, leave=False, mininterval=0.5, disable=None)
+
+
+def write_json(path: Path, obj, sort_keys: bool = True, **kwargs) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically: to a side file first, then renamed, so a kill
+    never leaves half a file (a results.json, a search.json)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=sort_keys, **kwargs))
+    os.replace(tmp, path)
+
+
+def seeds_problem(seeds: int, low: int, high: int, flag: str = "--seeds") -> str | None:
+    """The one-line problem with a seed count, or None: from ``low`` (2 where an interval is read)
+    to ``high`` (every seed trains at once, so memory grows with them)."""
+    if not low <= seeds <= high:
+        need = "a confidence interval needs two seeds; " if low > 1 else ""
+        return f"{flag} must be from {low} to {high} ({need}all seeds train at once: memory grows with them), got {seeds}"
+    return None
+
+
+def prelude(cfg, base: Path, name: str, problems=(), make: bool = True):
+    """The start every writing toysim command shares, in order: the command's own problems
+    (``problems``, one-line texts or None), ``--threads``, then its folder (``output_dir``: ``cfg.out``
+    when it does not exist yet, else a new ``base/<name>-<time>``, made only once the inputs are
+    good), and torch's thread count set (``shared.machine.apply_threads``). Returns ``cfg`` with
+    ``out`` resolved, or the exit code 2 after one line on stderr. ``make=False``: a given
+    ``cfg.out`` may exist (the caller checks what it holds)."""
+    from shared.machine import apply_threads
+
+    problem = next((p for p in [*problems, threads_problem(cfg.threads)] if p), None)
+    if problem is None and (make or cfg.out is None):
+        out, problem = output_dir(cfg.out, base, name)
+        cfg = dataclasses.replace(cfg, out=out)
+    if problem:
+        return fail(problem)
+    apply_threads(cfg.threads)
+    return cfg
+
+
 def threads_problem(threads: int) -> str | None:
     """The one-line problem with a --threads value, or None (0: the cores idle at start-up)."""
     if not 0 <= threads <= 4096:
@@ -99,9 +154,7 @@ def cli(cls, argv: list[str] | None, prog: str, description: str, **kwargs):
     """``tyro.cli(cls, ...)``; a bad argument prints ``error: <tyro's message>`` as one
     line on stderr and raises ``SystemExit(2)``. ``--help`` is untouched; the spellings of
     ``ALIASES`` are accepted."""
-    import tyro
-
-    import dataclasses
+    import tyro  # lazily: a second to import, and only a command line needs it
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(f.name == "hypothesis" for f in dataclasses.fields(cls)):

@@ -61,7 +61,8 @@ def win_rate_from_labels(first_wins, tie=None):
 
 
 def kl_exact(logp, ref_logp):
-    """KL(π‖π_ref) = E_x Σ_y π(y|x) [log π(y|x) − log π_ref(y|x)], exact (Tang et al. 2024, §3: the x-axis of every win-rate curve).
+    """KL(π‖π_ref) = E_x Σ_y π(y|x) [log π(y|x) − log π_ref(y|x)], exact
+    (Tang et al. 2024, §3: the x-axis of every win-rate curve).
 
     Shapes: logp [..., X, N], ref_logp [..., X, N] (normalised log-probs over
     the N enumerable responses) -> [...]. Zero-probability responses contribute 0.

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from shared.metrics import KL_FLOOR, envelope_on_grid, gap_curve_at_matched_kl, seed_ci
-from shared.results import arm_order, curves, has, has_halves, peak, per_seed, runs_of, seeds_of
-from shared.studies import ARMS, scale_arms
+from shared.results import arm_order, best_run, curves, has, has_halves, peak, per_seed, runs_of, seeds_of
+from shared.studies import ARMS, STUDIES, scale_arms
 
-__all__ = ["figures", "mean_curve", "coinciding"]
+__all__ = ["DRAWERS", "figures", "mean_curve", "coinciding"]
 
 BAND = "95% CI over seeds (Student t)"
 """What every shaded band is: ``shared.metrics.seed_ci`` at each point of the x grid."""
@@ -59,7 +59,7 @@ def _colors(results: dict) -> dict[str, str]:
 
 def _best_run(results: dict, arm: str, seed: int) -> dict:
     """The seed's run with the highest peak win rate (the best configuration of a sweep)."""
-    return max(runs_of(results, arm, seed), key=lambda r: max(r["series"]["win_rate"]))
+    return best_run(runs_of(results, arm, seed))
 
 
 def _arm_series(results, arm, key):
@@ -214,9 +214,13 @@ def _winrate_vs_kl(results: dict):
 
 def _gap_vs_kl(results: dict):
     """Claim 2's curve: online − offline (best of sweep) at matched KL, per seed and its mean."""
+    if not has(results, "online", "offline"):
+        return None
     colors = _colors(results)
-    per = [g for g in per_seed(results, ("online", "offline"),
-                               lambda s: gap_curve_at_matched_kl(curves(results, "online", s), curves(results, "offline", s))) if g is not None]
+    def one(s):
+        return gap_curve_at_matched_kl(curves(results, "online", s), curves(results, "offline", s))
+
+    per = [g for g in per_seed(results, ("online", "offline"), one) if g is not None]
     if not per:
         return None
     fig = _figure(figsize=(8.8, 3.8), right=2.6, left=0.95)
@@ -275,6 +279,8 @@ def _classification(results: dict):
 
 def _refresh(results: dict):
     """Claim 21: peak win rate against the number of steps between dataset refreshes."""
+    if not has(results, "online", "offline"):
+        return None
     fig = _figure(figsize=(7.8, 4), right=2.4, left=0.95)
     ax = fig.subplots()
     steps = results["config"]["train"]["steps"]
@@ -310,21 +316,23 @@ def _scaling(results: dict):
     return fig
 
 
+DRAWERS = {"winrate_vs_kl": _winrate_vs_kl, "gap_vs_kl": _gap_vs_kl, "classification": _classification, "refresh": _refresh,
+           "scaling": _scaling}
+"""A figure's name (``shared.studies.Study.figures``) -> the function that draws it from a results
+dict, or returns None when the results lack the arms it needs."""
+
+
 def figures(results: dict, out: Path) -> list[str]:
-    """Write the study's PNG figures into ``out`` (win rate against KL as in Tang et al. 2024,
-    Fig. 2, and each study's own; docs/results-schema.md); returns their file names."""
+    """Write the figures the study names (``shared.studies.Study.figures``; win rate against KL
+    only for a study no declaration names) into ``out`` as PNG files (win rate against KL as in
+    Tang et al. 2024, Fig. 2, and each study's own; docs/results-schema.md); returns their file names."""
     if not results["arms"]:
         return []
-    study = results["study"]
-    wanted = [("winrate_vs_kl.png", _winrate_vs_kl, True),
-              ("gap_vs_kl.png", _gap_vs_kl, study == "coverage" and has(results, "online", "offline")),
-              ("classification.png", _classification, study == "classification"),
-              ("refresh.png", _refresh, study == "refresh" and has(results, "online", "offline")),
-              ("scaling.png", _scaling, study == "scale")]
+    study = STUDIES.get(results["study"])
     names = []
-    for name, draw, applies in wanted:
-        fig = draw(results) if applies else None
+    for name in study.figures if study else ("winrate_vs_kl",):
+        fig = DRAWERS[name](results)
         if fig is not None:
-            fig.savefig(out / name, dpi=110)
-            names.append(name)
+            fig.savefig(out / f"{name}.png", dpi=110)
+            names.append(f"{name}.png")
     return names

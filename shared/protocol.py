@@ -7,8 +7,9 @@ Tang et al. 2024, §3: online arms train ``steps`` steps, offline arms (on D_gol
 checkpoint dataset) ``offline_mult`` × as long (their 4k vs 20k); the offline baseline is
 the pooled sweep over learning rates × β (their 3 × 3 grid), as multipliers of the baseline
 config; every run is evaluated at log-spaced checkpoints (the curves are read on a log-KL
-axis). ``toysim.study`` and ``fullscale.pipeline`` call these; a backend supplies only its
-world, its policy and its training step.
+axis). ``plan`` asks all of it at once: each arm's configurations, steps, checkpoints, snapshots, the
+run it reads and its online partner, in run order; ``toysim.study`` and ``fullscale.study``
+iterate it, and a backend supplies only its world, its policy and its training step.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import torch
 
 from shared import losses
 from shared.sampling import Batch, OfflineSampler, OnlineSampler, RefreshSampler, ReplaySampler, RolloutSampler
-from shared.studies import STUDIES, Arm
+from shared.studies import GOLDEN, STUDIES, Arm, Study
 
-__all__ = ["LOSSES", "Schedule", "OFFLINE_SOURCES", "STREAM_SOURCES", "dataset_fractions", "steps_of",
-           "sweep_configs", "checkpoint_steps", "provides_stream", "stream_read_by", "online_partner", "run_order", "stream_generator", "SamplerWorld", "make_sampler"]
+__all__ = ["LOSSES", "Schedule", "OFFLINE_SOURCES", "ON_POLICY_SOURCES", "ArmPlan", "arm_plan", "plan", "dataset_fractions", "steps_of",
+           "sweep_configs", "checkpoint_steps", "snapshot_steps", "provides_stream", "stream_read_by", "online_partner", "run_order",
+           "stream_generator", "SamplerWorld", "make_sampler"]
 
 LOSSES = {"ipo": losses.ipo_loss, "dpo": losses.dpo_loss, "slic": losses.slic_loss, "bo2": losses.bo2_loss,
           "rloo": losses.rloo_loss}
@@ -37,9 +39,9 @@ LOSSES = {"ipo": losses.ipo_loss, "dpo": losses.dpo_loss, "slic": losses.slic_lo
 OFFLINE_SOURCES = ("offline", "dataset")
 """Sources that train on a fixed dataset, for ``offline_mult`` × the online steps."""
 
-STREAM_SOURCES = ("online", "refresh", "mixture", "rlhf")
-"""Sources whose pairs come from the policy being trained; replay and checkpoint-dataset arms
-read their logs, so these run first."""
+ON_POLICY_SOURCES = ("online", "refresh", "mixture", "rlhf")
+"""Sources whose pairs come from the policy being trained. They run before the arms on fixed data
+(offline, replay, checkpoint datasets), which read their logs and checkpoints (``run_order``)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,16 @@ def checkpoint_steps(steps: int, t: Schedule) -> set[int]:
     return {s for s in out if 0 < s <= steps} | {steps}
 
 
+def snapshot_steps(arm: Arm, t: Schedule) -> set[int]:
+    """The steps at which an arm's policy is kept for the checkpoint datasets other arms train on:
+    the fractions of the online horizon the data study names (Tang et al. 2024, §5: steps 800 and
+    4k of 4k), for an arm whose run others read (``provides_stream``); none otherwise. Each is
+    also a checkpoint (``checkpoint_steps``)."""
+    if not provides_stream(arm):
+        return set()
+    return {round(f * t.steps) for f in dataset_fractions() if 0 < f}
+
+
 def provides_stream(arm: Arm) -> bool:
     """Whether other arms read this arm's run: its logged pairs (replay), its checkpoints
     (checkpoint datasets) and its own evaluation pairs (the "online pairs" accuracies,
@@ -135,9 +147,66 @@ def online_partner(arm: Arm) -> str | None:
 
 
 def run_order(arms) -> list[Arm]:
-    """The arms in the order they run: the arms others read first (``provides_stream``),
-    otherwise as declared."""
-    return sorted(arms, key=lambda a: not provides_stream(a))
+    """The arms in the order they run (the one ordering rule of both backends): the arms on the
+    policy's own pairs (``ON_POLICY_SOURCES``) before the arms on fixed data, which read their
+    logs and checkpoints; within each, the arms others read (``provides_stream``) first, whose
+    evaluation pairs the others' "online pairs" accuracies use; otherwise as declared."""
+    return sorted(arms, key=lambda a: (a.source not in ON_POLICY_SOURCES, not provides_stream(a)))
+
+
+@dataclass(frozen=True)
+class ArmPlan:
+    """What the protocol says of one arm, asked once (``plan``): everything a runner needs to run
+    it, as data.
+
+    configs: its runs' {lr, beta, steps}, lr-major (``sweep_configs``); steps: each run's length
+    (``steps_of``); checkpoints: the steps evaluated besides step 0 (``checkpoint_steps``);
+    snapshots: the steps its policy is kept at for other arms' checkpoint datasets
+    (``snapshot_steps``); reads: the online arm whose run it trains on (``stream_read_by``);
+    partner: the online arm whose pairs its "online pairs" accuracies use (``online_partner``);
+    provides: other arms read its run (``provides_stream``); on_policy: its pairs come from the
+    policy being trained (``ON_POLICY_SOURCES``): such arms run first."""
+
+    arm: Arm
+    configs: tuple[dict, ...]
+    steps: int
+    checkpoints: frozenset[int]
+    snapshots: frozenset[int]
+    reads: str | None
+    partner: str | None
+    provides: bool
+    on_policy: bool
+
+    def describe(self) -> str:
+        """One line for ``--dry-run``: the arm, its runs, steps, checkpoints and what it reads."""
+        a, c = self.arm, self.configs
+        runs = f"{len(c)} config{'s' if len(c) != 1 else ''}"
+        parts = [f"{a.name:<16} {a.source:<8} loss {a.loss:<5} labels {a.labels:<6} {runs}, {self.steps} steps",
+                 f"{len(self.checkpoints) + 1} evaluations"]
+        if self.snapshots:
+            parts.append(f"snapshots at {sorted(self.snapshots)}")
+        if self.reads:
+            parts.append(f"reads {self.reads}")
+        if self.partner and self.partner != a.name:
+            parts.append(f"online pairs of {self.partner}")
+        return ", ".join(parts)
+
+
+def arm_plan(arm: Arm, t: Schedule) -> ArmPlan:
+    """``ArmPlan`` of one arm under schedule ``t``."""
+    steps = steps_of(arm, t)
+    return ArmPlan(arm, tuple(sweep_configs(arm, t)), steps, frozenset(checkpoint_steps(steps, t)), frozenset(snapshot_steps(arm, t)),
+                   stream_read_by(arm), online_partner(arm), provides_stream(arm), arm.source in ON_POLICY_SOURCES)
+
+
+def plan(study: Study, t: Schedule) -> list[ArmPlan]:
+    """Every arm a study runs, in run order (``run_order``), each as an ``ArmPlan``: the golden
+    policy first (``shared.studies.GOLDEN``: its final policy is the win-rate reference of every
+    other arm, Tang et al. 2024, §3), then the study's arms. A study without arms (theory) runs
+    nothing. Both backends run exactly this list."""
+    if not study.arms:
+        return []
+    return [arm_plan(a, t) for a in [GOLDEN, *run_order(study.arms)]]
 
 
 def stream_generator(seed: int, name: str, device="cpu") -> torch.Generator:

@@ -16,7 +16,7 @@ import numpy as np
 
 from shared.metrics import seed_ci
 from shared.protocol import online_partner
-from shared.results import arm_order, gap, has, peak, runs_of, seeds_of
+from shared.results import arm_order, best_run, gap, has, peak, runs_of, seeds_of
 from shared.studies import ARMS
 
 __all__ = ["PLUMBING_PRESETS", "plumbing_note", "summary_rows", "format_table", "format_claims", "write_report", "redraw", "main"]
@@ -33,7 +33,7 @@ def summary_rows(results: dict) -> list[dict]:
         pk = seed_ci([peak(results, arm, s) for s in seeds])
 
         def kl_at_peak(s):
-            best = max(runs_of(results, arm, s), key=lambda r: max(r["series"]["win_rate"]))
+            best = best_run(runs_of(results, arm, s))
             return best["series"]["kl"][int(np.argmax(best["series"]["win_rate"]))]
 
         kl = seed_ci([kl_at_peak(s) for s in seeds])
@@ -66,32 +66,12 @@ def plumbing_note(results: dict) -> str | None:
 
 
 def _heading(r: dict) -> str:
-    """A study's heading in report.md: the preset, the seeds, and for fullscale the data and models."""
+    """A study's heading in report.md: the preset, the seeds, and the backend's one-line ``setting``
+    (``shared.results.results_header``; results written before it had one show their mode)."""
     seeds = f"{r['seeds']} seed{'s' if r['seeds'] != 1 else ''}"
-    parts = [f"preset `{r['preset']}`", seeds]
-    if r.get("backend") == "fullscale":
-        cfg = r["config"]
-        data = cfg["data"]
-        source = data["source"] + (f" from `{data['path']}`" if data.get("path") else "")
-        m = cfg["models"]
-
-        def model(kind):
-            judge = m.get(f"{kind.removesuffix('_pm')}_judge_path")
-            if judge:
-                return f"{kind.removesuffix('_pm')} judge `{judge}` (a reward model, used as trained)"
-            path = m.get(f"{kind}_path")
-            if path:
-                return f"{kind} `{path}`"
-            if kind == "golden_pm" and m.get("golden_pm_init") == "sft":
-                return "golden_pm started from π_sft's weights"
-            a = m[kind]
-            layers = f"{a['layers']} layer" + ("s" if a["layers"] != 1 else "")
-            return f"{kind} {a['arch']} ({layers} × width {a['width']}, from scratch)"
-
-        parts += [f"data: {source}", "models: " + ", ".join(model(k) for k in ("policy", "golden_pm", "proxy_pm"))]
-    else:
-        parts.append(f"mode {r['mode']}")
-    return f"## {r['study']} ({'; '.join(parts)})"
+    setting = r.get("setting") or f"mode {r['mode']}"
+    preset = f"preset `{r['preset']}`"
+    return f"## {r['study']} ({'; '.join([preset, seeds, setting])})"
 
 
 def format_table(results: dict, markdown: bool = False) -> str:

@@ -2,6 +2,9 @@
 
 Docs: docs/results-schema.md. Tests: tests/test_studies.py.
 
+The one writer of the schema too: ``results_header`` and ``run_record`` are what both backends
+fill; ``best_run`` and ``first_series`` the two ways every reader picks a run.
+
 Schema (what the rules read):
 
     results["arms"][arm_name] = [run, ...]
@@ -19,7 +22,25 @@ import math
 from shared.metrics import gap_at_matched_kl, seed_ci
 from shared.studies import STUDIES
 
-__all__ = ["arm_order", "seeds_of", "runs_of", "curves", "peak", "final", "per_seed", "gap", "has", "has_halves", "ci_over_seeds", "verdict_from_ci", "fmt"]
+__all__ = ["results_header", "run_record", "arm_order", "seeds_of", "runs_of", "best_run", "first_series", "curves", "peak", "final",
+           "per_seed", "gap", "has", "has_halves", "ci_over_seeds", "verdict_from_ci", "fmt"]
+
+
+def results_header(study, preset: str, mode: str, seeds: int, config: dict, setting: str, **more) -> dict:
+    """The top of a results dict (docs/results-schema.md), before its arms are filled in: the study's
+    name and question, the preset, the mode, the seeds per arm, the resolved config, and
+    ``setting``, one line saying what the backend ran (toysim: its mode; fullscale: its data and
+    models) that the report prints under the study's heading; ``more``: backend-specific keys."""
+    return {"study": study.name, "question": study.question, "preset": preset, "mode": mode, "seeds": seeds, **more,
+            "config": config, "setting": setting, "arms": {}, "extras": {}}
+
+
+def run_record(seed: int, config: dict, arm, series: dict, **more) -> dict:
+    """One run of an arm in the results schema: its seed, its config (the sweep's lr, β and steps,
+    with the arm's loss, labels and capacity), its metric series, and any ``more`` (fullscale: the
+    per-step training loss)."""
+    return {"seed": seed, "config": {**config, "loss": arm.loss, "labels": arm.labels, "capacity": arm.capacity}, "series": series,
+            **more}
 
 
 def ci_over_seeds(values) -> tuple[float, float]:
@@ -63,6 +84,17 @@ def runs_of(results: dict, arm: str, seed: int) -> list[dict]:
     return [r for r in results["arms"][arm] if r["seed"] == seed]
 
 
+def best_run(runs: list[dict]) -> dict:
+    """The run of a sweep with the highest peak win rate (Tang et al. 2024, §3: offline's best curve
+    of its lr × β sweep is the one compared)."""
+    return max(runs, key=lambda r: max(r["series"]["win_rate"]))
+
+
+def first_series(results: dict, arm: str, seed: int) -> dict:
+    """The series of an arm's first run for one seed: the run of an arm without a sweep."""
+    return runs_of(results, arm, seed)[0]["series"]
+
+
 def curves(results: dict, arm: str, seed: int, crossfit: bool = True):
     """(kl, win_rate) series of each of an arm's runs for one seed, or (kl, win_rate_a,
     win_rate_b) where the backend estimated win rates on two halves of its evaluation
@@ -82,8 +114,7 @@ def peak(results: dict, arm: str, seed: int) -> float:
 
 def final(results: dict, arm: str, seed: int, key: str) -> float:
     """Last checkpoint's value of ``key``, best over a sweep's runs by win rate."""
-    best = max(runs_of(results, arm, seed), key=lambda r: max(r["series"]["win_rate"]))
-    return best["series"][key][-1]
+    return best_run(runs_of(results, arm, seed))["series"][key][-1]
 
 
 def per_seed(results: dict, arms: tuple[str, ...], fn) -> list[float]:
@@ -95,7 +126,10 @@ def per_seed(results: dict, arms: tuple[str, ...], fn) -> list[float]:
 def gap(results: dict, a: str, b: str, crossfit: bool = True) -> tuple[float, float]:
     """Win rate of a minus b at matched KL (Tang et al. 2024, Fig. 2; ``shared.metrics.gap_at_matched_kl``),
     mean and CI half-width over seeds; cross-fitted where the results have win-rate halves (``curves``)."""
-    return ci_over_seeds(per_seed(results, (a, b), lambda s: gap_at_matched_kl(curves(results, a, s, crossfit), curves(results, b, s, crossfit))))
+    def one(s):
+        return gap_at_matched_kl(curves(results, a, s, crossfit), curves(results, b, s, crossfit))
+
+    return ci_over_seeds(per_seed(results, (a, b), one))
 
 
 def has_halves(results: dict, arm: str) -> bool:

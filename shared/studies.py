@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["Arm", "SOURCES", "Study", "STUDIES", "ARMS", "scale_arms"]
+__all__ = ["Arm", "SOURCES", "Study", "STUDIES", "ARMS", "GOLDEN", "scale_arms"]
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,21 @@ SOURCES: tuple[str, ...] = typing.get_args(Source)
 
 @dataclass(frozen=True)
 class Study:
+    """A question, the arms that answer it, the ids of the claims it tests, and the figures its
+    results are drawn as (names of ``shared.plots.DRAWERS``; a figure whose arms a run lacks is
+    left out)."""
+
     name: str
     question: str
     arms: tuple[Arm, ...]
     claims: tuple[int, ...]
+    figures: tuple[str, ...] = ("winrate_vs_kl",)
+
+
+GOLDEN = Arm("golden", "online", labels="golden")
+"""The golden policy (Tang et al. 2024, §3): online IPO with golden labels and the baseline
+config; its final policy is the reference every win rate is measured against. Both backends
+run it first, before any arm of a study (``shared.protocol.plan``)."""
 
 
 # ---------------------------------------------------------------- studies
@@ -75,14 +86,14 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
         Arm("window-4", "replay", params={"stream": "online", "window": 4}),
         Arm("window-32", "replay", params={"stream": "online", "window": 32}),
         Arm("tandem", "replay", params={"stream": "online", "window": 0}),
-    ), (1, 2, 3, 4, 5, 6)),
+    ), (1, 2, 3, 4, 5, 6), ("winrate_vs_kl", "gap_vs_kl")),
     Study("quality", "Is online's data simply better? Train offline on the final online policy's own samples (H2).", (
         _ONLINE, _OFFLINE,
         Arm("self-final", "dataset", params={"pair": (1.0, 1.0)}),
     ), (7,)),
     Study("classification", "Are better classifiers of preferences better policies? (H3)", (
         _ONLINE, _OFFLINE,
-    ), (8, 9, 10, 11, 12)),
+    ), (8, 9, 10, 11, 12), ("winrate_vs_kl", "classification")),
     Study("contrastive", "Is the gap specific to contrastive losses? Best-of-2 instead of IPO (H4).", (
         _ONLINE, _OFFLINE,
         Arm("online-bo2", "online", loss="bo2", labels="proxy"),
@@ -94,7 +105,7 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
             Arm(f"online@{c:g}", "online", labels="proxy", capacity=c),
             Arm(f"offline@{c:g}", "offline", capacity=c),
             Arm(f"tandem@{c:g}", "replay", capacity=c, params={"stream": f"online@{c:g}", "window": 0}),
-        )), (14, 15)),
+        )), (14, 15), ("winrate_vs_kl", "scaling")),
     Study("data", "Which offline data is best? Pairs from SFT and online checkpoints, golden-labelled (§5).", (
         _ONLINE, _OFFLINE,
         Arm("sft-vs-800", "dataset", params={"pair": (0.0, 0.2)}),
@@ -104,7 +115,8 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
     ), (16, 17)),
     Study("theory", "Do the closed-form optima hold exactly in a full-support tabular bandit?", (), (18,)),
     # beyond the paper: the RLHF side of DPO ≡ RLHF, and how online training must be
-    Study("equivalence", "Do RLHF (reward model + KL-regularised policy gradient) and DPO reach the same policy? Exactly with full coverage; where do they part with finite data?", (
+    Study("equivalence", "Do RLHF (reward model + KL-regularised policy gradient) and DPO reach the same policy? "
+                         "Exactly with full coverage; where do they part with finite data?", (
         Arm("rlhf", "rlhf", loss="rloo", labels="proxy", params={"k": 4}),
         Arm("online-dpo", "online", loss="dpo", labels="proxy"),
         Arm("offline-dpo", "offline", loss="dpo", sweep=True),
@@ -115,7 +127,7 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
         Arm("refresh-all", "refresh", labels="proxy", params={"every": 0}),
         # IPO-MD (Calandriello et al. 2024, arXiv 2403.08635): online, but sampling pulled towards π_sft (α = 0.25, our choice)
         Arm("ipo-md", "mixture", labels="proxy", params={"alpha": 0.25}),
-    ), (21,)),
+    ), (21,), ("winrate_vs_kl", "refresh")),
 ]}
 
 
@@ -126,9 +138,6 @@ for _study in STUDIES.values():
     for _arm in _study.arms:
         if ARMS.setdefault(_arm.name, _arm) != _arm:
             raise ValueError(f"two different arms are named {_arm.name!r}")
-
-
-
 
 
 def scale_arms(results, source):

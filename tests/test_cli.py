@@ -50,7 +50,7 @@ def test_the_choices_the_help_lists_are_the_real_ones():
     import dataclasses
     import typing
 
-    from toysim.env import WorldConfig
+    from toysim.world import WorldConfig
     from toysim.gap import PresetName
     from toysim.presets import PRESETS
     from toysim.sweep import KNOBS

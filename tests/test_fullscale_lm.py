@@ -21,7 +21,7 @@ from fullscale.lm import PMOracle, Prompts, pm_scores, response_logits, response
 from fullscale.models import ModelSpec, build_model, special_ids, word_tokenizer
 from shared import losses
 from shared.metrics import kl_exact
-from toysim.engine import gather_log_softmax
+from toysim.policy import gather_log_softmax
 from toysim.theory import population_loss
 
 TOK = word_tokenizer(["a", "b"])

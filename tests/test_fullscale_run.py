@@ -187,7 +187,7 @@ def test_golden_pm_starts_from_the_sft_policy_when_asked(tmp_path, init):
     from dataclasses import replace
 
     from fullscale.config import RunConfig, apply_file
-    from fullscale.pipeline import Pipeline
+    from fullscale.study import Pipeline
 
     base = apply_file(RunConfig(), TINY)
     cfg = replace(base, out=tmp_path, device="cpu", models=replace(base.models, golden_pm_init=init),

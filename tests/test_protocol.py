@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fullscale.evaluate
-import fullscale.pipeline
+import fullscale.study
 import toysim.study
 from shared import losses
 from shared.protocol import LOSSES, Schedule, checkpoint_steps, dataset_fractions, run_order, steps_of, stream_generator, sweep_configs
@@ -150,5 +150,5 @@ def test_one_seeding_scheme_names_each_stream():
     assert torch.equal(first, torch.rand(4, generator=stream_generator(3, "offline-ipo")))
     assert not torch.equal(first, torch.rand(4, generator=stream_generator(4, "offline-ipo")))
     assert not torch.equal(first, torch.rand(4, generator=stream_generator(3, "online-ipo")))
-    for module in (toysim.study, fullscale.pipeline, fullscale.evaluate):
+    for module in (toysim.study, fullscale.study, fullscale.evaluate):
         assert module.stream_generator is stream_generator

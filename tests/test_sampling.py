@@ -7,7 +7,8 @@ from hypothesis import given, strategies as st
 from shared.losses import ipo_loss
 from shared.preferences import NoisyOracle, PairwiseOracle, RewardOracle, hard_labels, hard_preference, label_pairs
 from shared.sampling import Batch, OfflineSampler, OnlineSampler, ReplaySampler, policy_pair_dataset, replay_order
-from toysim.engine import LogLinearPolicy, train
+from toysim.policy import LogLinearPolicy
+from toysim.train import train
 
 
 class _Reward:

@@ -79,8 +79,8 @@ def test_population_mode_runs_online_and_offline(tmp_path):
     (["--beta", "-1"], "--beta must be > 0"),
     (["--beta", "inf"], "--beta must be > 0"),
     (["--lr", "1e300"], "--lr must be > 0"),
-    (["--seeds", "0"], "--seeds must be at least 1"),
-    (["--seeds", "1000000000"], "--seeds must be at least 1 and at most 100"),
+    (["--seeds", "0"], "--seeds must be from 1 to 100"),
+    (["--seeds", "1000000000"], "--seeds must be from 1 to 100 (all seeds train at once"),
     (["--preset", "nope"], "invalid choice 'nope' for argument '--preset'"),
     (["--out", "/proc/forbidden"], "cannot write"),
 ])

@@ -1,6 +1,6 @@
 """toysim.sequences: the autoregressive policy's exact table against a plain loop over tokens,
 its gradient against the exponential-family formula, normalisation, and training through
-toysim.engine.train (batched runs equal runs trained alone)."""
+toysim.train.train (batched runs equal runs trained alone)."""
 
 import itertools
 import math
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from shared.losses import ipo_loss
 from shared.sampling import Batch
-from toysim.engine import train
+from toysim.train import train
 from toysim.sequences import AutoregressivePolicy, SequenceSpace, bigram_features
 
 
@@ -87,7 +87,7 @@ def test_sampling_follows_the_table():
 
 
 def test_batched_runs_train_as_they_do_alone():
-    """offline IPO through toysim.engine.train: two runs stacked in one policy follow the runs
+    """offline IPO through toysim.train.train: two runs stacked in one policy follow the runs
     trained one at a time (same data, same learning rates)."""
     space, pol, g = _policy(runs=2)
     x = torch.randint(0, 2, (24,), generator=g)
@@ -168,7 +168,7 @@ def test_an_autoregressive_world_is_built_from_its_tokens():
     """toysim.env: a response's traits are the sum of its tokens' traits, π_sft is the token-level
     softmax of the SFT logits (a plain loop), the recurrent state follows its recursion, and a
     narrower policy's features are a prefix of a wider one's."""
-    from toysim.env import WorldConfig, _echo_states, make_world
+    from toysim.world import WorldConfig, _echo_states, make_world
 
     w = make_world(WorldConfig(prompts=3, policy_kind="autoregressive", vocab=3, max_len=2, golden_pairs=16, policy_features=40))
     sp = w.space

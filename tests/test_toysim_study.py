@@ -12,12 +12,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from shared.studies import Arm
+from shared.protocol import arm_plan
+from shared.studies import GOLDEN, Arm
 from toysim.presets import PRESETS, quick
 from toysim.study import Runner
 
 PRESET = quick(PRESETS["default"])
-GOLDEN = Arm("golden", "online", labels="golden")
 
 
 BOTH_KINDS = pytest.mark.parametrize("preset", [PRESET, quick(PRESETS["paper-protocol"])], ids=["atomic", "autoregressive"])
@@ -25,8 +25,17 @@ BOTH_KINDS = pytest.mark.parametrize("preset", [PRESET, quick(PRESETS["paper-pro
 
 def _runner(preset=PRESET) -> Runner:
     r = Runner(preset, seeds=2)
-    r.run_arm(GOLDEN, reference=True)
+    r.run([arm_plan(GOLDEN, preset.train)])
     return r
+
+
+def _run(r: Runner, *arms: Arm) -> None:
+    """Run ``arms`` in the order given, in as few programs as they allow."""
+    r.run([arm_plan(a, r.t) for a in arms])
+
+
+def _runs(r: Runner, arm: Arm) -> list[dict]:
+    return r.runs(arm_plan(arm, r.t))
 
 
 def _assert_same_series(fused: list[dict], alone: list[dict], tol: float) -> None:
@@ -47,29 +56,30 @@ def test_fused_arms_equal_the_arms_run_alone(preset):
               Arm("tandem", "replay", params={"stream": "online", "window": 0}),
               Arm("sft-vs-4k", "dataset", params={"pair": (0.0, 1.0)})]
     fused = _runner(preset)
-    fused.run_arms([online, *others])
+    _run(fused, online, *others)
     alone = _runner(preset)
-    alone.run_arm(online)
+    _runs(alone, online)
     for arm in others:
-        alone.run_arm(arm)
-        _assert_same_series(fused.run_arm(arm), alone.run_arm(arm), tol=1e-4)
-    _assert_same_series(fused.run_arm(online), alone.run_arm(online), tol=1e-4)
+        _runs(alone, arm)
+        _assert_same_series(_runs(fused, arm), _runs(alone, arm), tol=1e-4)
+    _assert_same_series(_runs(fused, online), _runs(alone, online), tol=1e-4)
 
 
 @BOTH_KINDS
 def test_a_narrow_arm_inside_wide_features_is_the_narrow_policy(preset):
     narrow, wide = Arm("offline@0.25", "offline", capacity=0.25), Arm("offline@4", "offline", capacity=4)
     fused = _runner(preset)
-    fused.run_arms([narrow, wide])
+    _run(fused, narrow, wide)
     alone = _runner(preset)
-    _assert_same_series(fused.run_arm(narrow), alone.run_arm(narrow), tol=1e-4)
-    _assert_same_series(fused.run_arm(wide), alone.run_arm(wide), tol=1e-4)
+    _assert_same_series(_runs(fused, narrow), _runs(alone, narrow), tol=1e-4)
+    _assert_same_series(_runs(fused, wide), _runs(alone, wide), tol=1e-4)
 
 
 def test_masked_coordinates_stay_exactly_zero():
     from shared.losses import ipo_loss
     from shared.sampling import OfflineSampler
-    from toysim.engine import LogLinearPolicy, train
+    from toysim.policy import LogLinearPolicy
+    from toysim.train import train
 
     w = Runner(replace(PRESET, world=replace(PRESET.world, policy_features=8)), seeds=1).world
     feats = w.policy_features(1)
@@ -83,20 +93,20 @@ def test_masked_coordinates_stay_exactly_zero():
 
 def test_step_0_accuracies_are_exact_ties_whatever_the_program():
     """At step 0 the policy is π_sft, so every implicit-reward margin is a tie (½). The fused
-    program re-rounds π_sft's table, so without engine.rounded_sign these read as rounding
+    program re-rounds π_sft's table, so without toysim.evaluate.rounded_sign these read as rounding
     noise (0.49 or 0.50 depending on the CPU's kernels)."""
     r = _runner()
     arms = [Arm("online", "online", labels="proxy"), Arm("offline", "offline", sweep=True)]
-    r.run_arms(arms)
+    _run(r, *arms)
     for arm in arms:
-        for run in r.run_arm(arm):
+        for run in _runs(r, arm):
             for key in ("acc_golden", "acc_online_pairs", "acc_self"):
                 assert run["series"][key][0] == 0.5, (arm.name, key)
             assert run["series"]["acc_golden"][-1] != 0.5  # trained, the policy decides
 
 
 def test_rounded_sign_is_sign_outside_the_rounding_band():
-    from toysim.engine import ROUNDING, rounded_sign
+    from toysim.evaluate import ROUNDING, rounded_sign
 
     eps = torch.finfo(torch.float32).eps
     scale = torch.tensor([10.0, 10.0, 10.0, 10.0, 0.0])

@@ -121,7 +121,6 @@ def test_search_confirms_noise_free_positives_and_signatures_only(monkeypatch, t
     noise-free cell reading positive or showing claim 11's signature is rerun with more seeds, noisy
     ones are not; a resumed search reruns nothing it has."""
     import toysim.search as S
-    import toysim.sweep
 
     panel = S.Panel("T", "test", "label_noise", (0.0, 0.3), "golden_pairs", (128, 512))
     monkeypatch.setattr(S, "GRID", (panel,))
@@ -132,7 +131,7 @@ def test_search_confirms_noise_free_positives_and_signatures_only(monkeypatch, t
         return ([0.05, 0.01] if positive else [0.0, 0.02]), (0.5 if signature else -0.5)
 
     fake, calls = _fake_cell(stats)
-    monkeypatch.setattr(toysim.sweep, "cell", fake)
+    monkeypatch.setattr(S, "cell", fake)
     saved = []
     cfg = S.SearchConfig(seeds=3, confirm_seeds=10, panels=("T",))
     result = S.search(cfg, save=lambda r: saved.append(len(r["cells"]) + len(r["confirmations"])))
@@ -155,7 +154,7 @@ def test_search_rejects_bad_input_in_one_line(tmp_path, capsys):
 
     (tmp_path / "s").mkdir()
     for args, msg in ((["--panels", "P9"], "unknown panel 'P9'"), (["--resume"], "--resume needs the --out"),
-                      (["--seeds", "1"], "--seeds and --confirm-seeds must be from 2"),
+                      (["--seeds", "1"], "--seeds must be from 2"), (["--confirm-seeds", "1"], "--confirm-seeds must be from 2"),
                       (["--out", str(tmp_path / "s")], "exists; choose a new --out"),
                       (["--out", str(tmp_path / "s"), "--resume"], "cannot resume")):
         assert main(args) == 2
@@ -165,7 +164,7 @@ def test_search_rejects_bad_input_in_one_line(tmp_path, capsys):
 
 def test_displacement_groups_equal_a_plain_loop():
     from toysim.displacement import GROUPS, groups
-    from toysim.env import WorldConfig, make_world
+    from toysim.world import WorldConfig, make_world
 
     w = make_world(WorldConfig(prompts=4, policy_kind="autoregressive", vocab=3, max_len=3, golden_pairs=40))
     got = groups(w)

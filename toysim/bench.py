@@ -3,7 +3,7 @@
     python -m toysim.bench --prompts 64 --responses 256 --runs 64 --steps 2000
 
 Both train offline IPO (shared.losses.ipo_loss) on minibatches of a fixed
-dataset with Adam, through the same ``toysim.engine.train``: the batched
+dataset with Adam, through the same ``toysim.train.train``: the batched
 engine trains ``runs`` runs at once as one tensor program; the loop trains the
 same runs one after another. The loop is timed on ``loop_runs`` of them (its
 cost per run-step does not depend on how many runs follow) and both are
@@ -15,10 +15,19 @@ from __future__ import annotations
 
 import platform
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from typing import Literal
+
+import torch
+
+from shared.cli import cli, fail
+from shared.losses import ipo_loss
+from shared.machine import apply_threads
+from shared.sampling import OfflineSampler
+from toysim.policy import LogLinearPolicy
+from toysim.train import train
+from toysim.world import WorldConfig, make_world
 
 __all__ = ["BenchConfig", "main"]
 
@@ -50,12 +59,6 @@ class BenchConfig:
 
 
 def _setup(cfg: BenchConfig, runs: int, policy: str):
-    import torch
-
-    from shared.sampling import OfflineSampler
-    from toysim.engine import LogLinearPolicy
-    from toysim.env import WorldConfig, make_world
-
     w = make_world(WorldConfig(prompts=cfg.prompts, responses=cfg.responses, golden_pairs=4 * cfg.batch_size * cfg.prompts,
                                policy_features=cfg.features, proxy_features=8)).to(torch.float32)
     feats = w.policy_features(1) if policy == "loglinear" else None
@@ -67,9 +70,6 @@ def _setup(cfg: BenchConfig, runs: int, policy: str):
 
 
 def _time_once(cfg: BenchConfig, runs: int, policy: str, steps: int) -> float:
-    from shared.losses import ipo_loss
-    from toysim.engine import train
-
     pol, sampler, beta, lr = _setup(cfg, runs, policy)
     t = time.perf_counter()
     train(pol, sampler, ipo_loss, beta, lr, steps, steps + 1, lambda table, step: {}, None)
@@ -87,15 +87,9 @@ def _measure(cfg: BenchConfig, policy: str) -> tuple[list[float], list[float]]:
 
 
 def main(argv=None) -> int:
-    import torch
-
-    from shared.cli import cli
-    from shared.machine import apply_threads
-
     cfg = cli(BenchConfig, argv, prog="python -m toysim.bench", description=__doc__.split("\n\n")[0])
     if min(cfg.prompts, cfg.runs, cfg.steps, cfg.loop_runs, cfg.repeats) < 1 or cfg.responses < 2:
-        print("error: sizes must be positive (responses ≥ 2)", file=sys.stderr)
-        return 2
+        return fail("sizes must be positive (responses ≥ 2)")
     apply_threads(cfg.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
     print(f"config: {cfg}")

@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from shared.cli import cli, prelude, progress, seeds_problem
 from shared.metrics import seed_ci
 from shared.studies import Arm, Study
-from toysim.gap import MAX_SEEDS, PresetName, fail
+from toysim.presets import MAX_SEEDS, PRESETS, PresetName, quick
+from toysim.study import Runner, run_study
 
 __all__ = ["DisplacementConfig", "GROUPS", "groups", "mass_moved", "displacement", "plot", "main"]
 
@@ -109,9 +110,6 @@ def mass_moved(probs: torch.Tensor, sft_probs: torch.Tensor, group: torch.Tensor
 
 def displacement(cfg: DisplacementConfig, progress_factory=None) -> dict:
     """Train both arms, pick offline at matched KL per seed, and measure where the mass went."""
-    from toysim.presets import PRESETS, quick
-    from toysim.study import Runner, run_study
-
     preset = quick(PRESETS[cfg.preset]) if cfg.quick else PRESETS[cfg.preset]
     runner = Runner(preset, cfg.seeds, progress_factory=progress_factory)
     runner.keep_tables = True
@@ -178,34 +176,18 @@ def _no_nan(obj):
 
 
 def main(argv=None) -> int:
-    import contextlib
-
-    from tqdm import tqdm
-
-    from shared.cli import cli, output_dir, threads_problem
-    from shared.machine import apply_threads
-    from toysim.presets import PRESETS
-
     try:
         cfg = cli(DisplacementConfig, argv, prog="python -m toysim.displacement", description="\n\n".join(__doc__.split("\n\n")[:2]))
     except SystemExit as e:
         return 0 if e.code in (0, None) else 2
-    if cfg.preset not in PRESETS:
-        return fail(f"unknown preset {cfg.preset!r}; choose from {', '.join(PRESETS)}")
-    if not 2 <= cfg.seeds <= MAX_SEEDS:
-        return fail(f"--seeds must be from 2 to {MAX_SEEDS} (a confidence interval needs two seeds), got {cfg.seeds}")
-    problem = threads_problem(cfg.threads)
-    out, problem = (None, problem) if problem else output_dir(cfg.out, Path("runs/displacement"), cfg.preset)
-    if problem:
-        return fail(problem)
-    cfg = replace(cfg, out=out)
-    apply_threads(cfg.threads)
+    preset_problem = None if cfg.preset in PRESETS else f"unknown preset {cfg.preset!r}; choose from {', '.join(PRESETS)}"
+    cfg = prelude(cfg, Path("runs/displacement"), cfg.preset, [preset_problem, seeds_problem(cfg.seeds, 2, MAX_SEEDS)])
+    if isinstance(cfg, int):
+        return cfg
     t0 = time.time()
 
-    @contextlib.contextmanager
     def bar(total, desc):
-        with tqdm(total=total, desc=desc, file=sys.stderr, leave=False) as b:
-            yield b
+        return progress(total, desc, width=0)
 
     result = displacement(cfg, bar)
     cfg.out.mkdir(parents=True, exist_ok=True)

@@ -24,12 +24,19 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from shared.studies import STUDIES
+import torch
 
-__all__ = ["GapConfig", "main", "fail"]
+from shared import plots, report
+from shared.cli import cli, fail, prelude, progress, seeds_problem, write_json
+from shared.protocol import plan
+from shared.studies import STUDIES
+from toysim.presets import MAX_SEEDS, PRESETS, PresetName, quick
+from toysim.study import Runner, run_study
+from toysim.world import KNOBS, cast_knob
+
+__all__ = ["GapConfig", "main"]
 
 Hypothesis = Literal[(*STUDIES, "all")]  # type: ignore[valid-type]  (the study names of shared.studies, or all)
-PresetName = Literal["default", "arena", "paper-protocol"]  # the keys of toysim.presets.PRESETS (tests/test_cli.py holds them equal)
 
 
 @dataclass(frozen=True)
@@ -53,45 +60,25 @@ class GapConfig:
     lr: float | None = None
     """override the preset's baseline Adam learning rate"""
     world: tuple[str, ...] = ()
-    """override fields of the preset's world, as KNOB=VALUE (e.g. --world proxy_features=64 label_noise=0.1); a knob is a numeric field of toysim.env.WorldConfig, listed in its docstrings"""
+    """override fields of the preset's world, as KNOB=VALUE (e.g. --world proxy_features=64 label_noise=0.1); a knob is a numeric
+    field of toysim.world.WorldConfig, listed in its docstrings"""
+    dry_run: bool = False
+    """print each study's plan (shared.protocol.plan: the arms in run order, their configurations, steps, checkpoints and what
+    they read) and exit without training"""
     threads: int = 0
     """CPU threads for torch (0: the cores idle at start-up, shared/machine.py; OMP_NUM_THREADS when set)"""
 
 
-MAX_SEEDS = 100
-"""Every seed's runs are stacked in one tensor program, so memory grows with the seeds (the
-default preset's coverage study peaked at 0.56 GB with 5 seeds and 1.17 GB with 25: about
-30 MB a seed, so 100 seeds need a few GB); the bound keeps a typo such as 1000000000 from
-filling the machine before any output."""
-
-
-def fail(message: str) -> int:
-    """One-line error on stderr, exit code 2 (bad arguments)."""
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
-def _progress(total: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=f"{desc:>16}", file=sys.stderr, leave=False, mininterval=0.5, disable=None)
-
-
 def _check(cfg: GapConfig, studies: list[str]) -> str | None:
-    from shared.cli import threads_problem
-    from toysim.presets import PRESETS
-
     if cfg.preset not in PRESETS:
         return f"unknown preset {cfg.preset!r}; choose from {', '.join(PRESETS)}"
     if not 1 <= cfg.seeds <= MAX_SEEDS:
-        return f"--seeds must be at least 1 and at most {MAX_SEEDS} (all seeds train at once: memory grows with them), got {cfg.seeds}"
+        return seeds_problem(cfg.seeds, 1, MAX_SEEDS)
     # finite and > 0; bounded so that the offline sweep's multiples stay representable in float32
     if cfg.beta is not None and not (math.isfinite(cfg.beta) and 0 < cfg.beta <= 1e3):
         return f"--beta must be > 0 and at most 1e3, got {cfg.beta}"
     if cfg.lr is not None and not (math.isfinite(cfg.lr) and 0 < cfg.lr <= 10):
         return f"--lr must be > 0 and at most 10, got {cfg.lr}"
-    if threads_problem(cfg.threads):
-        return threads_problem(cfg.threads)
     try:
         _world_overrides(cfg.world)
     except ValueError as e:
@@ -101,8 +88,6 @@ def _check(cfg: GapConfig, studies: list[str]) -> str | None:
 
 def _world_overrides(items: tuple[str, ...]) -> dict:
     """--world KNOB=VALUE pairs as {knob: value of the field's type}; a ValueError names a bad one."""
-    from toysim.sweep import KNOBS, _cast
-
     out = {}
     for item in items:
         knob, eq, value = item.partition("=")
@@ -114,7 +99,7 @@ def _world_overrides(items: tuple[str, ...]) -> dict:
             raise ValueError(f"--world {knob}: {value!r} is not a number") from None
         if not math.isfinite(number) or number < 0:
             raise ValueError(f"--world {knob}: must be a finite number ≥ 0, got {value}")
-        out[knob] = _cast(knob, number)
+        out[knob] = cast_knob(knob, number)
     return out
 
 
@@ -133,16 +118,18 @@ def _check_out(cfg: GapConfig, studies: list[str]) -> str | None:
     return None
 
 
-def _write_json(path: Path, obj) -> None:
-    """Atomic write: a crash never leaves a half-written results.json."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    tmp.replace(path)
+def _preset(cfg: GapConfig):
+    """The preset in effect: the named one, with --quick, --beta, --lr and --world applied."""
+    preset = quick(PRESETS[cfg.preset]) if cfg.quick else PRESETS[cfg.preset]
+    train = preset.train
+    if cfg.beta is not None:
+        train = replace(train, beta=cfg.beta)
+    if cfg.lr is not None:
+        train = replace(train, lr=cfg.lr)
+    return replace(preset, train=train, world=replace(preset.world, **_world_overrides(cfg.world)))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shared.cli import claim_run_dir, cli
-
     try:
         cfg = cli(GapConfig, argv, prog="python -m toysim.gap", description="\n\n".join(__doc__.split("\n\n")[:2]))
     except SystemExit as e:  # --help (0), or a bad argument reported in one line (2)
@@ -152,37 +139,24 @@ def main(argv: list[str] | None = None) -> int:
     problem = _check(cfg, studies)
     if problem:
         return fail(problem)
-    if cfg.out is None:  # the arguments are good: this run writes, into a folder of its own
-        try:
-            cfg = replace(cfg, out=claim_run_dir(Path("runs/toysim"), cfg.hypothesis))
-        except OSError as e:
-            return fail(f"cannot make a run folder under runs/toysim: {e.strerror or e}")
+    if cfg.dry_run:
+        return _dry_run(_preset(cfg), studies)
+    cfg = prelude(cfg, Path("runs/toysim"), cfg.hypothesis, make=False)  # the arguments are good: a folder of its own
+    if isinstance(cfg, int):
+        return cfg
     problem = _check_out(cfg, studies)
     if problem:
         return fail(problem)
 
-    # lazy: torch loads only once the inputs are checked (fast --help and errors)
-    from shared import plots, report
-    from shared.machine import apply_threads
-    from toysim.presets import PRESETS, quick
-    from toysim.study import Runner, run_study
-
-    preset = PRESETS[cfg.preset]
-    preset = quick(preset) if cfg.quick else preset
-    train = preset.train
-    if cfg.beta is not None:
-        train = replace(train, beta=cfg.beta)
-    if cfg.lr is not None:
-        train = replace(train, lr=cfg.lr)
-    preset = replace(preset, train=train, world=replace(preset.world, **_world_overrides(cfg.world)))
+    preset = _preset(cfg)
     command = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
     # the settings in effect (the preset's, with --quick, --beta, --lr and --world applied), not only the flags
-    threads = apply_threads(cfg.threads)
+    threads = torch.get_num_threads()
     print(f"resolved config: {json.dumps({**command, 'threads': threads, 'world': asdict(preset.world), 'train': asdict(preset.train)})}")
 
     t0 = time.time()
     try:
-        runner = Runner(preset, cfg.seeds, cfg.mode, _progress)
+        runner = Runner(preset, cfg.seeds, cfg.mode, progress)
     except ValueError as e:  # a world its knobs cannot make (--world prompts=0, vocab=0, ...)
         return fail(f"cannot build the world: {e}")
     all_results, figs = [], {}
@@ -193,10 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         except (RuntimeError, ValueError, FloatingPointError) as e:  # e.g. training diverged to non-finite values
             print(f"error: study {name} failed: {str(e).splitlines()[0]}", file=sys.stderr)
             return 1
-        res["command_config"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
+        res["command_config"] = command
         d = cfg.out / name
         d.mkdir(parents=True)
-        _write_json(d / "results.json", res)
+        write_json(d / "results.json", res)
         figs[name] = plots.figures(res, d)
         all_results.append(res)
         print(f"\n== {name}: {res['question']}  ({time.time() - t:.1f} s)")
@@ -205,6 +179,18 @@ def main(argv: list[str] | None = None) -> int:
         print(report.format_claims(res))
     path = report.write_report(all_results, cfg.out, figs)
     print(f"\nwrote {path} and {len(studies)} results.json in {time.time() - t0:.1f} s")
+    return 0
+
+
+def _dry_run(preset, studies: list[str]) -> int:
+    """--dry-run: each study's plan, one line an arm, nothing trained or written."""
+    print(f"preset {preset.name}: {preset.train.steps} online steps, batch {preset.train.batch_size}, lr {preset.train.lr:g}, "
+          f"beta {preset.train.beta:g}")
+    for name in studies:
+        plans = plan(STUDIES[name], preset.train)
+        print(f"\n== {name}: {len(plans)} arms" + ("" if plans else " (closed-form checks only)"))
+        for p in plans:
+            print("  " + p.describe())
     return 0
 
 

@@ -25,7 +25,12 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from shared.cli import cli, fail, prelude, seeds_problem, write_json
 from shared.results import verdict_from_ci
+from toysim.presets import MAX_SEEDS, PRESETS
+from toysim.presets import quick as quick_version
+from toysim.sweep import cell, plot
+from toysim.world import cast_knob
 
 __all__ = ["POLICIES", "Panel", "GRID", "SearchConfig", "cell_preset", "reading", "signature", "search", "plot_panels", "table", "main"]
 
@@ -86,11 +91,7 @@ class SearchConfig:
 def cell_preset(settings: dict, quick: bool = False):
     """The centre preset (its quick version if ``quick``) with a cell's settings: ``policy`` (a name
     of ``POLICIES``), ``beta`` (the training β; offline's sweep multiplies it) or any field of
-    ``toysim.env.WorldConfig``."""
-    from toysim.presets import PRESETS
-    from toysim.presets import quick as quick_version
-    from toysim.sweep import _cast
-
+    ``toysim.world.WorldConfig``."""
     p = quick_version(PRESETS[CENTRE]) if quick else PRESETS[CENTRE]
     world, train = {}, {}
     for knob, value in settings.items():
@@ -99,7 +100,7 @@ def cell_preset(settings: dict, quick: bool = False):
         elif knob == "beta":
             train["beta"] = float(value)
         else:
-            world[knob] = _cast(knob, value)
+            world[knob] = cast_knob(knob, value)
     return replace(p, world=replace(p.world, **world), train=replace(p.train, **train))
 
 
@@ -130,8 +131,6 @@ def _noise_free(settings: dict) -> bool:
 def search(cfg: SearchConfig, done: dict | None = None, save=None, progress=None) -> dict:
     """Run every cell of the chosen panels not in ``done`` (a previous search.json), then the
     confirmations; ``save(result)`` is called after every cell. Returns the search.json dict."""
-    from toysim.sweep import cell
-
     panels = [p for p in GRID if p.name in cfg.panels]
     result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k not in ("resume", "threads")},
               "centre": CENTRE + ("-quick" if cfg.quick else ""), "panels": [asdict(p) for p in panels], "cells": [], "confirmations": []}
@@ -178,8 +177,6 @@ _PLOTTED = [("online_minus_offline_matched_kl", "online − offline at matched K
 
 def plot_panels(result: dict, out: Path) -> list[Path]:
     """One phase diagram per panel: the matched-KL gap and claim 11's online − offline chosen shift."""
-    from toysim.sweep import plot
-
     paths = []
     seeds = result["config"]["seeds"]
     for p in result["panels"]:
@@ -219,27 +216,23 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from tqdm import tqdm
-
-    from shared.cli import cli, output_dir, threads_problem
-    from shared.machine import apply_threads
-    from toysim.gap import MAX_SEEDS, fail
+    from tqdm import tqdm  # lazily: only a search that runs draws its bar
 
     try:
         cfg = cli(SearchConfig, argv, prog="python -m toysim.search", description="\n\n".join(__doc__.split("\n\n")[:3]))
     except SystemExit as e:  # --help (0), or a bad argument reported in one line (2)
         return 0 if e.code in (0, None) else 2
-    if not 2 <= cfg.seeds <= MAX_SEEDS or not (cfg.confirm_seeds == 0 or 2 <= cfg.confirm_seeds <= MAX_SEEDS):
-        return fail(f"--seeds and --confirm-seeds must be from 2 to {MAX_SEEDS} (an interval needs two seeds; --confirm-seeds 0 skips)")
+    confirm = seeds_problem(cfg.confirm_seeds, 2, MAX_SEEDS, "--confirm-seeds") if cfg.confirm_seeds else None
+    seeds = seeds_problem(cfg.seeds, 2, MAX_SEEDS) or (confirm and confirm + " (--confirm-seeds 0 skips the confirmations)")
     unknown = [p for p in cfg.panels if p not in {g.name for g in GRID}]
-    if unknown:
-        return fail(f"unknown panel {unknown[0]!r}; choose from {', '.join(g.name for g in GRID)}")
-    if threads_problem(cfg.threads):
-        return fail(threads_problem(cfg.threads))
+    panel = f"unknown panel {unknown[0]!r}; choose from {', '.join(g.name for g in GRID)}" if unknown else None
+    resume = "--resume needs the --out of the search to go on with" if cfg.resume and cfg.out is None else None
+    cfg = prelude(cfg, Path("runs/search"), "search", [seeds, panel, resume],
+                  make=False)
+    if isinstance(cfg, int):
+        return cfg
     done = None
     if cfg.resume:
-        if cfg.out is None:
-            return fail("--resume needs the --out of the search to go on with")
         try:
             done = json.loads((cfg.out / "search.json").read_text())
         except (OSError, ValueError) as e:
@@ -248,18 +241,13 @@ def main(argv=None) -> int:
         now = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k in was}
         if was != now:
             return fail(f"cannot resume: {cfg.out} holds a search with {was}; resume it with the same settings")
-    else:
-        out, problem = output_dir(cfg.out, Path("runs/search"), "search")
-        if problem:
-            return fail(problem + (" (or --resume to go on with it)" if cfg.out is not None and cfg.out.exists() else ""))
-        cfg = replace(cfg, out=out)
+    elif cfg.out.exists():
+        return fail(f"{cfg.out} exists; choose a new --out, or leave it out for a new folder (results are never overwritten) "
+                    "(or --resume to go on with it)")
     cfg.out.mkdir(parents=True, exist_ok=True)
-    apply_threads(cfg.threads)
 
     def save(result):  # written whole to a side file, then renamed: a kill never leaves half a file
-        tmp = cfg.out / "search.json.tmp"
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(cfg.out / "search.json")
+        write_json(cfg.out / "search.json", result, sort_keys=False)
 
     t0 = time.time()
     panels = [p for p in GRID if p.name in cfg.panels]

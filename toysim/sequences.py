@@ -3,7 +3,7 @@
 A language model's responses are token sequences that share prefixes and parameters; pushing
 one sequence down moves probability onto others that share its prefix (the likelihood
 displacement of Razin et al. 2024, arXiv 2410.08847; Ren & Sutherland 2024, arXiv 2407.10490).
-An atomic response (``toysim.engine.LogLinearPolicy``) cannot show that. Here a response is a
+An atomic response (``toysim.policy.LogLinearPolicy``) cannot show that. Here a response is a
 sequence of at most ``max_len`` tokens from a vocabulary of ``vocab``, ended by an END token
 (or by reaching ``max_len``), and the policy is a token-level softmax whose parameters are
 shared across prefixes:
@@ -13,7 +13,7 @@ shared across prefixes:
 over the prefixes s_t of y (the token log-probs of an LLM, summed). With vocab V and max_len L
 there are N = Σ_{l=0}^{L} V^l responses per prompt (V = 4, L = 4: 341), few enough that
 every KL, win rate and accuracy stays an exact sum over them. ``AutoregressivePolicy`` gives
-the [R, X, N] table of (1) and the interface of ``LogLinearPolicy`` that ``toysim.engine.train``
+the [R, X, N] table of (1) and the interface of ``LogLinearPolicy`` that ``toysim.train.train``
 uses, so the same losses, samplers and metrics apply.
 
 Docs: docs/theory.md. Tests: tests/test_toysim_sequences.py.
@@ -25,7 +25,7 @@ import itertools
 
 import torch
 
-from toysim.engine import TablePolicy
+from toysim.policy import TablePolicy
 
 __all__ = ["SequenceSpace", "AutoregressivePolicy", "bigram_features"]
 
@@ -98,7 +98,7 @@ class AutoregressivePolicy(TablePolicy):
     ``sft_tok`` [X, S, V+1]: π_sft's token logits at every node (a prefix of ``max_len`` tokens
     is not a node: it ends there); ``feats`` [X, S, V+1, d]. θ = 0 is π_sft. The
     table is exact: log π(y|x) of every enumerated response. Implements what
-    ``toysim.engine.train`` and ``shared.sampling`` read of a policy.
+    ``toysim.train.train`` and ``shared.sampling`` read of a policy.
     """
 
     def __init__(self, space: SequenceSpace, sft_tok: torch.Tensor, feats: torch.Tensor, runs: int):

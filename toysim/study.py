@@ -1,14 +1,16 @@
-"""Run one study of ``shared.studies`` in the exact simulator.
+"""Run one study of ``shared.studies`` in the exact simulator: ``Runner`` and ``run_study``.
 
-Docs: docs/studies/*.md. Tests: tests/test_toysim_gap.py.
+Docs: docs/studies/*.md. Tests: tests/test_toysim_study.py, tests/test_toysim_gap.py.
 
-Order of work (same sections as fullscale.run):
-1. the world (golden preference, π_sft, D_golden, proxy PM) — toysim.env;
-2. the golden policy: online IPO with golden labels, baseline config, one run
-   per seed; its final policy is the win-rate reference of that seed;
-3. the study's arms, their runs (arms × seeds × sweep configurations) stacked
-   into as few batched programs as the arms allow — toysim.engine.train;
-4. the results dict of ``shared.studies`` and the claims' verdicts.
+Same sections, in the same order, as ``fullscale.study``:
+1. the world (golden preference, π_sft, D_golden, proxy PM) — ``toysim.world``;
+2. the golden policy (``shared.studies.GOLDEN``, the first entry of ``shared.protocol.plan``):
+   online IPO with golden labels, baseline config, one run per seed; its final policy is the
+   win-rate reference of that seed;
+3. the study's arms, in the plan's order, their runs (arms × seeds × sweep configurations)
+   stacked into as few batched programs as the arms allow — ``toysim.train.train``, evaluated
+   at checkpoints by ``toysim.evaluate.Evaluator``;
+4. the results dict (``shared.results``) and the claims' verdicts.
 """
 
 from __future__ import annotations
@@ -20,14 +22,16 @@ import torch
 
 from shared.claims import judge
 from shared.preferences import hard_preference
-from shared.protocol import (LOSSES, STREAM_SOURCES, SamplerWorld, checkpoint_steps, make_sampler, online_partner, provides_stream,
-                             run_order, stream_generator, stream_read_by, sweep_configs)
+from shared.protocol import LOSSES, ArmPlan, SamplerWorld, make_sampler, plan, stream_generator
+from shared.results import results_header, run_record
 from shared.sampling import Batch, geometric_mixture, policy_pair_dataset, stack_batches
-from shared.studies import Arm, Study
-from toysim.engine import Evaluator, TablePolicy, sample_rows, train
-from toysim.env import TableOracle, World, golden_training_oracle, make_world
+from shared.studies import GOLDEN, Study
+from toysim.evaluate import Evaluator
+from toysim.policy import TablePolicy, sample_rows
 from toysim.presets import Preset
 from toysim.theory import equivalence_checks, population_loss, rlhf_objective, theory_checks
+from toysim.train import train
+from toysim.world import TableOracle, World, golden_training_oracle, make_world
 
 __all__ = ["Runner", "run_study"]
 
@@ -40,6 +44,7 @@ class Runner:
             progress_factory = lambda total, desc: contextlib.nullcontext(None)  # noqa: E731
         self.p, self.t, self.seeds, self.mode = preset, preset.train, seeds, mode
         self.cache: dict[str, list[dict]] = {}
+        # ---------------------------------------------------------------- 1. the world
         self.world: World = make_world(preset.world).to(torch.float32)  # exact enough, twice as fast as float64
         self.progress_factory = progress_factory
         w = self.world
@@ -52,46 +57,43 @@ class Runner:
         self.keep_tables = False  # True: ``tables[arm name]`` keeps every run's log π table at every checkpoint
         self.tables: dict[str, dict[int, torch.Tensor]] = {}
 
-    def checkpoints(self, steps: int) -> set[int]:
-        return checkpoint_steps(steps, self.t)
+    # ---------------------------------------------------------------- 2. the golden policy, 3. the arms
+    def runs(self, p: ArmPlan) -> list[dict]:
+        """The runs of a planned arm, run now if they have not been (``run``)."""
+        self.run([p])
+        return self.cache[repr(p.arm)]
 
-    # ---------------------------------------------------------------- arms
-    def configs(self, arm: Arm) -> list[dict]:
-        return sweep_configs(arm, self.t)
-
-    def run_arm(self, arm: Arm, reference: bool = False) -> list[dict]:
-        self.run_arms([arm], reference)
-        return self.cache[repr(arm)]
-
-    def run_arms(self, arms, reference: bool = False) -> None:
-        """Run every arm of ``arms`` not run yet, as few tensor programs as the arms allow.
+    def run(self, plans: list[ArmPlan]) -> None:
+        """Run every arm of ``plans`` not run yet, in the plan's order (``shared.protocol.plan``),
+        as few tensor programs as the arms allow.
 
         Arms that train for the same number of steps on pairs share one program: their runs
         are stacked along the run axis of one policy (the widest arm's features; a narrower
         run's extra coordinates get no gradient and stay 0, which is exactly the narrower
         policy, as features of a smaller width are a prefix of a larger one). Each arm keeps
         its own sampler, generator, loss and evaluator, so its runs see the same data as when
-        it runs alone; only float rounding in the shared GEMMs can differ. Arms that generate
-        online streams run before the arms that read them (replay, checkpoint datasets).
-        RLHF (rollouts, not pairs) and population mode run arm by arm.
+        it runs alone; only float rounding in the shared GEMMs can differ. An arm on the
+        policy's own pairs never shares a program with an arm on fixed data (``ArmPlan.on_policy``),
+        since those read its logs and checkpoints once it has run. The golden policy, RLHF
+        (rollouts, not pairs) and population mode run arm by arm.
         """
-        todo = list({repr(a): a for a in arms if repr(a) not in self.cache}.values())
-        streams = [a for a in todo if a.source in STREAM_SOURCES]
-        for wave in (streams, [a for a in todo if a.source not in STREAM_SOURCES]):
-            groups: dict[object, list[Arm]] = {}  # key: the number of steps, or the arm if it runs alone
-            for a in wave:
-                single = self.mode == "population" or a.source == "rlhf" or reference
-                groups.setdefault(repr(a) if single else self.configs(a)[0]["steps"], []).append(a)
-            for group in groups.values():
-                for a, runs in zip(group, self._run_group(group, reference)):
-                    self.cache[repr(a)] = runs
+        todo = list({repr(p.arm): p for p in plans if repr(p.arm) not in self.cache}.values())
+        groups: dict[object, list[ArmPlan]] = {}  # key: (on-policy?, steps), or the arm if it runs alone
+        for p in todo:
+            single = self.mode == "population" or p.arm.source == "rlhf" or p.arm == GOLDEN
+            groups.setdefault(repr(p.arm) if single else (p.on_policy, p.steps), []).append(p)
+        for group in sorted(groups.values(), key=lambda g: not g[0].on_policy):  # stable: the plan's order within each
+            for p, runs in zip(group, self._run_group(group)):
+                self.cache[repr(p.arm)] = runs
 
-    def _run_group(self, arms: list[Arm], reference: bool) -> list[list[dict]]:
-        """Train ``arms`` as one program (``run_arms``); returns each arm's runs in the results schema."""
+    def _run_group(self, plans: list[ArmPlan]) -> list[list[dict]]:
+        """Train the arms of ``plans`` as one program (``run``); returns each arm's runs in the results schema."""
         w = self.world
+        arms = [p.arm for p in plans]
+        reference = arms[0] == GOLDEN  # the golden policy: its final tables are every later arm's win-rate reference
         parts, runs = [], []  # per arm: its slice of the stacked runs
-        for arm in arms:
-            arm_runs = [(c, s) for c in self.configs(arm) for s in range(self.seeds)]
+        for p in plans:
+            arm_runs = [(c, s) for c in p.configs for s in range(self.seeds)]
             parts.append(slice(len(runs), len(runs) + len(arm_runs)))
             runs += arm_runs
         R, steps = len(runs), runs[0][0]["steps"]
@@ -106,12 +108,13 @@ class Runner:
                                           for wd, sl in zip(widths, parts)])
         samplers, tables = [], [{} for _ in arms]
         oracles = [self.golden_oracle if arm.labels == "golden" else self.proxy_oracle for arm in arms]
-        for arm, sl, tab, oracle in zip(arms, parts, tables, oracles):
-            sampler = self.sampler(arm, _Runs(policy, sl), oracle, sl.stop - sl.start, stream_generator(self.p.world.seed, arm.name), seed_idx[sl], steps)
-            if provides_stream(arm):  # registered now: arms of this group may read its tables as they are filled
-                self.online_state[arm.name] = {"tables": tab, "log": getattr(sampler, "log", None)}
+        for p, sl, tab, oracle in zip(plans, parts, tables, oracles):
+            g = stream_generator(self.p.world.seed, p.arm.name)
+            sampler = self.sampler(p, _Runs(policy, sl), oracle, sl.stop - sl.start, g, seed_idx[sl], steps)
+            if p.provides:  # registered now: arms of this group may read its tables as they are filled
+                self.online_state[p.arm.name] = {"tables": tab, "log": getattr(sampler, "log", None)}
             samplers.append(sampler)
-        evaluators = [self._evaluator(arm, seed_idx[sl]) for arm, sl in zip(arms, parts)]
+        evaluators = [self._evaluator(p, seed_idx[sl]) for p, sl in zip(plans, parts)]
 
         def evaluate(table, step):
             for sl, tab in zip(parts, tables):
@@ -125,7 +128,7 @@ class Runner:
             loss_fn, sampler = _stacked_loss([LOSSES[a.loss] for a in arms], parts), _Stacked(samplers)
         desc = arms[0].name if len(arms) == 1 else f"{arms[0].name} +{len(arms) - 1} arms"
         with self.progress_factory(steps, desc) as bar:
-            series = train(policy, sampler, loss_fn, beta, lr, steps, self.checkpoints(steps), evaluate, bar)
+            series = train(policy, sampler, loss_fn, beta, lr, steps, plans[0].checkpoints, evaluate, bar)
         if reference:
             self.golden_final = tables[0][steps].exp()
         if self.keep_tables:
@@ -136,22 +139,26 @@ class Runner:
             for r in range(sl.start, sl.stop):
                 c, s = runs[r]
                 ser = {k: ([int(x) for x in v] if k == "step" else [float(x[r]) for x in v]) for k, v in series.items()}
-                arm_out.append({"seed": s, "config": {**c, "loss": arm.loss, "labels": arm.labels, "capacity": arm.capacity}, "series": ser})
+                arm_out.append(run_record(s, c, arm, ser))
             out.append(arm_out)
         return out
 
-    def _evaluator(self, arm: Arm, seed_idx: torch.Tensor) -> Evaluator:
-        """Exact metrics of an arm's runs; win rates against each run's seed's golden policy, and
-        "online pairs" accuracies on the pairs of its online partner (``shared.protocol.online_partner``)."""
+    def _evaluator(self, p: ArmPlan, seed_idx: torch.Tensor) -> Evaluator:
+        """Exact metrics of an arm's runs; win rates against each run's seed's golden policy (uniform
+        while the golden policy itself trains), and "online pairs" accuracies on the pairs of its
+        online partner (``ArmPlan.partner``)."""
         w, R = self.world, len(seed_idx)
-        ref = self.golden_final[seed_idx] if self.golden_final is not None else torch.full_like(w.sft_logp, 1 / w.sft_logp.shape[-1]).expand(R, -1, -1)
-        online = self.online_state.get(online_partner(arm))
+        if self.golden_final is not None:
+            ref = self.golden_final[seed_idx]
+        else:
+            ref = torch.full_like(w.sft_logp, 1 / w.sft_logp.shape[-1]).expand(R, -1, -1)
+        online = self.online_state.get(p.partner)
         pair_probs_at = None
-        if not provides_stream(arm) and online is not None:
+        if not p.provides and online is not None:
             pair_probs_at = lambda step: online["tables"][max(k for k in online["tables"] if k <= step)][seed_idx].exp()  # noqa: E731
         return Evaluator(w.sft_logp, ref, w.golden_pref, self.proxy_margin, w.d_golden, pair_probs_at=pair_probs_at)
 
-    def sampler(self, arm: Arm, policy, oracle, R, g, seed_idx, steps):
+    def sampler(self, p: ArmPlan, policy, oracle, R, g, seed_idx, steps):
         """``shared.protocol.make_sampler`` over this world: R runs stacked, tables as reward models."""
         w = self.world
         world = SamplerWorld(
@@ -159,13 +166,14 @@ class Runner:
             mixture=lambda pol, alpha: _Mixture(pol, w.sft_logp, alpha),
             reward=lambda labels: (lambda x, y, t=(w.golden_reward if labels == "golden" else w.proxy_reward): t[x, y]),
             stream=lambda name: self.online_state[name]["log"],
-            checkpoint_pairs=lambda a, gen: self.checkpoint_dataset(a, seed_idx, gen))
-        return make_sampler(arm, world, policy, oracle, g, steps)
+            checkpoint_pairs=lambda a, gen: self.checkpoint_dataset(p, seed_idx, gen))
+        return make_sampler(p.arm, world, policy, oracle, g, steps)
 
-    def checkpoint_dataset(self, arm: Arm, seed_idx, g) -> Batch:
-        """Pairs y1 ~ checkpoint a, y2 ~ checkpoint b of the online arm, golden-labelled, one dataset per run."""
-        w = self.world
-        tables = self.online_state[stream_read_by(arm)]["tables"]
+    def checkpoint_dataset(self, p: ArmPlan, seed_idx, g) -> Batch:
+        """Pairs y1 ~ checkpoint a, y2 ~ checkpoint b of the online arm it reads (``ArmPlan.reads``;
+        its tables at the plan's snapshot steps), golden-labelled, one dataset per run."""
+        w, arm = self.world, p.arm
+        tables = self.online_state[p.reads]["tables"]
         n, R = w.cfg.golden_pairs, len(seed_idx)
 
         class _Frozen:  # a checkpoint as a shared.sampling.Policy
@@ -182,7 +190,7 @@ class Runner:
         x = torch.randint(w.cfg.prompts, (R, n), generator=g)
         return policy_pair_dataset(at(a), at(b), x, self.golden_oracle, g)
 
-    def population(self, arm: Arm, policy, loss_fn, oracle):
+    def population(self, arm, policy, loss_fn, oracle):
         """Exact mode: the loss is the population loss over μ⊗μ (μ = π_sft's D_golden
         distribution offline, sg(π) online, the mixture for IPO-MD), or for RLHF the exact
         objective; the 'sampler' yields nothing."""
@@ -277,6 +285,11 @@ class _Mixture:
         return sample_rows(self._probs, x, generator)
 
 
+def setting(mode: str) -> str:
+    """The one-line ``setting`` of a toysim results dict (``shared.results.results_header``)."""
+    return f"mode {mode}"
+
+
 def run_study(study: Study, preset: Preset, seeds: int, mode: str = "sgd", progress_factory=None,
               runner: Runner | None = None) -> dict:
     """Run every arm of ``study`` and judge its claims. Returns the results dict.
@@ -284,23 +297,24 @@ def run_study(study: Study, preset: Preset, seeds: int, mode: str = "sgd", progr
     Pass a ``runner`` to share the world, the golden policy and finished arms
     between studies (``--hypothesis all``).
     """
-    out = {"study": study.name, "question": study.question, "preset": preset.name, "mode": mode, "seeds": seeds,
-           "config": {"world": asdict(preset.world), "train": asdict(preset.train)}, "arms": {}, "extras": {}}
+    out = results_header(study, preset.name, mode, seeds, {"world": asdict(preset.world), "train": asdict(preset.train)}, setting(mode))
     if study.name == "theory":
         out["extras"]["theory"] = theory_checks(seed=preset.world.seed)
         out["claims"] = judge(study, out)
         return out
     if study.name == "equivalence":
         out["extras"]["equivalence"] = equivalence_checks(seed=preset.world.seed)
+    # ---------------------------------------------------------------- 1. the world
     runner = runner or Runner(preset, seeds, mode, progress_factory)
-    runner.run_arm(Arm("golden", "online", labels="golden"), reference=True)
-    arms = run_order(study.arms)
+    plans = plan(study, preset.train)  # the golden policy first, then the arms in run order
     if mode == "population":
-        for a in [a for a in arms if a.source not in POPULATION_SOURCES]:
-            out["extras"].setdefault("skipped", []).append(f"{a.name}: no population form")
-            arms.remove(a)
-    runner.run_arms(arms)  # as few tensor programs as the arms allow
-    for arm in arms:
-        out["arms"][arm.name] = runner.run_arm(arm)
+        for p in [p for p in plans if p.arm.source not in POPULATION_SOURCES]:
+            out["extras"].setdefault("skipped", []).append(f"{p.arm.name}: no population form")
+            plans.remove(p)
+    # ---------------------------------------------------------------- 2. the golden policy, 3. the arms
+    runner.run(plans)  # as few tensor programs as the arms allow
+    # ---------------------------------------------------------------- 4. results
+    for p in plans[1:]:
+        out["arms"][p.arm.name] = runner.runs(p)
     out["claims"] = judge(study, out)
     return out

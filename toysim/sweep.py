@@ -23,17 +23,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from shared.cli import cli, prelude, seeds_problem
 from shared.metrics import seed_ci
 from shared.results import final, gap, peak, per_seed
 from shared.studies import Arm, Study
-from toysim.gap import MAX_SEEDS, PresetName, fail
+from toysim.presets import MAX_SEEDS, PRESETS, PresetName, quick
+from toysim.study import run_study
+from toysim.world import KNOBS, cast_knob
 
 __all__ = ["SweepConfig", "sweep", "cell", "plot", "PANELS", "text_colors", "main"]
 
-KNOBS = ("label_noise", "golden_pairs", "proxy_features", "proxy_l2", "policy_features", "sft_temp", "mu_shift",
-         "responses", "prompts", "traits", "penalty", "noise", "vocab", "max_len")
-"""The numeric fields of ``toysim.env.WorldConfig`` a sweep can vary (tests/test_cli.py holds them equal)."""
-Knob = Literal[KNOBS]  # type: ignore[valid-type]
+Knob = Literal[KNOBS]  # type: ignore[valid-type]  (the numeric fields of toysim.world.WorldConfig)
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,11 @@ class SweepConfig:
     """Sweep two knobs of the world and map the gaps."""
 
     x: Knob = "label_noise"
-    """knob on the horizontal axis (a field of toysim.env.WorldConfig: what it does is in its docstring)"""
+    """knob on the horizontal axis (a field of toysim.world.WorldConfig: what it does is in its docstring)"""
     x_values: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3)
     """its values"""
     y: Knob = "policy_features"
-    """knob on the vertical axis (a field of toysim.env.WorldConfig)"""
+    """knob on the vertical axis (a field of toysim.world.WorldConfig)"""
     y_values: tuple[float, ...] = (16, 32, 64, 128)
     """its values"""
     preset: PresetName = "default"
@@ -67,19 +67,10 @@ _STUDY = Study("sweep", "where does the gap live?", (
 ), ())
 
 
-def _cast(knob: str, value: float):
-    from toysim.env import WorldConfig
-
-    kind = {f.name: f.type for f in dataclasses.fields(WorldConfig)}[knob]
-    return int(value) if kind in (int, "int") else bool(value) if kind in (bool, "bool") else float(value)
-
-
 def cell(preset, seeds: int) -> dict:
     """Gaps for one world: online−offline and tandem−offline at matched KL and at the peak, and
     claim 11's signature: each arm's final chosen log-likelihood shift on D_golden and online −
     offline (``shared.claims``' rule for claim 11 reads the same numbers). Each [mean, 95% half-width]."""
-    from toysim.study import run_study
-
     res = run_study(_STUDY, preset, seeds)
     out = {}
     for a in ("online", "tandem"):
@@ -95,14 +86,14 @@ def cell(preset, seeds: int) -> dict:
 
 
 def sweep(cfg: SweepConfig, progress=None) -> dict:
-    from toysim.presets import PRESETS, quick
-
+    """Every cell of the grid, y-major: ``cell`` of the preset's world with the two knobs set;
+    ``progress.update(1)`` after each. Returns the sweep.json dict."""
     base = PRESETS[cfg.preset]
     base = quick(base) if cfg.quick else base
     cells = []
     for yv in cfg.y_values:
         for xv in cfg.x_values:
-            world = replace(base.world, **{cfg.x: _cast(cfg.x, xv), cfg.y: _cast(cfg.y, yv)})
+            world = replace(base.world, **{cfg.x: cast_knob(cfg.x, xv), cfg.y: cast_knob(cfg.y, yv)})
             r = cell(replace(base, world=world), cfg.seeds)
             cells.append({cfg.x: xv, cfg.y: yv, **r})
             if progress is not None:
@@ -163,26 +154,17 @@ def _label(v) -> str:
 
 
 def main(argv=None) -> int:
-    from tqdm import tqdm
-
-    from shared.cli import cli, output_dir, threads_problem
-    from shared.machine import apply_threads
-    from toysim.presets import PRESETS
+    from tqdm import tqdm  # lazily: only a sweep that runs draws its bar
 
     try:
         cfg = cli(SweepConfig, argv, prog="python -m toysim.sweep", description="\n\n".join(__doc__.split("\n\n")[:2]))
     except SystemExit as e:  # --help (0), or a bad argument reported in one line (2)
         return 0 if e.code in (0, None) else 2
-    if cfg.preset not in PRESETS:
-        return fail(f"unknown preset {cfg.preset!r}; choose from {', '.join(PRESETS)}")
-    if not 1 <= cfg.seeds <= MAX_SEEDS:
-        return fail(f"--seeds must be at least 1 and at most {MAX_SEEDS}, got {cfg.seeds}")
-    problem = threads_problem(cfg.threads)
-    out, problem = (None, problem) if problem else output_dir(cfg.out, Path("runs/sweep"), f"{cfg.x}-{cfg.y}")
-    if problem:  # else the folder is made now, so that the results have a place when the sweep ends
-        return fail(problem)
-    cfg = replace(cfg, out=out)
-    apply_threads(cfg.threads)
+    preset_problem = None if cfg.preset in PRESETS else f"unknown preset {cfg.preset!r}; choose from {', '.join(PRESETS)}"
+    # else the folder is made now, so that the results have a place when the sweep ends
+    cfg = prelude(cfg, Path("runs/sweep"), f"{cfg.x}-{cfg.y}", [preset_problem, seeds_problem(cfg.seeds, 1, MAX_SEEDS)])
+    if isinstance(cfg, int):
+        return cfg
     t0 = time.time()
     with tqdm(total=len(cfg.x_values) * len(cfg.y_values), desc="cells", file=sys.stderr) as bar:
         result = sweep(cfg, bar)

@@ -1,7 +1,7 @@
 """The bandit world of the simulator: prompts, enumerable responses, a golden
 preference, π_sft, a finite D_golden and a limited proxy preference model.
 
-Docs: docs/tutorial.md (§ the world). Tests: tests/test_toysim_engine.py.
+Docs: docs/tutorial.md (§ the world). Tests: tests/test_toysim_train.py.
 
 Mirrors the roles of Tang et al. 2024, §3:
 - responses y have latent traits z_y ∈ R^k, prompts have a "taste" u_x ∈ R^k;
@@ -30,18 +30,19 @@ the golden reward, D_golden and the proxy are the same functions of z_y.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from typing import Literal
-
 from shared.preferences import NoisyOracle, hard_preference, label_pairs
-from toysim.engine import LogLinearPolicy
+from toysim.policy import LogLinearPolicy
 from toysim.sequences import AutoregressivePolicy, SequenceSpace, bigram_features
 
-__all__ = ["WorldConfig", "World", "make_world", "features", "sequence_features", "TableOracle", "golden_training_oracle"]
+__all__ = ["WorldConfig", "KNOBS", "cast_knob", "World", "make_world", "features", "sequence_features", "TableOracle",
+           "golden_training_oracle"]
 
 
 class TableOracle:
@@ -102,6 +103,18 @@ class WorldConfig:
     """autoregressive only: most tokens in a response; there are Σ_{l ≤ max_len} vocab^l responses"""
     seed: int = 0
     """seed of the world (traits, tastes, D_golden, proxy), fixed across training seeds"""
+
+
+KNOBS = ("label_noise", "golden_pairs", "proxy_features", "proxy_l2", "policy_features", "sft_temp", "mu_shift",
+         "responses", "prompts", "traits", "penalty", "noise", "vocab", "max_len")
+"""The numeric fields of ``WorldConfig``: the knobs ``--world`` sets and a sweep varies
+(tests/test_cli.py holds them equal)."""
+
+
+def cast_knob(knob: str, value: float):
+    """``value`` as the type of ``WorldConfig``'s field ``knob`` (int, bool or float)."""
+    kind = {f.name: f.type for f in dataclasses.fields(WorldConfig)}[knob]
+    return int(value) if kind in (int, "int") else bool(value) if kind in (bool, "bool") else float(value)
 
 
 @dataclass

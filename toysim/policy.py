@@ -1,26 +1,21 @@
-"""The batched training engine: R runs (arms × seeds × sweep configurations)
-trained at once as one tensor program, with exact evaluation at checkpoints.
+"""The simulator's policies: log-linear (or tabular) tables of log π(y|x) for R runs at once,
+their log-probabilities at index pairs, and sampling from them.
 
-Docs: docs/tutorial.md (§ how a run works). Tests: tests/test_toysim_engine.py.
+Docs: docs/tutorial.md (§ how a run works). Tests: tests/test_toysim_train.py.
 
-A policy is log-linear, logits[r] = sft_logits + Φ·θ[r] (or tabular θ[r, x, y]),
-so its whole table log π(·|x) [R, X, N] is one GEMM and every metric is
-exact. Pairs come from ``shared.sampling``; losses from ``shared.losses``;
-metrics from ``shared.metrics``. The optimiser is Adam (Kingma & Ba 2015,
-Algorithm 1) with a per-run learning rate.
+A policy is log-linear, logits[r] = sft_logits + Φ·θ[r] (or tabular θ[r, x, y]), so its whole
+table log π(·|x) [R, X, N] is one GEMM and every metric of ``toysim.evaluate`` is exact. The
+training step's log-probabilities at pairs (``_GroupedLogLinearLogp``) are computed on the rows the
+pairs read, with a closed-form backward pass (the exponential family's score). The
+autoregressive policies over token sequences are ``toysim.sequences``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-from shared.metrics import classifier_accuracy_exact, kl_exact, logp_shift, win_rate_exact
-from shared.sampling import Batch, Rollouts
-
-__all__ = ["TablePolicy", "LogLinearPolicy", "sample_rows", "gather_log_softmax", "adam_init", "adam_update", "gather_logp", "train", "Evaluator"]
+__all__ = ["TablePolicy", "LogLinearPolicy", "sample_rows", "gather_log_softmax", "gather_logp", "prompt_groups"]
 
 
 class TablePolicy:
@@ -113,7 +108,7 @@ class _GatherLogSoftmax(torch.autograd.Function):
     Forward: logits [R, X, N] -> log-sum-exp over N [R, X], then logits[r, x, y] − lse[r, x].
     Backward (d log π(y|x) / d logits(x, n) = 1[n = y] − π(n|x)): the upstream gradient g [R, K]
     lands on its (x, y) entries, and −(Σ_k g_k 1[x_k = x])·π(·|x) on every row. Same result as
-    autograd through log_softmax + gather (tests/test_toysim_engine.py), with fewer passes over
+    autograd through log_softmax + gather (tests/test_toysim_train.py), with fewer passes over
     the table, which is what bounds a batched step.
     """
 
@@ -180,7 +175,7 @@ class _GroupedLogLinearLogp(torch.autograd.Function):
     - pairs: E_k = π·Φ_x per row [X, C, d], then φ(x_k, y_k) − E_k gathered per pair and
       weighted by g: passes over [R, K, d] instead, cheaper when the features are few.
     Same values as autograd through ``LogLinearPolicy.logits`` + ``gather_log_softmax`` up to
-    float rounding, either way (tests/test_toysim_engine.py). Gathers go through flat
+    float rounding, either way (tests/test_toysim_train.py). Gathers go through flat
     ``index_select``: multi-tensor indexing costs several times more on these sizes.
     """
 
@@ -225,133 +220,3 @@ class _GroupedLogLinearLogp(torch.autograd.Function):
 
 
 _FORCE_PATH = None  # "rows" or "pairs": tests check each path whatever the sizes choose
-
-
-def adam_init(theta: torch.Tensor):
-    return torch.zeros_like(theta), torch.zeros_like(theta), 0
-
-
-def adam_update(theta, grad, state, lr, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
-    """One Adam step (Kingma & Ba 2015, Algorithm 1); ``lr`` broadcasts per run.
-
-    The moment buffers in ``state`` are updated in place (they belong to the
-    training loop); returns the new θ and the state.
-    """
-    m, v, t = state
-    t += 1
-    m.mul_(b1).add_(grad, alpha=1 - b1)
-    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-    denom = (v / (1 - b2**t)).sqrt_().add_(eps)
-    return theta - (lr / (1 - b1**t)) * m / denom, (m, v, t)
-
-
-@dataclass
-class Evaluator:
-    """Exact metrics of a table of policies, all [R].
-
-    ref_probs [R, X, N] (the golden policy of each run's seed), golden_pref
-    [X, N, N], proxy_margin [X, N, N], d_golden (the Batch), and optionally
-    ``pair_probs_at(step)`` -> [R, X, N]: the online policy at that step, whose
-    pairs the "online pairs" accuracies are measured on (default: the policy's own).
-    """
-
-    sft_logp: torch.Tensor
-    ref_probs: torch.Tensor
-    golden_pref: torch.Tensor
-    proxy_margin: torch.Tensor
-    d_golden: Batch
-    pair_probs_at: object = None
-
-    def __call__(self, table: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-        probs = table.exp()
-        label_sign = torch.sign(self.golden_pref - 0.5)  # the golden decision, 0 on ties
-        h = table - self.sft_logp  # [R, X, N]
-        scale = table.abs() + self.sft_logp.abs()  # [R, X, N]: the size of the terms whose rounding h carries
-        agree = rounded_sign(h[..., :, None] - h[..., None, :], scale[..., :, None] + scale[..., None, :]) * label_sign  # [R, X, N, N]
-        proxy_agree = torch.sign(self.proxy_margin) * label_sign
-        g = self.d_golden
-        q = probs if self.pair_probs_at is None else self.pair_probs_at(step)
-        R = table.shape[0]
-        return {
-            "kl": kl_exact(table, self.sft_logp.expand_as(table)),
-            "win_rate": win_rate_exact(probs, self.ref_probs, self.golden_pref),
-            "acc_golden": classifier_accuracy_exact_pairs(rounded_sign(h[:, g.x, g.y_w] - h[:, g.x, g.y_l],
-                                                                       scale[:, g.x, g.y_w] + scale[:, g.x, g.y_l])),
-            "acc_online_pairs": classifier_accuracy_exact(None, None, q, agreement=agree),
-            "proxy_acc_online_pairs": classifier_accuracy_exact(None, None, q, agreement=proxy_agree),
-            "acc_self": classifier_accuracy_exact(None, None, probs, agreement=agree),
-            "chosen_logp_shift": logp_shift(table[:, g.x, g.y_w], self.sft_logp[g.x, g.y_w].expand(R, -1)),
-            "rejected_logp_shift": logp_shift(table[:, g.x, g.y_l], self.sft_logp[g.x, g.y_l].expand(R, -1)),
-        }
-
-
-ROUNDING = 8  # a margin within this many ulps of its terms' size is a tie (see rounded_sign)
-
-
-def rounded_sign(margin: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """sign(margin), with margins no larger than float rounding of terms of total size ``scale``
-    (|margin| ≤ ROUNDING · eps · scale) counted as 0, a tie.
-
-    The policy's implicit reward h = log π − log π_sft is a difference of two separately
-    rounded tables: at step 0 (π = π_sft) and wherever the policy has not moved, h is rounding
-    noise whose sign changes with the CPU's vector kernels. Without the dead zone the step-0
-    accuracies were such noise (0.49 on one CPU, 0.50 on another); with it they are ½, exactly
-    the tie they are. Any margin the policy learns is orders of magnitude larger.
-    Shapes: margin and scale broadcast -> margin's shape."""
-    tol = ROUNDING * torch.finfo(margin.dtype).eps * scale
-    return torch.where(margin.abs() <= tol, torch.zeros_like(margin), torch.sign(margin))
-
-
-def classifier_accuracy_exact_pairs(sign_w_minus_l: torch.Tensor) -> torch.Tensor:
-    """Accuracy on a labelled set stored as (y_w, y_l) from the sign of each pair's margin
-    (``rounded_sign``): +1 is correct, 0 (a tie) counts ½."""
-    return ((sign_w_minus_l > 0).to(sign_w_minus_l.dtype) + 0.5 * (sign_w_minus_l == 0)).mean(-1)
-
-
-def train(policy: LogLinearPolicy, sampler, loss_fn, beta: torch.Tensor, lr: torch.Tensor, steps: int,
-          eval_at, evaluate, progress=None) -> dict[str, list]:
-    """Train every run of ``policy`` for ``steps`` steps of ``sampler`` pairs.
-
-    Per step: pairs [R, B] from ``sampler.next()``; loss = mean over the batch
-    of ``loss_fn(pi_logp_w, pi_logp_l, sft_logp_w, sft_logp_l, beta)``, summed
-    over runs (runs are independent, so each gets its own gradient); one Adam
-    step with per-run ``lr`` ([R, 1]). ``evaluate(table, step)`` is called at step
-    0 and at every step in ``eval_at`` (a collection of steps, or an int: every
-    that many steps). Returns {metric: [checkpoints × R]} plus "step".
-    """
-    theta = policy.theta.detach().clone()
-    state = adam_init(theta)
-    beta = beta.to(theta.dtype)
-    lr_b = lr.to(theta.dtype).reshape(lr.shape + (1,) * (theta.ndim - lr.ndim))
-    series: dict[str, list] = {"step": []}
-    for step in range(steps + 1):
-        if step == 0 or (step % eval_at == 0 if isinstance(eval_at, int) else step in eval_at):
-            with torch.no_grad():
-                res = evaluate(policy.table(), step)
-            series["step"].append(step)
-            for key, v in res.items():
-                series.setdefault(key, []).append(v)
-        if step == steps:
-            break
-        batch = sampler.next()
-        theta.requires_grad_(True)
-        if batch is None:  # exact population mode: loss_fn(table, beta) -> [R]
-            loss = loss_fn(policy.table(theta), beta).sum()
-        elif isinstance(batch, Rollouts):  # policy gradient: k samples per prompt, [R, B, k]
-            xk = batch.x[..., None].expand_as(batch.y)
-            pi = gather_log_softmax(policy.logits(theta), xk.reshape(xk.shape[0], -1), batch.y.reshape(xk.shape[0], -1)).reshape(batch.y.shape)
-            loss = loss_fn(pi, gather_logp(policy.sft_logp, xk, batch.y), batch.reward, beta[..., None]).mean(-1).sum()
-        else:  # log π at (x, y_w) and (x, y_l) in one gather: [R, 2B] -> two [R, B]
-            x2, y2 = torch.cat([batch.x, batch.x], -1), torch.cat([batch.y_w, batch.y_l], -1)
-            pi_w, pi_l = policy.pair_logp(theta, x2, y2).split(batch.x.shape[-1], -1)
-            ref_w, ref_l = gather_logp(policy.sft_logp, x2, y2).split(batch.x.shape[-1], -1)
-            loss = loss_fn(pi_w, pi_l, ref_w, ref_l, beta).mean(-1).sum()
-        (grad,) = torch.autograd.grad(loss, theta)
-        if policy.grad_mask is not None:  # masked coordinates keep zero moments, so Adam leaves them at 0
-            grad = grad * policy.grad_mask
-        with torch.no_grad():
-            theta, state = adam_update(theta.detach(), grad, state, lr_b)
-        policy.set_theta(theta)
-        if progress is not None:
-            progress.update(1)
-    return series

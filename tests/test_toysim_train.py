@@ -1,12 +1,13 @@
-"""toysim.engine and toysim.env: Adam against torch's, batching against single runs, the world's invariants."""
+"""toysim.policy, toysim.train and toysim.world: Adam against torch's, batching against single runs, the world's invariants."""
 
 import pytest
 import torch
 
 from shared.losses import ipo_loss
 from shared.sampling import OfflineSampler
-from toysim.engine import LogLinearPolicy, adam_init, adam_update, gather_logp, train
-from toysim.env import WorldConfig, features, make_world
+from toysim.policy import LogLinearPolicy, gather_logp
+from toysim.train import adam_init, adam_update, train
+from toysim.world import WorldConfig, features, make_world
 
 
 def test_adam_matches_torch_optim():
@@ -93,7 +94,7 @@ def test_bad_world_raises():
 def test_proxy_fit_is_the_regularised_bt_minimiser():
     """The Newton fit zeroes the gradient of the L2-regularised BT objective (autograd, independent of the Hessian)."""
     from shared.losses import bt_loss
-    from toysim.env import features
+    from toysim.world import features
 
     cfg = WorldConfig(prompts=8, responses=12, golden_pairs=300, proxy_features=6, proxy_l2=0.05)
     w = make_world(cfg)
@@ -106,7 +107,7 @@ def test_proxy_fit_is_the_regularised_bt_minimiser():
 
 
 def test_gather_log_softmax_matches_autograd_reference():
-    from toysim.engine import gather_log_softmax
+    from toysim.policy import gather_log_softmax
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 4, 6, generator=g, dtype=torch.float64)
@@ -126,7 +127,7 @@ def test_gather_log_softmax_matches_autograd_reference():
 
 def test_prompt_groups_match_a_plain_loop():
     """members[x] starts with the runs that read prompt x, in order; col is each pair's place there."""
-    from toysim.engine import prompt_groups
+    from toysim.policy import prompt_groups
 
     g = torch.Generator().manual_seed(0)
     for _ in range(50):
@@ -145,8 +146,8 @@ def test_prompt_groups_match_a_plain_loop():
 def test_pair_logp_matches_logits_table_reference(runs, path, monkeypatch):
     """The log-linear training step's grouped rows and closed-form gradient equal autograd through the
     full table, by either backward path (each forced in turn)."""
-    from toysim import engine
-    from toysim.engine import gather_log_softmax, prompt_groups
+    from toysim import policy as engine
+    from toysim.policy import gather_log_softmax, prompt_groups
 
     monkeypatch.setattr(engine, "_FORCE_PATH", path)
 
@@ -173,7 +174,7 @@ def test_pair_logp_in_float32_for_small_and_huge_logits(scale):
     """The forward reads log π(y|x) off the softmax while every picked entry is ≥ 1e-30, and
     falls back to logit − log-sum-exp otherwise (logits of ±hundreds: entries underflow float32):
     both give the max-shifted log-softmax of the full table, values and gradients."""
-    from toysim.engine import gather_log_softmax
+    from toysim.policy import gather_log_softmax
 
     w = make_world(WorldConfig(prompts=5, responses=7, golden_pairs=20, policy_features=4)).to(torch.float32)
     pol = LogLinearPolicy(w.sft_logp, w.policy_features(1), 3)
