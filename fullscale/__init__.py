@@ -1,4 +1,4 @@
-"""fullscale: the LLM pipeline of the study (torch + transformers).
+"""fullscale: the study of Tang et al. 2024 with language models (torch + transformers).
 
-Not built yet; see the project's open issues.
+Run ``python -m fullscale.run --help``. Docs: docs/fullscale.md.
 """

@@ -5,7 +5,7 @@
 
 One step is what the online arm does (docs/fullscale.md): generate a pair of
 responses per prompt from the current policy (``fullscale.decode``: both in one
-batch, static KV cache; ``--decoder reference`` times ``fullscale.lm.sample_responses``
+batch, static KV cache; ``--decoder reference`` times ``fullscale.decode.sample_responses``
 once per response instead), score the pair (a cheap reward, the fraction of even token ids, as
 the TRL throughput harness of the GPU-performance issue uses, or a pairwise
 preference model of the policy's shape), policy and reference log-probs, the
@@ -67,7 +67,7 @@ class BenchConfig:
     numerics: Literal["exact", "fast"] = "exact"
     """the runner's ``--train.numerics``: exact, or fused Adam and the pair's prompt run once in training (the same maths to float rounding)"""
     decoder: Literal["fast", "reference"] = "fast"
-    """fast: the pair in one batch of 2·batch rows, static KV cache, prompt prefilled once (``fullscale.decode``, what the runner uses); reference: ``fullscale.lm.sample_responses`` once per response (a growing cache, the prompt's logits at every position)"""
+    """fast: the pair in one batch of 2·batch rows, static KV cache, prompt prefilled once (``fullscale.decode``, what the runner uses); reference: ``fullscale.decode.sample_responses`` once per response (a growing cache, the prompt's logits at every position)"""
 
 
 def _sync(device):
@@ -87,7 +87,8 @@ def run(cfg: BenchConfig) -> dict:
     import torch
 
     from fullscale.dist import Dist, row_generator
-    from fullscale.lm import LMPolicy, Prompts, pm_scores, sample_responses, sequence_logp
+    from fullscale.decode import LMPolicy, sample_responses
+    from fullscale.lm import Prompts, pm_scores, sequence_logp
     from fullscale.models import ModelSpec, build_model
     from fullscale.train import _adam
     from shared.losses import ipo_loss

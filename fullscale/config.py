@@ -146,6 +146,9 @@ class RunConfig:
     """output directory for results.json, figures, report.md, metrics.jsonl and the stage cache; default a new runs/fullscale/<hypothesis>-<preset>-<date-time> per run; a given DIR must not hold a finished run"""
     resume: bool = False
     """continue the run in --out DIR (required): reuse finished stages, resume unfinished runs"""
+    dry_run: bool = False
+    """print the study's plan (shared.protocol.plan: the arms in run order, their configurations, steps, checkpoints and what they
+    read) and exit without building anything or writing a file"""
     cache: Path | None = None
     """stage cache directory (default DIR/cache); point several runs at one to share stages"""
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -1,5 +1,7 @@
-"""The fast decode path: k responses per prompt in one batch, with a preallocated (static)
-KV cache and fixed shapes, drawing exactly the tokens of ``fullscale.lm.sample_responses``.
+"""Every way the LLM path samples: the reference sampler ``sample_responses``, the fast decode
+path ``decode`` (k responses per prompt in one batch, with a preallocated (static) KV cache and
+fixed shapes, drawing exactly the reference's tokens), per-example draws over several processes
+(``sample_rows``), and ``LMPolicy``, a causal LM as a ``shared.sampling.Policy``.
 
 Docs: docs/fullscale.md (The decode path). Tests: tests/test_fullscale_decode.py.
 
@@ -19,7 +21,7 @@ responses faster:
   trick in another form); ``tests/test_fullscale_decode.py`` checks that identity on this
   torch, token for token. On CPU the noise is drawn a third faster by ``_exponential_``, the
   same numbers. With one generator per row (the per-example draws of ``fullscale.dist``) every
-  row draws from its own generator (``fullscale.lm._draw``), so batching changes nothing.
+  row draws from its own generator (``draw``), so batching changes nothing.
 - **A static cache** (``transformers.StaticCache``): keys and values of the prompt plus
   ``length − 1`` positions preallocated, the attention mask a fixed [k·B, P + length − 1]
   tensor updated in place, sampling on the device and no host synchronisation inside the loop,
@@ -44,10 +46,11 @@ import sys
 
 import torch
 
-from fullscale.lm import Prompts, _accepts, _autocast, _cache_arg, _draw, _no_pad, _positions
+from fullscale.dist import row_generator, whole
+from fullscale.lm import Prompts, accepts, autocast, cache_arg, no_pad, positions, sequence_logp
 from shared.sampling import geometric_mixture
 
-__all__ = ["STATIC_MODEL_TYPES", "decode", "draw_noise"]
+__all__ = ["STATIC_MODEL_TYPES", "decode", "draw_noise", "draw", "sample_responses", "sample_rows", "LMPolicy"]
 
 # architectures whose every layer is full attention and whose static cache the tests check
 STATIC_MODEL_TYPES = ("gpt2", "llama", "qwen2")
@@ -59,7 +62,7 @@ def _static_ok(model) -> bool:
     import transformers
 
     kind = getattr(getattr(model, "config", None), "model_type", None)
-    ok = kind in STATIC_MODEL_TYPES and hasattr(transformers, "StaticCache") and _accepts(model, "logits_to_keep")
+    ok = kind in STATIC_MODEL_TYPES and hasattr(transformers, "StaticCache") and accepts(model, "logits_to_keep")
     if not ok and kind not in _said:
         _said.add(kind)
         print(f"decode: no static KV cache for model type {kind!r} here; using the growing cache", file=sys.stderr)
@@ -108,9 +111,9 @@ def draw_noise(generator, rows: int, vocab: int, length: int, k: int, device) ->
 def _prefill(model, ids, mask, k, max_len, static):
     """Prompt logits at the last position, and a cache of k copies of the prompt rows, block
     after block: static, or (``static`` False) the growing cache the prefill returned."""
-    arg = _cache_arg(model)
+    arg = cache_arg(model)
     kw = {"logits_to_keep": 1} if static else {}
-    out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, **kw)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True, **kw)
     grown = out[arg]
     if not static:
         if k > 1:
@@ -136,7 +139,7 @@ def decode(model, prompts: Prompts, x: torch.Tensor, length: int, eos: int, pad:
     region, so the trained weights are cast to bf16 once per rollout, not once per token."""
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = model.module  # no gradient here: the module itself, without the wrapper's hooks
-    with _autocast(prompts.ids.device):
+    with autocast(prompts.ids.device):
         return _decode(model, prompts, x, length, eos, pad, generator, k, temperature, mix, return_logits)
 
 
@@ -155,10 +158,10 @@ def _decode(model, prompts, x, length, eos, pad, generator, k, temperature, mix,
     mask = torch.zeros(k * B, max_len, dtype=p_mask.dtype, device=dev)
     mask[:, :P] = p_mask.repeat(k, 1)
     pos = p_mask.sum(-1, keepdim=True).repeat(k, 1)
-    args = [_cache_arg(m) for m in models]
+    args = [cache_arg(m) for m in models]
 
     def scores(logits_per_model):
-        out = [_no_pad(lg.float(), pad, eos) / temperature for lg in logits_per_model]
+        out = [no_pad(lg.float(), pad, eos) / temperature for lg in logits_per_model]
         if mix is None:
             return out[0]
         return geometric_mixture(torch.log_softmax(out[0], -1), torch.log_softmax(out[1], -1), mix[1])
@@ -174,7 +177,7 @@ def _decode(model, prompts, x, length, eos, pad, generator, k, temperature, mix,
             all_logits.append(logits * temperature if mix is None else logits)
         probs = torch.softmax(logits, -1)
         if per_row:
-            tok = _draw(probs, generator)
+            tok = draw(probs, generator)
         else:  # torch.multinomial(probs, 1, generator), as argmax(probs / Exp(1) noise)
             tok = (probs / (noise[t] if noise is not None else _exponential_(step_noise, generator))).argmax(-1)
         tok = torch.where(done, torch.full_like(tok, pad), tok)
@@ -194,3 +197,133 @@ def _decode(model, prompts, x, length, eos, pad, generator, k, temperature, mix,
         pos = pos + 1
     y = torch.stack(ys, -1)
     return (y, torch.stack(all_logits, 1)) if return_logits else y
+
+
+# ---------------------------------------------------------------- the reference sampler, per-example draws, the policy
+def draw(probs: torch.Tensor, generator) -> torch.Tensor:
+    """One token per row of probs [B, V]. ``generator`` a list of one generator per row (the
+    per-example draws of ``fullscale.dist``): inverse-CDF sampling, the first token whose
+    cumulative probability reaches u·total with u ∈ (0, 1] drawn from the row's own generator,
+    so a row's token depends on its generator only, not on the batch it is drawn in (a token of
+    probability 0 is never drawn). Otherwise ``torch.multinomial`` with the one generator."""
+    if not isinstance(generator, (list, tuple)):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if len(generator) != probs.shape[0]:
+        raise ValueError(f"{len(generator)} generators for {probs.shape[0]} rows")
+    u = torch.cat([1.0 - torch.rand(1, generator=g, device=probs.device) for g in generator]) if generator else probs.new_zeros(0)
+    cdf = probs.cumsum(-1)
+    return (cdf < u[:, None] * cdf[:, -1:]).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
+@torch.no_grad()
+def sample_responses(model, prompts: Prompts, x: torch.Tensor, length: int, eos: int, pad: int,
+                     generator: torch.Generator | None = None, temperature: float = 1.0, return_logits: bool = False,
+                     mix: tuple | None = None):
+    """Sample one response per prompt row, batched, with a KV cache (stop-gradient).
+
+    Ancestral sampling from softmax(logits / temperature) for ``length`` steps;
+    after a row emits EOS the rest of it is ``pad``. x: [B] -> y [B, length]
+    (and, with ``return_logits``, the logits each token was drawn from,
+    [B, length, V], for checking against ``response_logits``). With
+    ``mix=(ref_model, alpha)`` every token is drawn from the per-token geometric
+    mixture of the two models' next-token distributions,
+    ``shared.sampling.geometric_mixture`` (IPO-MD's sampler), and the logits
+    returned are the mixture's log-probabilities. ``generator`` may be a list of
+    one generator per row (``draw``): each row's draws then come from its own.
+    """
+    p_ids, p_mask = prompts.ids[x], prompts.mask[x].long()
+    B = p_ids.shape[0]
+    dev = p_ids.device
+    mask = p_mask
+    models = [model] if mix is None else [model, mix[0]]
+    caches = [None] * len(models)
+    cache_args = [cache_arg(m) for m in models]
+
+    def next_logits(tokens, position_ids):
+        out = []
+        for i, m in enumerate(models):
+            with autocast(dev):
+                o = m(input_ids=tokens, attention_mask=mask, position_ids=position_ids, use_cache=True, **{cache_args[i]: caches[i]})
+            caches[i] = o[cache_args[i]]
+            out.append(no_pad(o.logits[:, -1].float(), pad, eos) / temperature)
+        if mix is None:
+            return out[0]
+        return geometric_mixture(torch.log_softmax(out[0], -1), torch.log_softmax(out[1], -1), mix[1])
+
+    logits = next_logits(p_ids, positions(mask))
+    pos = mask.sum(-1, keepdim=True)  # next position id per row
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    ys, all_logits = [], []
+    for t in range(length):
+        if return_logits:
+            all_logits.append(logits * temperature if mix is None else logits)
+        tok = draw(torch.softmax(logits, -1), generator)
+        tok = torch.where(done, torch.full_like(tok, pad), tok)
+        ys.append(tok)
+        done = done | (tok == eos)
+        if t + 1 == length:
+            break
+        mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=dev)], -1)
+        logits = next_logits(tok[:, None], pos)
+        pos = pos + 1
+    y = torch.stack(ys, -1)
+    return (y, torch.stack(all_logits, 1)) if return_logits else y
+
+
+def sample_rows(model, prompts: Prompts, x: torch.Tensor, length: int, eos: int, pad: int, seed, dist,
+                temperature: float = 1.0, mix: tuple | None = None) -> torch.Tensor:
+    """``sample_responses`` for a global batch x [B] shared over ``dist``'s ranks (``fullscale.dist``):
+    this rank samples its share of the rows in one batch, row i with its own generator
+    ``row_generator(seed, i)``, and the rows are gathered, so every rank returns the same
+    [B, length] whatever the number of ranks. ``seed`` a list of k seeds: k samples per prompt
+    in one batch, [k·B, length], block j drawn with ``row_generator(seed[j], i)``, so it equals
+    k calls with those seeds. A sharded model (FSDP) is gathered once for the whole rollout,
+    not once per token (``fullscale.dist.whole``). Docs: docs/fullscale.md (Several processes and
+    several GPUs)."""
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
+    B = len(x)
+    xs = x.repeat(len(seeds))
+    share = dist.share(len(xs))
+    gens = [row_generator(seeds[m // B], m % B, x.device) for m in range(*share.indices(len(xs)))]
+    with whole(model, *(mix[:1] if mix else ())):
+        local = decode(model, prompts, xs[share], length, eos, pad, gens, temperature=temperature, mix=mix) if gens else \
+            torch.empty(0, length, dtype=torch.long, device=x.device)
+    return dist.gather_rows(local, len(xs))
+
+
+class LMPolicy:
+    """A causal LM as a ``shared.sampling.Policy`` over prompt rows; with ``mix=(ref_model,
+    alpha)`` it samples from the per-token geometric mixture with ``ref_model`` (IPO-MD)."""
+
+    def __init__(self, model, prompts: Prompts, length: int, eos: int, pad: int, temperature: float = 1.0, mix: tuple | None = None,
+                 dist=None):
+        self.model, self.prompts, self.length, self.eos, self.pad, self.temperature = model, prompts, length, eos, pad, temperature
+        self.mix, self.dist = mix, dist
+
+    def sample(self, x, generator=None):
+        """One response per prompt row of x [B]. Data parallel (``fullscale.dist``, ``dist.active``):
+        one seed is drawn from ``generator`` (the same on every rank), each rank samples its share
+        of the rows, each row with its own generator (``sample_rows``), and the rows are gathered,
+        so every rank returns the same [B, T] whatever the number of ranks."""
+        if self.dist is None or not self.dist.active:
+            return self._decode(x, generator, 1)
+        seed = int(torch.randint(1 << 62, (1,), generator=generator, device=x.device))
+        return sample_rows(self.model, self.prompts, x, self.length, self.eos, self.pad, seed, self.dist, self.temperature, self.mix)
+
+    def _decode(self, x, generator, k):
+        return decode(self.model, self.prompts, x, self.length, self.eos, self.pad, generator, k, self.temperature, self.mix)
+
+    def sample_k(self, x, generator, k: int) -> list[torch.Tensor]:
+        """k successive ``sample`` calls, drawn in one batch of k·B rows, so the model's weights
+        are read once per token for all k, not k times; the samples are those of the k calls.
+        One process: ``fullscale.decode.decode`` draws the noise of the k calls from ``generator``
+        up front, in their order. Data parallel: k seeds are drawn from ``generator`` as k calls
+        would, each row with its own generator."""
+        if self.dist is None or not self.dist.active:
+            return list(self._decode(x, generator, k).split(len(x)))
+        seeds = [int(torch.randint(1 << 62, (1,), generator=generator, device=x.device)) for _ in range(k)]
+        y = sample_rows(self.model, self.prompts, x, self.length, self.eos, self.pad, seeds, self.dist, self.temperature, self.mix)
+        return list(y.split(len(x)))
+
+    def logp(self, x, y):
+        return sequence_logp(self.model, self.prompts, x, y, self.eos, self.pad)

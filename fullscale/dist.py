@@ -42,6 +42,8 @@ from pathlib import Path
 
 import torch
 
+from fullscale.store import atomic_save, safe_load
+
 __all__ = ["Dist", "setup", "SINGLE", "row_generator", "fsdp_units", "whole", "memory_per_gpu", "memory_table"]
 
 
@@ -153,7 +155,6 @@ class Dist:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-        from fullscale.train import atomic_save
 
         folder = path.with_name(f"{path.name}-{run['step']}")
         if self.main:
@@ -181,7 +182,6 @@ class Dist:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict
 
-        from fullscale.train import safe_load
 
         folder = path.with_name(path.read_text().strip())
         run = safe_load(folder / "run.pt")

@@ -1,5 +1,6 @@
-"""Language-model operations of the LLM path: sequence log-probs, sampling with a
-KV cache, the token-wise KL estimate, and preference-model scores.
+"""Language-model scoring of the LLM path: sequence log-probs, the token-wise KL estimate,
+preference-model scores, and the helpers every forward pass shares (masks, position ids,
+autocast, the KV cache's argument name). Sampling is ``fullscale.decode``.
 
 Docs: docs/fullscale.md. Tests: tests/test_fullscale_lm.py.
 
@@ -27,21 +28,9 @@ from dataclasses import dataclass
 import torch
 
 from shared.metrics import kl_tokenwise_per_sample
-from shared.sampling import geometric_mixture
 
-__all__ = [
-    "Prompts",
-    "response_mask",
-    "response_logits",
-    "sequence_logp",
-    "sample_responses",
-    "sample_rows",
-    "tokenwise_kl",
-    "LMPolicy",
-    "pm_inputs",
-    "pm_scores",
-    "PMOracle",
-]
+__all__ = ["Prompts", "response_mask", "response_logits", "sequence_logp", "tokenwise_kl", "pm_inputs", "pm_scores", "PMOracle",
+           "autocast", "no_pad", "cache_arg", "accepts", "positions"]
 
 
 @dataclass
@@ -69,13 +58,14 @@ def response_mask(y: torch.Tensor, eos: int, pad: int) -> torch.Tensor:
     return before_eos & (y != pad)
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (log-softmax and sums stay float32), nothing on CPU."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def _no_pad(logits: torch.Tensor, pad: int, eos: int) -> torch.Tensor:
+def no_pad(logits: torch.Tensor, pad: int, eos: int) -> torch.Tensor:
     """The policy never emits ``pad`` mid-response (it would end the response without EOS):
     its logit is −∞ in both sampling and scoring, so the two describe one distribution."""
     if pad == eos:
@@ -83,19 +73,19 @@ def _no_pad(logits: torch.Tensor, pad: int, eos: int) -> torch.Tensor:
     return logits.index_fill(-1, torch.tensor([pad], device=logits.device), float("-inf"))
 
 
-def _cache_arg(model) -> str:
+def cache_arg(model) -> str:
     """The KV cache's name in ``forward`` and its output: ``cache`` from transformers 5.24
     (``past_key_values`` is deprecated there, to be removed in 5.40), ``past_key_values`` before."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _accepts(model, name: str) -> bool:
+def accepts(model, name: str) -> bool:
     """Whether the model's ``forward`` (under a DistributedDataParallel wrapper, its module's) takes ``name``."""
     inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     return name in inspect.signature(inner.forward).parameters
 
 
-def _positions(mask: torch.Tensor) -> torch.Tensor:
+def positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids that count only attended tokens (pads get 0, never attended)."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
@@ -116,18 +106,18 @@ def response_logits(model, prompts: Prompts, x: torch.Tensor, y: torch.Tensor, e
     ids = torch.cat([p_ids, y], -1)
     mask = torch.cat([p_mask, r_mask.long()], -1)
     P, T = p_ids.shape[1], y.shape[1]
-    kept = fast and _accepts(model, "logits_to_keep")
+    kept = fast and accepts(model, "logits_to_keep")
     rows, where = torch.unique(x, return_inverse=True) if kept else (x, None)
-    with _autocast(ids.device):
+    with autocast(ids.device):
         if kept and len(rows) < len(x) and P > 1 and _plain(model):
             logits = _shared_prompt_logits(model, prompts, rows, where, p_ids[:, -1:], y, mask)
         else:
             # the logits at position P-1+t predict response token t (fast: the output layer runs on
             # those T positions only, ``logits_to_keep``; otherwise on all P + T, then cut)
             kw = {"logits_to_keep": torch.arange(P - 1, P - 1 + T, device=ids.device)} if kept else {}
-            out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), **kw)
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), **kw)
             logits = out.logits if kw else out.logits[:, P - 1 : P - 1 + T]
-    return _no_pad(logits.float(), pad, eos), r_mask
+    return no_pad(logits.float(), pad, eos), r_mask
 
 
 def _plain(model) -> bool:
@@ -152,14 +142,14 @@ def _shared_prompt_logits(model, prompts: Prompts, rows, where, p_last, y, mask)
     a second call before the backward pass."""
     u_ids, u_mask = prompts.ids[rows][:, :-1], prompts.mask[rows][:, :-1].long()
     body = model.base_model
-    arg = _cache_arg(body)
-    cache = body(input_ids=u_ids, attention_mask=u_mask, position_ids=_positions(u_mask), use_cache=True)[arg]
+    arg = cache_arg(body)
+    cache = body(input_ids=u_ids, attention_mask=u_mask, position_ids=positions(u_mask), use_cache=True)[arg]
     cache.batch_select_indices(where)
     P = u_ids.shape[1] + 1
     T = y.shape[1]
     tail = torch.cat([p_last, y[:, :-1]], -1)  # [B, T]: the tokens whose next-token logits are wanted
     m = mask[:, :P + T - 1]
-    out = model(input_ids=tail, attention_mask=m, position_ids=_positions(m)[:, P - 1:], use_cache=True, **{_cache_arg(model): cache})
+    out = model(input_ids=tail, attention_mask=m, position_ids=positions(m)[:, P - 1:], use_cache=True, **{cache_arg(model): cache})
     return out.logits
 
 
@@ -170,76 +160,6 @@ def sequence_logp(model, prompts: Prompts, x: torch.Tensor, y: torch.Tensor, eos
     logits, mask = response_logits(model, prompts, x, y, eos, pad, fast)
     lp = torch.log_softmax(logits, -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
     return torch.where(mask, lp, torch.zeros_like(lp)).sum(-1)  # where, not ×: lp is −∞ at pads
-
-
-def _draw(probs: torch.Tensor, generator) -> torch.Tensor:
-    """One token per row of probs [B, V]. ``generator`` a list of one generator per row (the
-    per-example draws of ``fullscale.dist``): inverse-CDF sampling, the first token whose
-    cumulative probability reaches u·total with u ∈ (0, 1] drawn from the row's own generator,
-    so a row's token depends on its generator only, not on the batch it is drawn in (a token of
-    probability 0 is never drawn). Otherwise ``torch.multinomial`` with the one generator."""
-    if not isinstance(generator, (list, tuple)):
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    if len(generator) != probs.shape[0]:
-        raise ValueError(f"{len(generator)} generators for {probs.shape[0]} rows")
-    u = torch.cat([1.0 - torch.rand(1, generator=g, device=probs.device) for g in generator]) if generator else probs.new_zeros(0)
-    cdf = probs.cumsum(-1)
-    return (cdf < u[:, None] * cdf[:, -1:]).sum(-1).clamp(max=probs.shape[-1] - 1)
-
-
-@torch.no_grad()
-def sample_responses(model, prompts: Prompts, x: torch.Tensor, length: int, eos: int, pad: int,
-                     generator: torch.Generator | None = None, temperature: float = 1.0, return_logits: bool = False,
-                     mix: tuple | None = None):
-    """Sample one response per prompt row, batched, with a KV cache (stop-gradient).
-
-    Ancestral sampling from softmax(logits / temperature) for ``length`` steps;
-    after a row emits EOS the rest of it is ``pad``. x: [B] -> y [B, length]
-    (and, with ``return_logits``, the logits each token was drawn from,
-    [B, length, V], for checking against ``response_logits``). With
-    ``mix=(ref_model, alpha)`` every token is drawn from the per-token geometric
-    mixture of the two models' next-token distributions,
-    ``shared.sampling.geometric_mixture`` (IPO-MD's sampler), and the logits
-    returned are the mixture's log-probabilities. ``generator`` may be a list of
-    one generator per row (``_draw``): each row's draws then come from its own.
-    """
-    p_ids, p_mask = prompts.ids[x], prompts.mask[x].long()
-    B = p_ids.shape[0]
-    dev = p_ids.device
-    mask = p_mask
-    models = [model] if mix is None else [model, mix[0]]
-    caches = [None] * len(models)
-    cache_args = [_cache_arg(m) for m in models]
-
-    def next_logits(tokens, position_ids):
-        out = []
-        for i, m in enumerate(models):
-            with _autocast(dev):
-                o = m(input_ids=tokens, attention_mask=mask, position_ids=position_ids, use_cache=True, **{cache_args[i]: caches[i]})
-            caches[i] = o[cache_args[i]]
-            out.append(_no_pad(o.logits[:, -1].float(), pad, eos) / temperature)
-        if mix is None:
-            return out[0]
-        return geometric_mixture(torch.log_softmax(out[0], -1), torch.log_softmax(out[1], -1), mix[1])
-
-    logits = next_logits(p_ids, _positions(mask))
-    pos = mask.sum(-1, keepdim=True)  # next position id per row
-    done = torch.zeros(B, dtype=torch.bool, device=dev)
-    ys, all_logits = [], []
-    for t in range(length):
-        if return_logits:
-            all_logits.append(logits * temperature if mix is None else logits)
-        tok = _draw(torch.softmax(logits, -1), generator)
-        tok = torch.where(done, torch.full_like(tok, pad), tok)
-        ys.append(tok)
-        done = done | (tok == eos)
-        if t + 1 == length:
-            break
-        mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=dev)], -1)
-        logits = next_logits(tok[:, None], pos)
-        pos = pos + 1
-    y = torch.stack(ys, -1)
-    return (y, torch.stack(all_logits, 1)) if return_logits else y
 
 
 @torch.no_grad()
@@ -255,70 +175,6 @@ def tokenwise_kl(model, ref_model, prompts: Prompts, x: torch.Tensor, y: torch.T
     lp, mask = response_logits(model, prompts, x, y, eos, pad)
     lq, _ = response_logits(ref_model, prompts, x, y, eos, pad)
     return kl_tokenwise_per_sample(lp, lq, mask)
-
-
-def sample_rows(model, prompts: Prompts, x: torch.Tensor, length: int, eos: int, pad: int, seed, dist,
-                temperature: float = 1.0, mix: tuple | None = None) -> torch.Tensor:
-    """``sample_responses`` for a global batch x [B] shared over ``dist``'s ranks (``fullscale.dist``):
-    this rank samples its share of the rows in one batch, row i with its own generator
-    ``row_generator(seed, i)``, and the rows are gathered, so every rank returns the same
-    [B, length] whatever the number of ranks. ``seed`` a list of k seeds: k samples per prompt
-    in one batch, [k·B, length], block j drawn with ``row_generator(seed[j], i)``, so it equals
-    k calls with those seeds. A sharded model (FSDP) is gathered once for the whole rollout,
-    not once per token (``fullscale.dist.whole``). Docs: docs/fullscale.md (Several processes and
-    several GPUs)."""
-    from fullscale.decode import decode
-    from fullscale.dist import row_generator, whole
-
-    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
-    B = len(x)
-    xs = x.repeat(len(seeds))
-    share = dist.share(len(xs))
-    gens = [row_generator(seeds[m // B], m % B, x.device) for m in range(*share.indices(len(xs)))]
-    with whole(model, *(mix[:1] if mix else ())):
-        local = decode(model, prompts, xs[share], length, eos, pad, gens, temperature=temperature, mix=mix) if gens else \
-            torch.empty(0, length, dtype=torch.long, device=x.device)
-    return dist.gather_rows(local, len(xs))
-
-
-class LMPolicy:
-    """A causal LM as a ``shared.sampling.Policy`` over prompt rows; with ``mix=(ref_model,
-    alpha)`` it samples from the per-token geometric mixture with ``ref_model`` (IPO-MD)."""
-
-    def __init__(self, model, prompts: Prompts, length: int, eos: int, pad: int, temperature: float = 1.0, mix: tuple | None = None,
-                 dist=None):
-        self.model, self.prompts, self.length, self.eos, self.pad, self.temperature = model, prompts, length, eos, pad, temperature
-        self.mix, self.dist = mix, dist
-
-    def sample(self, x, generator=None):
-        """One response per prompt row of x [B]. Data parallel (``fullscale.dist``, ``dist.active``):
-        one seed is drawn from ``generator`` (the same on every rank), each rank samples its share
-        of the rows, each row with its own generator (``sample_rows``), and the rows are gathered,
-        so every rank returns the same [B, T] whatever the number of ranks."""
-        if self.dist is None or not self.dist.active:
-            return self._decode(x, generator, 1)
-        seed = int(torch.randint(1 << 62, (1,), generator=generator, device=x.device))
-        return sample_rows(self.model, self.prompts, x, self.length, self.eos, self.pad, seed, self.dist, self.temperature, self.mix)
-
-    def _decode(self, x, generator, k):
-        from fullscale.decode import decode
-
-        return decode(self.model, self.prompts, x, self.length, self.eos, self.pad, generator, k, self.temperature, self.mix)
-
-    def sample_k(self, x, generator, k: int) -> list[torch.Tensor]:
-        """k successive ``sample`` calls, drawn in one batch of k·B rows, so the model's weights
-        are read once per token for all k, not k times; the samples are those of the k calls.
-        One process: ``fullscale.decode.decode`` draws the noise of the k calls from ``generator``
-        up front, in their order. Data parallel: k seeds are drawn from ``generator`` as k calls
-        would, each row with its own generator."""
-        if self.dist is None or not self.dist.active:
-            return list(self._decode(x, generator, k).split(len(x)))
-        seeds = [int(torch.randint(1 << 62, (1,), generator=generator, device=x.device)) for _ in range(k)]
-        y = sample_rows(self.model, self.prompts, x, self.length, self.eos, self.pad, seeds, self.dist, self.temperature, self.mix)
-        return list(y.split(len(x)))
-
-    def logp(self, x, y):
-        return sequence_logp(self.model, self.prompts, x, y, self.eos, self.pad)
 
 
 # ---------------------------------------------------------------- preference models
@@ -340,10 +196,10 @@ def pm_scores(pm, prompts: Prompts, x, ys: list[torch.Tensor], eos: int, pad: in
     of r(x, y1, y2) = P(y1 ≻ y2) (Tang et al. 2024, §3); pointwise (Bradley–Terry):
     ys = [y] gives the reward r(x, y). -> [B] float32."""
     ids, mask = pm_inputs(prompts, x, ys, eos, pad, cls)
-    with _autocast(ids.device):
+    with autocast(ids.device):
         # backbone + scalar head read at the last position ourselves: the library's
         # pooling looks for the last non-pad token, which fails when cls == pad
-        h = pm.base_model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).last_hidden_state
+        h = pm.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).last_hidden_state
         return pm.score(h[:, -1]).float().squeeze(-1)
 
 

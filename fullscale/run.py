@@ -16,6 +16,7 @@ Docs: docs/fullscale.md.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -24,27 +25,33 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import torch
+
+from fullscale.checks import check_config, check_world
+from fullscale.config import ConfigFileError, RunConfig, apply_file, preset
+from fullscale.data import DataError, prepare
+from fullscale.dist import SINGLE, setup
+from fullscale.store import safe_load
+from fullscale.study import Runner, run_study
+from fullscale.world import data_stage_dir
+from shared import plots, report
+from shared.cli import claim_run_dir, cli, fail, new_run_dir, progress, write_json
+from shared.machine import apply_threads
+from shared.protocol import plan
+from shared.studies import STUDIES
+
 __all__ = ["main"]
 
-
-def fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
+_RUN_ONLY = ("resume", "dry_run")
+"""Flags that say how to run, not what: never a difference between a run and its --resume."""
 
 
 def _progress(total: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=f"{desc:>28}", file=sys.stderr, leave=False, mininterval=0.5, disable=None)
+    return progress(total, desc, width=28)
 
 
 def _resolve(argv: list[str] | None):
     """Preset, then config file, then flags (tyro, defaults from the first two)."""
-    import argparse
-
-    from fullscale.config import RunConfig, apply_file, preset
-    from shared.cli import cli
-
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default="smoke")
     pre.add_argument("--config", default=None)
@@ -72,7 +79,7 @@ def _check_out(cfg) -> str | None:
         except (ValueError, OSError) as e:
             return f"{out}/config.json cannot be read ({e}); choose a new --out"
         now = _jsonable(cfg)
-        diff = sorted(k for k in set(saved) | set(now) if k not in ("resume",) and saved.get(k) != now.get(k))
+        diff = sorted(k for k in set(saved) | set(now) if k not in _RUN_ONLY and saved.get(k) != now.get(k))
         if diff:
             return f"--resume with a different config than {out}/config.json (differs in: {', '.join(diff)})"
     for d in (out, cfg.cache):
@@ -92,8 +99,6 @@ def _threads(cfg):
     """Fix torch's CPU thread count: --threads, else the count a resumed run recorded, else
     the cores idle at start-up (``shared.machine.default_threads``). Results depend on it in
     their last digits (docs/fullscale.md)."""
-    from shared.machine import apply_threads
-
     n = cfg.threads
     if n == 0 and cfg.resume and (cfg.out / "config.json").is_file():
         with contextlib.suppress(ValueError, OSError, AttributeError):
@@ -104,8 +109,6 @@ def _threads(cfg):
 def _run_dir(cfg):
     """--out as given, else the name of a new folder per run (``shared.cli.new_run_dir``; made
     by ``claim_run_dir`` once the inputs are read)."""
-    from shared.cli import new_run_dir
-
     if cfg.out is not None:
         return cfg
     return replace(cfg, out=new_run_dir(Path("runs/fullscale"), f"{cfg.hypothesis}-{cfg.preset}"))
@@ -115,20 +118,9 @@ def _jsonable(cfg) -> dict:
     return json.loads(json.dumps(asdict(cfg), default=str))
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    tmp.replace(path)
-
-
 def _read_inputs(cfg):
     """The run's data (read and encoded, or the finished data stage of a resumed run) and the
     checks that need it. Returns (prepared data or None, problem or None); writes nothing."""
-    from fullscale.checks import check_world
-    from fullscale.data import DataError, prepare
-    from fullscale.world import data_stage_dir
-    from fullscale.train import safe_load
-
     cached = data_stage_dir(cfg)
     try:
         if (cached / "DONE").exists():
@@ -164,35 +156,34 @@ _LOG_KEY = ("arm", "seed", "lr", "beta", "step")
 
 def _join(cfg):
     """This process's place (``fullscale.dist``): one process unless --dist.strategy says otherwise."""
-    from fullscale.dist import SINGLE
-
     if cfg.dist.strategy == "none":
         return SINGLE
-    import torch
-
-    from fullscale.dist import setup
-
     dev = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
     return setup(cfg.dist.strategy, dev, cfg.dist.timeout_s, cfg.dist.reshard_after_forward)
 
 
 def _follow(cfg, prepared, dist) -> int:
     """A rank other than 0: run the study with rank 0 (``fullscale.dist``), which writes every file."""
-    from fullscale.study import Pipeline, run_study
-
     try:
-        run_study(Pipeline(cfg, None, None, data=prepared, dist=dist), cfg.hypothesis)
+        run_study(Runner(cfg, None, None, data=prepared, dist=dist), cfg.hypothesis)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: rank {dist.rank}: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from fullscale.checks import check_config
-    from fullscale.config import ConfigFileError
-    from shared.cli import claim_run_dir
+def _dry_run(cfg) -> int:
+    """--dry-run: the study's plan, one line an arm; nothing built, nothing written."""
+    t = cfg.train
+    print(f"preset {cfg.preset}: {t.steps} online steps, batch {t.batch_size}, lr {t.lr:g}, beta {t.beta:g}, {cfg.seeds} seed(s)")
+    plans = plan(STUDIES[cfg.hypothesis], t)
+    print(f"\n== {cfg.hypothesis}: {len(plans)} arms")
+    for p in plans:
+        print("  " + p.describe())
+    return 0
 
+
+def main(argv: list[str] | None = None) -> int:
     try:
         cfg = _resolve(argv)
     except SystemExit as e:
@@ -202,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     problem = check_config(cfg)
     if problem:
         return fail(problem)
+    if cfg.dry_run:
+        return _dry_run(cfg)
     if cfg.resume and cfg.out is None:
         return fail("--resume continues the run in --out DIR; name that folder")
     auto_out = cfg.out is None
@@ -213,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         return fail(problem)
 
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # lazily: transformers takes seconds to import, and --help needs none of it
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -230,14 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         for d in (cfg.out, cfg.cache):
             if d is not None:
                 Path(d).mkdir(parents=True, exist_ok=True)
-        _write_json(cfg.out / "config.json", resolved)
+        write_json(cfg.out / "config.json", resolved)
     except OSError as e:
         return fail(f"cannot write to {e.filename or cfg.out}: {e.strerror or e}")
     print(f"resolved config: {json.dumps(resolved)}")
-
-    # lazy: torch and transformers load only once the inputs are checked (fast --help and errors)
-    from fullscale.study import Pipeline, run_study
-    from shared import plots, report
 
     t0 = time.time()
     metrics, logged = _open_log(cfg.out / "metrics.jsonl", cfg.resume)
@@ -251,14 +240,14 @@ def main(argv: list[str] | None = None) -> int:
         metrics.flush()
 
     try:
-        pipe = Pipeline(cfg, _progress, log, data=prepared, dist=dist)  # the world and the golden policy
-        res = run_study(pipe, cfg.hypothesis)
+        runner = Runner(cfg, _progress, log, data=prepared, dist=dist)  # the world
+        res = run_study(runner, cfg.hypothesis)  # the golden policy, then the arms
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     finally:
         metrics.close()
-    _write_json(cfg.out / "results.json", res)
+    write_json(cfg.out / "results.json", res)
     figs = plots.figures(res, cfg.out)
     path = report.write_report([res], cfg.out, {res["study"]: figs}, title="fullscale report", flat=True)
     print(f"\n== {res['study']}: {res['question']}  ({time.time() - t0:.1f} s, {res['extras']['machine']})")

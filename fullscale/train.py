@@ -23,62 +23,18 @@ generators whose states are saved; models have no dropout).
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
-import signal
 from pathlib import Path
 
 import torch
 
 from fullscale.lm import Prompts, pm_scores, sequence_logp
+from fullscale.store import atomic_save, fault_point, safe_load
 from shared import losses
 from shared.protocol import LOSSES
 from shared.preferences import random_order
 from shared.sampling import Rollouts
 
-__all__ = ["supervised", "fit_pm", "optimise", "atomic_save", "clear_stage_tmp", "safe_load", "fault_point"]
-
-
-_FAULT_ENV = {"step": "FULLSCALE_FAULT_AFTER_STEPS", "save": "FULLSCALE_FAULT_AFTER_SAVES"}
-_events: dict[str, int] = {"step": 0, "save": 0}
-
-
-def fault_point(event: str = "step") -> None:
-    """Test hook for the kill-and-resume tests: with FULLSCALE_FAULT_AFTER_STEPS=N (or
-    FULLSCALE_FAULT_AFTER_SAVES=N) in the environment, the process dies (like a SIGKILL:
-    no cleanup) right after the N-th optimiser step of any stage (SFT, preference models,
-    policies), or right after the N-th saved run state of a policy run. Under torchrun,
-    FULLSCALE_FAULT_RANK=R limits it to the process of rank R (the others run on), and
-    FULLSCALE_FAULT_SIGNAL=KILL makes it a real SIGKILL instead of exit status 75."""
-    only = os.environ.get("FULLSCALE_FAULT_RANK")
-    if only is not None and os.environ.get("RANK", "0") != only:
-        return
-    _events[event] += 1
-    limit = os.environ.get(_FAULT_ENV[event])
-    if limit is not None and _events[event] >= int(limit):
-        if os.environ.get("FULLSCALE_FAULT_SIGNAL") == "KILL":
-            os.kill(os.getpid(), signal.SIGKILL)
-        os._exit(75)
-
-
-def clear_stage_tmp(stage: Path) -> None:
-    """Remove the temporary files (``*.tmp``, from ``atomic_save`` and ``save_model``) that a killed
-    process left directly in one stage folder; they are never read. Nothing else is touched."""
-    if not stage.is_dir():
-        return
-    for p in stage.glob("*.tmp"):
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
-
-
-def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def safe_load(path: Path):
-    """torch.load restricted to tensors and plain containers (weights_only=True)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+__all__ = ["supervised", "fit_pm", "optimise"]
 
 
 def _adam(model, lr: float, fused: bool = False):

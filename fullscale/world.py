@@ -8,15 +8,14 @@ D_golden, the pairs relabelled by the golden PM; the proxy PM trained on D_golde
 the RLHF arm, a Bradley–Terry reward model on the same data).
 
 Every stage is stored under ``cache/<stage>-<hash>`` where the hash covers the config
-fields it depends on and its inputs' hashes, written to a temporary name and renamed when
-finished; a finished stage is reused. ``fullscale.study`` adds the golden policy and the
-arms on top of a ``World``.
+fields it depends on and its inputs' hashes (``fullscale.store``), written to a temporary name
+and renamed when finished; a finished stage is reused. ``fullscale.study.Runner`` holds a
+``World`` and runs the golden policy and the arms in it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 from dataclasses import asdict, replace
@@ -29,28 +28,23 @@ from fullscale.data import Prepared, prepare
 from fullscale.dist import SINGLE
 from fullscale.lm import PMOracle, Prompts, pm_scores
 from fullscale.models import build_model, load_model, save_model, special_ids, width_for_capacity
-from fullscale.train import atomic_save, clear_stage_tmp, fit_pm, safe_load, supervised
+from fullscale.store import atomic_save, clear_stage_tmp, config_hash, mark_done, safe_load, stage_dir
+from fullscale.train import fit_pm, supervised
 from shared.metrics import classifier_accuracy
 from shared.preferences import label_pairs
 from shared.sampling import Batch
 
-__all__ = ["World", "config_hash", "data_stage_dir"]
+__all__ = ["World", "data_stage_dir"]
 
 
 def data_stage_deps(cfg: RunConfig) -> tuple:
-    """The data stage's name and the config it depends on (``World._stage``'s arguments)."""
+    """The data stage's name and the config it depends on (``World.stage``'s arguments)."""
     return "data", asdict(cfg.data), asdict(cfg.models)
 
 
 def data_stage_dir(cfg: RunConfig) -> Path:
     """Where the data stage of ``cfg`` is cached."""
-    name, *deps = data_stage_deps(cfg)
-    return Path(cfg.cache or cfg.out / "cache") / f"{name}-{config_hash(*deps)}"
-
-
-def config_hash(*parts) -> str:
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return stage_dir(Path(cfg.cache or cfg.out / "cache"), *data_stage_deps(cfg))
 
 
 def _null_progress(total, desc):
@@ -75,24 +69,20 @@ class World:
         self.cache.mkdir(parents=True, exist_ok=True)
         self.extras: dict = {}
         self.dist = dist
+        self._rm = None  # the RLHF arm's reward function, built when an arm first asks (``reward_model``)
         self._world()
 
     # ---------------------------------------------------------------- helpers
-    def _stage(self, name: str, *deps) -> tuple[Path, bool]:
-        """(directory, finished?) of a cached stage. Temporary files a killed process left in
-        it (``*.tmp``, by ``atomic_save`` and ``save_model``, never read) are removed; nothing
-        outside the stage's own folder is touched."""
-        d = self.cache / f"{name}-{config_hash(*deps)}"
+    def stage(self, name: str, *deps) -> tuple[Path, bool]:
+        """(directory, finished?) of a cached stage (``fullscale.store.stage_dir``). Temporary files
+        a killed process left in it (``*.tmp``, by ``atomic_save`` and ``save_model``, never read)
+        are removed; nothing outside the stage's own folder is touched."""
+        d = stage_dir(self.cache, name, *deps)
         if self.dist.main:  # only the process that writes clears what a killed writer left
             clear_stage_tmp(d)
         done = (d / "DONE").exists()
         self.dist.barrier()  # every rank has looked before rank 0 may finish the stage: they agree on ``done``
         return d, done
-
-    @staticmethod
-    def _done(d: Path, info: dict | None = None) -> None:
-        (d / "info.json").write_text(json.dumps(info or {}, indent=1, sort_keys=True, default=str))
-        (d / "DONE").write_text("")
 
     def policy_ops(self):
         return dict(eos=self.ids["eos"], pad=self.ids["pad"])
@@ -100,7 +90,7 @@ class World:
     # ---------------------------------------------------------------- 1. the world
     def _world(self):
         cfg, dev = self.cfg, self.device
-        d, done = self._stage(*data_stage_deps(cfg))
+        d, done = self.stage(*data_stage_deps(cfg))
         if not done and self.dist.main:
             d.mkdir(parents=True, exist_ok=True)
             prep = self.prepared or prepare(cfg)
@@ -108,7 +98,7 @@ class World:
             atomic_save(prep.tensors, d / "data.pt")
             if prep.prompt_texts is not None:
                 (d / "prompts.json").write_text(json.dumps(prep.prompt_texts))
-            self._done(d, prep.info)
+            mark_done(d, prep.info)
         if not done:
             self.dist.barrier()  # the others read what rank 0 wrote
         info = json.loads((d / "info.json").read_text())
@@ -165,7 +155,9 @@ class World:
         a_w = p["a_wins"][keep, None]
         return p["x"][keep], torch.where(a_w, p["y_a"][keep], p["y_b"][keep]), torch.where(a_w, p["y_b"][keep], p["y_a"][keep])
 
-    def _new_policy(self, capacity: float):
+    def new_policy(self, capacity: float):
+        """A policy of ``capacity`` × the policy's width at its initialisation (or the model of
+        ``--models.policy-path``), on the run's device."""
         m = self.cfg.models
         if m.policy_path is not None:
             if capacity != 1.0:
@@ -175,12 +167,19 @@ class World:
         spec = replace(spec, width=width_for_capacity(spec, len(self.tokenizer), self.ids, capacity))
         return build_model(spec, len(self.tokenizer), self.ids, self.cfg.seed).to(self.device)
 
+    def sft_of(self, capacity: float):
+        """π_sft of a policy width (``self.sft[capacity]``), trained (or loaded from the cache) when
+        first asked, and sharded as a frozen model under FSDP (``fullscale.dist``)."""
+        if capacity not in self.sft:
+            self.sft[capacity] = self.dist.shard_frozen(self._sft(capacity))
+        return self.sft[capacity]
+
     def _sft(self, capacity: float):
         """π_sft: maximum likelihood on both responses of every training pair (Tang et al. 2024, §3)."""
-        d, done = self._stage(f"sft@{capacity:g}", self.data_key, asdict(self.cfg.models.policy), str(self.cfg.models.policy_path),
-                              capacity, self.t.sft_epochs, self.t.sft_lr, self.t.batch_size, self.cfg.seed, *self._numerics())
+        d, done = self.stage(f"sft@{capacity:g}", self.data_key, asdict(self.cfg.models.policy), str(self.cfg.models.policy_path),
+                              capacity, self.t.sft_epochs, self.t.sft_lr, self.t.batch_size, self.cfg.seed, *self.numerics_key())
         if not done:
-            model = self._new_policy(capacity)
+            model = self.new_policy(capacity)
             p = self.pairs
             x = torch.cat([p["x"][self.split], p["x"][self.split]])
             y = torch.cat([p["y_a"][self.split], p["y_b"][self.split]])
@@ -191,13 +190,13 @@ class World:
                                   batch_size=self.t.batch_size, generator=g, progress=bar, dist=self.dist, fast=self.t.numerics == "fast")
             if self.dist.main:
                 save_model(model, self.tokenizer, d / "model")
-                self._done(d, {"loss_per_epoch": hist, "params": sum(q.numel() for q in model.parameters())})
+                mark_done(d, {"loss_per_epoch": hist, "params": sum(q.numel() for q in model.parameters())})
             self.dist.barrier()
         self.sft_dir[capacity] = d
         self.extras.setdefault("models", {})[f"sft@{capacity:g}"] = json.loads((d / "info.json").read_text())
         return load_model(d / "model", device=self.device)[0]
 
-    def _numerics(self) -> tuple:
+    def numerics_key(self) -> tuple:
         """A stage key's part for ``--train.numerics``: nothing for exact (the keys stages always had)."""
         return () if self.t.numerics == "exact" else (f"numerics {self.t.numerics}",)
 
@@ -206,8 +205,8 @@ class World:
         at ``path`` (cached under ``path_key`` when given, e.g. a stage's name, else under the path)."""
         m, t = self.cfg.models, self.t
         kind = kind or m.pm_kind
-        d, done = self._stage(name, self.data_key, asdict(spec), path_key or str(path), kind, t.pm_epochs, t.pm_lr,
-                              t.batch_size, self.cfg.seed, extra, *self._numerics())
+        d, done = self.stage(name, self.data_key, asdict(spec), path_key or str(path), kind, t.pm_epochs, t.pm_lr,
+                              t.batch_size, self.cfg.seed, extra, *self.numerics_key())
         if not done:
             pm = (load_model(path, head=True, device=self.device)[0] if path is not None else
                   build_model(spec, len(self.tokenizer), self.ids, self.cfg.seed + 1, head=True).to(self.device))
@@ -218,7 +217,7 @@ class World:
                               t.pm_lr, t.pm_epochs, t.batch_size, g, bar, dist=self.dist, fast=t.numerics == "fast")
             if self.dist.main:
                 save_model(pm, self.tokenizer, d / "model")
-                self._done(d, {"loss_per_epoch": hist, "params": sum(q.numel() for q in pm.parameters()), "train_pairs": len(x)})
+                mark_done(d, {"loss_per_epoch": hist, "params": sum(q.numel() for q in pm.parameters()), "train_pairs": len(x)})
             self.dist.barrier()
         if name == "golden_pm":
             self.golden_key = d.name
@@ -229,14 +228,14 @@ class World:
 
     def _relabel(self) -> Batch:
         """D_golden: every pair relabelled by the golden PM's hard decision (ties by a fair coin)."""
-        d, done = self._stage("d_golden", self.golden_key)
+        d, done = self.stage("d_golden", self.golden_key)
         if not done and self.dist.main:
             d.mkdir(parents=True, exist_ok=True)
             p = self.pairs
             g = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 3)
             y_w, y_l, tie = label_pairs(self.golden_oracle, p["x"], p["y_a"], p["y_b"], g)
             atomic_save({"x": p["x"], "y_w": y_w, "y_l": y_l, "tie": tie}, d / "d_golden.pt")
-            self._done(d, {"ties": int(tie.sum())})
+            mark_done(d, {"ties": int(tie.sum())})
         if not done:
             self.dist.barrier()
         t = safe_load(d / "d_golden.pt")
@@ -261,7 +260,7 @@ class World:
         """The RLHF arm's proxy: a pointwise Bradley–Terry reward model with the proxy PM's size
         and data (Stiennon et al. 2020; Ouyang et al. 2022), as a reward function r(x, y); with
         ``--models.proxy-judge-path``, that judge's scores, so RLHF and DPO share one labeller."""
-        if not hasattr(self, "_rm") and self.cfg.models.proxy_judge_path is not None:  # the judge's own scores
+        if self._rm is None and self.cfg.models.proxy_judge_path is not None:  # the judge's own scores
             judge = self.proxy_oracle
 
             @torch.no_grad()
@@ -269,7 +268,7 @@ class World:
                 return judge.scores(x.reshape(-1), y.reshape(-1, y.shape[-1])).reshape(x.shape)
 
             self._rm = judged
-        if not hasattr(self, "_rm"):
+        if self._rm is None:
             tr = torch.nonzero(self.split).squeeze(-1)
             tr = tr[: max(1, int(round(self.t.proxy_fraction * len(tr))))]
             cfg = self.cfg.models

@@ -38,7 +38,7 @@ def results_header(study, preset: str, mode: str, seeds: int, config: dict, sett
 def run_record(seed: int, config: dict, arm, series: dict, **more) -> dict:
     """One run of an arm in the results schema: its seed, its config (the sweep's lr, β and steps,
     with the arm's loss, labels and capacity), its metric series, and any ``more`` (fullscale: the
-    per-step training loss)."""
+    per-step training loss). Docs: docs/results-schema.md."""
     return {"seed": seed, "config": {**config, "loss": arm.loss, "labels": arm.labels, "capacity": arm.capacity}, "series": series,
             **more}
 
@@ -91,7 +91,7 @@ def best_run(runs: list[dict]) -> dict:
 
 
 def first_series(results: dict, arm: str, seed: int) -> dict:
-    """The series of an arm's first run for one seed: the run of an arm without a sweep."""
+    """The series of an arm's first run for one seed: the run of an arm without a sweep (docs/results-schema.md)."""
     return runs_of(results, arm, seed)[0]["series"]
 
 

@@ -114,7 +114,7 @@ def _batches_from(state: dict) -> list[Batch]:
 
 def sample_k(policy: Policy, x: torch.Tensor, generator: torch.Generator | None, k: int) -> list[torch.Tensor]:
     """k responses per prompt: ``policy.sample`` called k times in a row, or the policy's own
-    ``sample_k`` when it has one, which must return the same k samples (``fullscale.lm.LMPolicy``
+    ``sample_k`` when it has one, which must return the same k samples (``fullscale.decode.LMPolicy``
     draws them in one batch)."""
     if hasattr(policy, "sample_k"):
         return policy.sample_k(x, generator, k)

@@ -13,8 +13,9 @@ SOURCE = re.compile(r"et al\.|arXiv|Algorithm|Bradley|Student|docs/[a-z]")  # a 
 PLUMBING = {"shared.sampling.stack_batches", "shared.claims.judge", "shared.results.verdict_from_ci", "shared.results.fmt",
             "shared.results.seeds_of", "shared.results.runs_of", "shared.results.curves", "shared.results.final",
             "shared.results.per_seed", "shared.results.has", "shared.results.has_halves",
-            "shared.protocol.run_order", "shared.protocol.make_sampler",
-            "fullscale.lm.response_mask", "fullscale.lm.response_logits", "fullscale.lm.sample_responses", "fullscale.lm.pm_inputs"}
+            "shared.protocol.run_order", "shared.protocol.make_sampler", "shared.protocol.arm_plan",
+            "fullscale.lm.response_mask", "fullscale.lm.response_logits", "fullscale.decode.sample_responses", "fullscale.lm.pm_inputs",
+            "fullscale.lm.autocast", "fullscale.lm.no_pad", "fullscale.lm.cache_arg", "fullscale.lm.accepts", "fullscale.lm.positions"}
 
 
 def _public(modname):

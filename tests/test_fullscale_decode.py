@@ -1,5 +1,5 @@
 """The fast decode path (``fullscale.decode``) against the reference sampler it replaces,
-``fullscale.lm.sample_responses`` (itself checked against exact enumerations in
+``fullscale.decode.sample_responses`` (itself checked against exact enumerations in
 tests/test_fullscale_lm.py): the same tokens, the same logits to 1e-5 and the same generator
 state after, for GPT-2, Llama and Qwen2, with EOS and padding, k samples per prompt, per-example
 draws, IPO-MD's mixture, the growing-cache fallback; and a whole run of the runner gives the
@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 import fullscale.decode as D
 from fullscale.decode import decode, draw_noise
 from fullscale.dist import row_generator
-from fullscale.lm import Prompts, sample_responses
+from fullscale.decode import sample_responses
+from fullscale.lm import Prompts
 from fullscale.models import ModelSpec, build_model, special_ids, word_tokenizer
 
 TOK = word_tokenizer(["a", "b"])
@@ -154,12 +155,12 @@ def test_a_run_gives_the_same_results_with_the_reference_sampler(tmp_path, monke
     to 1e-6 (the logits of a batch of 2B rows may differ from a batch of B in the last bits)."""
     from results_diff import differences
 
-    from fullscale import evaluate, pipeline
+    from fullscale import evaluate, study
     from fullscale.run import main
 
     args = ["--config", str(Path(__file__).parent / "fixtures" / "fullscale-tiny.json"), "--hypothesis", "refresh", "--seeds", "1", "--train.steps", "2", "--train.checkpoints", "2"]
     assert main(args + ["--out", str(tmp_path / "fast")]) == 0
-    for module in (D, evaluate, pipeline):
+    for module in (D, evaluate, study):
         monkeypatch.setattr(module, "decode", reference)
     assert main(args + ["--out", str(tmp_path / "reference")]) == 0
     a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("fast", "reference"))

@@ -47,7 +47,8 @@ def test_sampling_a_share_gives_the_rows_of_the_whole_batch():
     """LMPolicy.sample under data parallelism: the rows a rank samples, in one batch, are those one
     process samples for the same global batch, and those of each row sampled alone with its own
     generator: a row's draws depend on its generator only."""
-    from fullscale.lm import LMPolicy, Prompts, sample_responses
+    from fullscale.decode import LMPolicy, sample_responses
+    from fullscale.lm import Prompts
     from fullscale.models import ModelSpec, build_model
 
     ids = {"pad": 0, "bos": 1, "eos": 2, "sep": 3, "cls": 4}
@@ -76,7 +77,8 @@ def test_k_samples_in_one_batch_are_k_successive_samples():
     """LMPolicy.sample_k under data parallelism (what the online and RLHF samplers call): the k
     responses per prompt drawn in one batch are those of k successive ``sample`` calls, and the
     generator ends in the same state."""
-    from fullscale.lm import LMPolicy, Prompts
+    from fullscale.decode import LMPolicy
+    from fullscale.lm import Prompts
     from fullscale.models import ModelSpec, build_model
 
     ids = {"pad": 0, "bos": 1, "eos": 2, "sep": 3, "cls": 4}
@@ -96,7 +98,7 @@ def test_per_row_draws_are_each_rows_inverse_cdf():
     """``_draw`` with one generator per row against a plain loop over the cumulative sums, a token of
     probability 0 never drawn, and the frequencies of many draws within 5 standard errors of the
     probabilities."""
-    from fullscale.lm import _draw
+    from fullscale.decode import draw as _draw
 
     probs = torch.softmax(torch.randn(4, 7, generator=torch.Generator().manual_seed(1)), -1)
     probs[:, 0] = probs[2, 3] = 0.0

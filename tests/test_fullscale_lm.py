@@ -17,7 +17,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fullscale.lm import PMOracle, Prompts, pm_scores, response_logits, response_mask, sample_responses, sequence_logp, tokenwise_kl
+from fullscale.decode import sample_responses
+from fullscale.lm import PMOracle, Prompts, pm_scores, response_logits, response_mask, sequence_logp, tokenwise_kl
 from fullscale.models import ModelSpec, build_model, special_ids, word_tokenizer
 from shared import losses
 from shared.metrics import kl_exact

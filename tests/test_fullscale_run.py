@@ -187,12 +187,12 @@ def test_golden_pm_starts_from_the_sft_policy_when_asked(tmp_path, init):
     from dataclasses import replace
 
     from fullscale.config import RunConfig, apply_file
-    from fullscale.study import Pipeline
+    from fullscale.world import World
 
     base = apply_file(RunConfig(), TINY)
     cfg = replace(base, out=tmp_path, device="cpu", models=replace(base.models, golden_pm_init=init),
                   train=replace(base.train, pm_epochs=0))
-    p = Pipeline(cfg)
+    p = World(cfg)
     pm, sft = p.golden_pm.transformer.state_dict(), p.sft[1.0].transformer.state_dict()
     assert pm.keys() == sft.keys()
     same = all(torch.equal(pm[k], sft[k]) for k in pm)

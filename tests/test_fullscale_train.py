@@ -9,7 +9,8 @@ pytest.importorskip("transformers")
 
 import torch
 
-from fullscale.lm import LMPolicy, PMOracle, Prompts, sequence_logp
+from fullscale.decode import LMPolicy
+from fullscale.lm import PMOracle, Prompts, sequence_logp
 from fullscale.models import ModelSpec, build_model, special_ids, word_tokenizer
 from fullscale.train import optimise, supervised
 from shared.sampling import OfflineSampler, OnlineSampler, RefreshSampler, ReplaySampler, RolloutSampler
@@ -129,7 +130,7 @@ def test_refresh_every_step_is_the_online_run_for_a_language_model():
 
 def test_rlhf_raises_the_reward_it_is_trained_on():
     """RLOO with a reward for emitting token 5: after training, the policy emits it more."""
-    from fullscale.lm import sample_responses
+    from fullscale.decode import sample_responses
 
     model, ref, _ = world()
     reward = lambda x, y: (y == 5).sum(-1).float()  # noqa: E731
