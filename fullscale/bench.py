@@ -23,10 +23,19 @@ from __future__ import annotations
 import json
 import platform
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal
+
+import torch
+
+from fullscale.decode import LMPolicy, sample_responses
+from fullscale.dist import Dist, row_generator
+from fullscale.lm import Prompts, pm_scores, sequence_logp
+from fullscale.models import ModelSpec, build_model
+from fullscale.train import _adam
+from shared.cli import cli, fail
+from shared.losses import ipo_loss
 
 __all__ = ["BenchConfig", "SHAPES", "main"]
 
@@ -71,8 +80,6 @@ class BenchConfig:
 
 
 def _sync(device):
-    import torch
-
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -84,15 +91,6 @@ def _non_embedding_params(model) -> int:
 
 def run(cfg: BenchConfig) -> dict:
     """Measure ``cfg.steps`` steps after ``cfg.warmup``; returns the medians (see the module docstring)."""
-    import torch
-
-    from fullscale.dist import Dist, row_generator
-    from fullscale.decode import LMPolicy, sample_responses
-    from fullscale.lm import Prompts, pm_scores, sequence_logp
-    from fullscale.models import ModelSpec, build_model
-    from fullscale.train import _adam
-    from shared.losses import ipo_loss
-
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
     width, layers, heads = SHAPES[cfg.model]
     ids = {"pad": 0, "eos": 2, "cls": 3}
@@ -171,20 +169,14 @@ def run(cfg: BenchConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shared.cli import cli
-
     try:
         cfg = cli(BenchConfig, argv, prog="python -m fullscale.bench", description=__doc__.split("\n\n")[0])
     except SystemExit as e:
         return 2 if e.code else 0
     if min(cfg.batch, cfg.prompt_tokens, cfg.new_tokens, cfg.steps) < 1 or cfg.warmup < 0 or cfg.vocab < 8:
-        print("error: batch, prompt-tokens, new-tokens and steps must be ≥ 1, warmup ≥ 0, vocab ≥ 8", file=sys.stderr)
-        return 2
-    import torch
-
+        return fail("batch, prompt-tokens, new-tokens and steps must be ≥ 1, warmup ≥ 0, vocab ≥ 8")
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but no CUDA device is available", file=sys.stderr)
-        return 2
+        return fail("--device cuda but no CUDA device is available")
     r = run(cfg)
     s = r["split"]
     print(f"device: {r['device']}, torch {torch.__version__}")

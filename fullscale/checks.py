@@ -15,9 +15,13 @@ and exits 2).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import zipfile
 from pathlib import Path
+
+import torch
 
 from fullscale.config import RunConfig, flag, out_of_range
 
@@ -30,8 +34,6 @@ _TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenize
 def check_data_file(path: Path, name: str = "--data.path") -> str | None:
     """A readable data file (JSON lines or array, gzipped or not, parquet) or a folder of
     parquet shards (``fullscale.records``); parquet only when its extra is installed."""
-    import importlib.util
-
     if path.is_dir():
         if not any(path.glob("*.parquet")):
             return f"{name} {path} is a directory without *.parquet shards; give the data file itself"
@@ -63,7 +65,7 @@ def check_model_dir(path: Path, name: str) -> str | None:
         return f"{name} {path} has no config.json; models load from local directories saved with save_pretrained"
     try:
         json.loads(cfg.read_text(encoding="utf-8"))
-        from transformers import AutoConfig
+        from transformers import AutoConfig  # lazily: transformers takes seconds to import; only a model folder needs it
 
         AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001  (json, unicode, or the library's ValueError/KeyError/OSError)
@@ -92,15 +94,13 @@ def check_model_dir(path: Path, name: str) -> str | None:
 
 def _weights_problem(f: Path) -> str | None:
     if f.suffix == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import safe_open  # lazily: a dependency of transformers, only to open a weights file
 
         try:
             with safe_open(str(f), "pt"):
                 return None
         except Exception as e:  # noqa: BLE001  (SafetensorError and OSError)
             return f"is corrupt or truncated ({str(e).splitlines()[0]})"
-    import zipfile
-
     if not zipfile.is_zipfile(f):
         return "is corrupt or truncated (not a torch.save archive)"
     return None
@@ -114,7 +114,7 @@ def model_max_len(cfg: RunConfig, which: str) -> int:
         which, path = "policy", m.policy_path
     if path is None:
         return getattr(m, which).max_len
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # lazily: transformers takes seconds to import; only a model folder needs it
 
     c = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
@@ -171,7 +171,7 @@ def check_config(cfg: RunConfig) -> str | None:
         problem = check_model_dir(path, flag(f"models.{which}_judge_path"))
         if problem:
             return problem
-        from transformers import AutoConfig
+        from transformers import AutoConfig  # lazily, as above
 
         n = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False).num_labels
         if n != 1:
@@ -179,8 +179,6 @@ def check_config(cfg: RunConfig) -> str | None:
     if cfg.hypothesis == "scale" and m.policy_path is not None:
         return "the scale study builds policies of several widths; it cannot scale a model loaded from --models.policy-path"
     if cfg.device == "cuda":
-        import torch
-
         if not torch.cuda.is_available():
             return "--device cuda, but no CUDA device is available"
     return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field, replace
@@ -351,8 +352,6 @@ def apply_file(cfg: RunConfig, path: Path) -> RunConfig:
     except OSError as e:
         raise ConfigFileError(f"--config {path}: {e.strerror or e}") from None
     if path.suffix == ".toml":
-        import tomllib
-
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:

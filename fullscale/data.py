@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from fullscale.formats import DataError, Pair, load_pairs
+from fullscale.models import load_tokenizer, special_ids, word_tokenizer
+from fullscale.task import END, FILLERS, make_task
 
 __all__ = ["DataError", "apply_chat_template", "Encoded", "encode_pairs", "Prepared", "prepare"]
 
@@ -106,12 +108,8 @@ def prepare(cfg) -> Prepared:
     """Build the synthetic task or read ``cfg.data.path``; tokenise with the policy's tokenizer
     (``--models.policy-path``) or a word tokenizer of the data; hold out 10% of the pairs
     (seeded by ``cfg.seed``) to measure the preference models. Writes nothing."""
-    from fullscale.models import load_tokenizer, special_ids, word_tokenizer
-
     skipped: Counter = Counter()
     if cfg.data.source == "synthetic":
-        from fullscale.task import END, FILLERS, make_task
-
         task = make_task(cfg.data.task, cfg.data.max_response_tokens - 1)
         pairs, words = task.pairs, task.words + FILLERS + [END]
     else:

@@ -59,7 +59,7 @@ _said = set()
 
 
 def _static_ok(model) -> bool:
-    import transformers
+    import transformers  # lazily: transformers takes seconds to import
 
     kind = getattr(getattr(model, "config", None), "model_type", None)
     ok = kind in STATIC_MODEL_TYPES and hasattr(transformers, "StaticCache") and accepts(model, "logits_to_keep")
@@ -119,7 +119,7 @@ def _prefill(model, ids, mask, k, max_len, static):
         if k > 1:
             grown.batch_select_indices(torch.arange(len(ids), device=ids.device).repeat(k))
         return out.logits[:, -1], grown
-    from transformers import StaticCache
+    from transformers import StaticCache  # lazily: transformers takes seconds to import
 
     cache = StaticCache(config=model.config, max_cache_len=max_len)
     for layer, src in zip(cache.layers, grown.layers):

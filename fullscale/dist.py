@@ -109,8 +109,8 @@ class Dist:
             return model
         if not self.fsdp:
             return torch.nn.parallel.DistributedDataParallel(model)
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.device_mesh import init_device_mesh  # lazily: torch.distributed is optional in a torch build, and only a distributed run needs it
+        from torch.distributed.fsdp import fully_shard  # lazily: torch.distributed is optional in a torch build, and only a distributed run needs it
 
         dev = next(model.parameters()).device
         mesh = init_device_mesh(dev.type, (self.world,))
@@ -142,7 +142,7 @@ class Dist:
         0 gets it (on CPU, to write it) unless ``everywhere`` (every rank, on the model's device)."""
         if not self.fsdp:
             return model.state_dict()
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # lazily: torch.distributed is optional in a torch build, and only a distributed run needs it
 
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not everywhere))
 
@@ -152,8 +152,8 @@ class Dist:
         step) written by rank 0, into a new folder ``path``-<step>; the pointer file ``path``
         names the latest complete one and is replaced atomically, so a kill at any moment
         leaves the previous state readable."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+        import torch.distributed.checkpoint as dcp  # lazily: torch.distributed is optional in a torch build, and only a distributed run needs it
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict  # lazily: torch.distributed is optional in a torch build, and only a distributed run needs it
 
 
         folder = path.with_name(f"{path.name}-{run['step']}")
@@ -179,8 +179,8 @@ class Dist:
     def load_state(self, model, opt, path: Path) -> dict:
         """The state ``save_state`` wrote: model and optimiser shards loaded in place (resharded
         to this run's number of ranks); returns ``run``."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict
+        import torch.distributed.checkpoint as dcp  # lazily: torch.distributed is optional in a torch build, and only a distributed run needs it
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict  # lazily: torch.distributed is optional in a torch build, and only a distributed run needs it
 
 
         folder = path.with_name(path.read_text().strip())
@@ -264,7 +264,7 @@ def whole(*models):
     if not torch.distributed.is_available() or not torch.distributed.is_initialized():  # nothing can be sharded
         yield
         return
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # lazily: torch.distributed is optional in a torch build, and only a distributed run needs it
 
     sharded = [m for model in models if model is not None for m in model.modules()
                if isinstance(m, FSDPModule) and id(m) not in _GATHERED]
@@ -287,7 +287,7 @@ def whole(*models):
 
 def _settle(model) -> None:
     """``Dist.settle`` for a root FSDP module with no trainable parameter; nothing otherwise."""
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # lazily: torch.distributed is optional in a torch build, and only a distributed run needs it
 
     if isinstance(model, FSDPModule) and not any(p.requires_grad for p in model.parameters()):
         model.reset_iter_state()

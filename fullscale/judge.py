@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from fullscale.lm import Prompts
+from fullscale.models import load_tokenizer
 
 __all__ = ["TextJudge", "load_judge"]
 
@@ -29,9 +30,7 @@ def load_judge(path: str | Path, device: str = "cpu"):
     """(model, tokenizer) of a local sequence-classification reward model with one output
     (``num_labels == 1``); its head is used as trained, never replaced. No download, no remote code.
     Docs: docs/fullscale.md (Bring your own judge)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from fullscale.models import load_tokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification  # lazily: transformers takes seconds to import
 
     path = Path(path)
     try:

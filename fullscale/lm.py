@@ -125,7 +125,7 @@ def _plain(model) -> bool:
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         return False
     try:
-        from torch.distributed.fsdp import FSDPModule
+        from torch.distributed.fsdp import FSDPModule  # lazily: torch.distributed is optional in a torch build
     except ImportError:
         return True
     return not isinstance(model, FSDPModule)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -55,8 +55,8 @@ def word_tokenizer(words: list[str]):
     """A whitespace word-level tokenizer over ``words`` plus ``SPECIALS`` (ids 0–4),
     as a ``PreTrainedTokenizerFast`` that ``save_pretrained`` writes and
     ``AutoTokenizer`` loads back. Unknown words map to ``<unk>``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers  # lazily: transformers takes seconds to import
+    from transformers import PreTrainedTokenizerFast  # lazily: transformers takes seconds to import
 
     vocab = {w: i for i, w in enumerate(SPECIALS + [w for w in dict.fromkeys(words) if w not in SPECIALS])}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -76,7 +76,7 @@ def special_ids(tokenizer) -> dict[str, int]:
 
 def param_count(spec: ModelSpec, vocab: int, ids: dict[str, int]) -> int:
     """Parameters of the causal LM ``spec`` describes (built on the meta device: no memory, no init)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # lazily: transformers takes seconds to import
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(_config(spec, vocab, ids, None))
@@ -92,13 +92,11 @@ def width_for_capacity(spec: ModelSpec, vocab: int, ids: dict[str, int], capacit
     target = capacity * param_count(spec, vocab, ids)
     guess = spec.width * math.sqrt(capacity)
     candidates = {max(spec.heads, int(round(f * guess / spec.heads)) * spec.heads) for f in np.linspace(0.5, 2.0, 31)}
-    from dataclasses import replace
-
     return min(sorted(candidates), key=lambda w: abs(math.log(param_count(replace(spec, width=w), vocab, ids) / target)))
 
 
 def _config(spec: ModelSpec, vocab: int, ids: dict[str, int], num_labels: int | None):
-    from transformers import GPT2Config, LlamaConfig
+    from transformers import GPT2Config, LlamaConfig  # lazily: transformers takes seconds to import
 
     if spec.width % spec.heads:
         raise ValueError(f"width {spec.width} must be a multiple of heads {spec.heads}")
@@ -118,7 +116,7 @@ def _config(spec: ModelSpec, vocab: int, ids: dict[str, int], num_labels: int | 
 def build_model(spec: ModelSpec, vocab: int, ids: dict[str, int], seed: int, head: bool = False):
     """A freshly initialised causal LM (``head=False``) or scalar-head model (``head=True``),
     initialised from ``seed``."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification  # lazily: transformers takes seconds to import
 
     cfg = _config(spec, vocab, ids, 1 if head else None)
     with torch.random.fork_rng(devices=[]):
@@ -129,7 +127,7 @@ def build_model(spec: ModelSpec, vocab: int, ids: dict[str, int], seed: int, hea
 
 def load_model(path: str | Path, head: bool = False, device: str = "cpu"):
     """Load (model, tokenizer) from a local directory; no download, no remote code."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification  # lazily: transformers takes seconds to import
 
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -149,7 +147,7 @@ def load_model(path: str | Path, head: bool = False, device: str = "cpu"):
 def load_tokenizer(path: str | Path):
     """The tokenizer of a local model directory (no download, no remote code); a ValueError
     naming the directory when it has none that loads."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazily: transformers takes seconds to import
 
     try:
         return AutoTokenizer.from_pretrained(Path(path), local_files_only=True, trust_remote_code=False)

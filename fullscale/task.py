@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from fullscale.formats import Pair
+from fullscale.lm import response_mask
 
 __all__ = ["TaskSpec", "SynthTask", "Rater", "make_task"]
 
@@ -135,8 +136,6 @@ class Rater:
         self.doc_ids = torch.tensor([[vocab[w] for w in by_text[p]] for p in prompt_rows])
 
     def reward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        from fullscale.lm import response_mask
-
         mask = response_mask(y, self.eos, self.pad)
         ended = ((y == self.eos) & mask).any(-1)
         words = mask & (y != self.eos)

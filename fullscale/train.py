@@ -47,7 +47,7 @@ def _adam(model, lr: float, fused: bool = False):
     if not fused:
         return torch.optim.Adam(params, lr=lr)
     try:
-        from torch.distributed.tensor import DTensor
+        from torch.distributed.tensor import DTensor  # lazily: torch.distributed is optional in a torch build
     except ImportError:  # a torch without it has no FSDP2 either
         DTensor = ()
     if params and not any(isinstance(p, DTensor) for p in params) and all(p.device.type in ("cpu", "cuda") for p in params):

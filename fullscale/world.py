@@ -26,6 +26,7 @@ import torch
 from fullscale.config import RunConfig
 from fullscale.data import Prepared, prepare
 from fullscale.dist import SINGLE
+from fullscale.judge import TextJudge, load_judge
 from fullscale.lm import PMOracle, Prompts, pm_scores
 from fullscale.models import build_model, load_model, save_model, special_ids, width_for_capacity
 from fullscale.store import atomic_save, clear_stage_tmp, config_hash, mark_done, safe_load, stage_dir
@@ -103,7 +104,7 @@ class World:
             self.dist.barrier()  # the others read what rank 0 wrote
         info = json.loads((d / "info.json").read_text())
         self.extras["data"] = info
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # lazily: transformers takes seconds to import
 
         self.tokenizer = AutoTokenizer.from_pretrained(d / "tokenizer", local_files_only=True)
         self.ids = special_ids(self.tokenizer)
@@ -139,8 +140,6 @@ class World:
     def _judge(self, path, name: str):
         """A judge from a local reward model (``fullscale.judge``) and the key its dependent
         stages are cached under: the data stage, the judge's path and the time its files were written."""
-        from fullscale.judge import TextJudge, load_judge
-
         model, tok = load_judge(path, device=str(self.device))
         stamp = max((f.stat().st_mtime_ns for f in Path(path).glob("*") if f.is_file()), default=0)
         judge = TextJudge(model, tok, self.tokenizer, self.prompts, self.ids["eos"], self.ids["pad"])

@@ -18,6 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
+from shared.machine import apply_threads
+
 __all__ = ["cli", "one_line", "ALIASES", "fail", "progress", "write_json", "prelude", "new_run_dir", "claim_run_dir", "output_dir",
            "threads_problem", "seeds_problem"]
 
@@ -102,8 +106,6 @@ def fail(message: str) -> int:
 def progress(total: int, desc: str, width: int = 16):
     """A progress bar on stderr for ``total`` steps (tqdm), removed when done; none when stderr is
     not a terminal."""
-    from tqdm import tqdm  # lazily: only a command that trains draws one
-
     return tqdm(total=total, desc=f"{desc:>{width}}", file=sys.stderr, leave=False, mininterval=0.5, disable=None)
 
 
@@ -131,8 +133,6 @@ def prelude(cfg, base: Path, name: str, problems=(), make: bool = True):
     good), and torch's thread count set (``shared.machine.apply_threads``). Returns ``cfg`` with
     ``out`` resolved, or the exit code 2 after one line on stderr. ``make=False``: a given
     ``cfg.out`` may exist (the caller checks what it holds)."""
-    from shared.machine import apply_threads
-
     problem = next((p for p in [*problems, threads_problem(cfg.threads)] if p), None)
     if problem is None and (make or cfg.out is None):
         out, problem = output_dir(cfg.out, base, name)

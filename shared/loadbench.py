@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from shared.cli import cli
+
 __all__ = ["LoadBenchConfig", "COMMANDS", "main"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,8 +99,6 @@ class _Load:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shared.cli import cli
-
     try:
         cfg = cli(LoadBenchConfig, argv, prog="python -m shared.loadbench", description=__doc__.split("\n\n")[0])
     except SystemExit as e:

@@ -18,6 +18,8 @@ import functools
 import os
 import time
 
+import torch
+
 __all__ = ["usable_cores", "idle_cores", "default_threads", "apply_threads"]
 
 WINDOW_S = 0.1
@@ -78,8 +80,6 @@ def default_threads() -> int:
 def apply_threads(threads: int = 0) -> int:
     """Set torch's CPU thread count: ``threads`` when > 0, else ``default_threads()``; returns it.
     Docs: docs/tutorial.md (On a busy machine)."""
-    import torch  # lazy: the command lines import this module before torch is needed
-
     n = threads if threads > 0 else default_threads()
     torch.set_num_threads(n)
     return n

@@ -163,8 +163,8 @@ def _legend_outside(ax, handles=None, **kw):
 
 def _key(replay: bool) -> list:
     """Legend entries that say what the line kinds of ``_winrate_vs_kl`` are."""
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
+    from matplotlib.lines import Line2D  # lazily: matplotlib is heavy (see the module docstring)
+    from matplotlib.patches import Patch  # lazily, as above
 
     key = [Patch(color="grey", alpha=0.3, lw=0, label=f"band: {BAND}"),
            Line2D([], [], color="grey", lw=0.6, alpha=0.5, label="faint: one seed's best run"),
@@ -246,7 +246,7 @@ def _gap_vs_kl(results: dict):
 
 def _classification(results: dict):
     """Tang et al. 2024, Fig. 5 (accuracy as a classifier) and Fig. 6 (log-likelihood shifts), mean over seeds."""
-    from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D  # lazily: matplotlib is heavy (see the module docstring)
 
     colors = _colors(results)
     fig = _figure(figsize=(11.5, 3.8), right=2.3)

@@ -9,15 +9,18 @@ Docs: docs/results-schema.md. Tests: tests/test_toysim_gap.py, tests/test_fullsc
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from shared import plots
 from shared.metrics import seed_ci
 from shared.protocol import online_partner
 from shared.results import arm_order, best_run, gap, has, peak, runs_of, seeds_of
-from shared.studies import ARMS
+from shared.studies import ARMS, STUDIES
 
 __all__ = ["PLUMBING_PRESETS", "plumbing_note", "summary_rows", "format_table", "format_claims", "write_report", "redraw", "main"]
 
@@ -122,10 +125,6 @@ def redraw(run_dir: Path) -> Path:
     """Draw the figures and report.md of a finished run again from its results.json (after a
     change to the figures or the report): a fullscale run (DIR/results.json) or a toysim one
     (DIR/<study>/results.json). Nothing else in DIR changes."""
-    import json
-
-    from shared import plots
-
     run_dir = Path(run_dir)
     flat = (run_dir / "results.json").exists()
     paths = [run_dir / "results.json"] if flat else sorted(run_dir.glob("*/results.json"))
@@ -137,8 +136,6 @@ def redraw(run_dir: Path) -> Path:
         figs[res["study"]] = plots.figures(res, p.parent)
         all_results.append(res)
     if not flat:  # the order toysim.gap wrote them in: the studies' declared order
-        from shared.studies import STUDIES
-
         order = list(STUDIES)
         all_results.sort(key=lambda r: order.index(r["study"]) if r["study"] in order else len(order))
     title = "fullscale report" if all_results[0].get("backend") == "fullscale" else "toysim report"
@@ -147,8 +144,6 @@ def redraw(run_dir: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m shared.report DIR [DIR ...]``: ``redraw`` each finished run."""
-    import sys
-
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
         print("usage: python -m shared.report DIR [DIR ...]\n\nDraw the figures and report.md of finished runs again from their "

@@ -152,3 +152,56 @@ def test_one_seeding_scheme_names_each_stream():
     assert not torch.equal(first, torch.rand(4, generator=stream_generator(3, "online-ipo")))
     for module in (toysim.study, fullscale.study, fullscale.evaluate):
         assert module.stream_generator is stream_generator
+
+
+def test_the_plan_of_a_study_is_its_arms_as_data_golden_first():
+    """``plan`` asks the protocol once per arm: the golden policy, then the arms in run order, each
+    with what the single questions answer (checked here against them, and by hand for coverage)."""
+    from shared.protocol import ON_POLICY_SOURCES, online_partner, plan, snapshot_steps, stream_read_by
+    from shared.studies import GOLDEN
+
+    t = Schedule(steps=100, offline_mult=5, checkpoints=10)
+    p = plan(STUDIES["coverage"], t)
+    assert [a.arm.name for a in p] == ["golden", "online", "offline", "replay-ordered", "window-4", "window-32", "tandem"]
+    assert p[0].arm is GOLDEN and p[0].partner == "golden" and p[0].provides
+    off = p[2]
+    assert len(off.configs) == 9 and off.steps == 500 and all(c["steps"] == 500 for c in off.configs)
+    assert off.reads is None and off.partner == "online" and not off.on_policy and not off.snapshots
+    assert p[1].snapshots == {20, 100} and p[1].on_policy  # the data study's 0.2 and 1.0 of the online horizon
+    assert [a.reads for a in p[3:]] == ["online"] * 4
+    for study in STUDIES.values():
+        plans = plan(study, t)
+        assert [a.arm for a in plans] == ([GOLDEN, *run_order(study.arms)] if study.arms else [])
+        for a in plans:
+            assert list(a.configs) == sweep_configs(a.arm, t) and a.steps == steps_of(a.arm, t)
+            assert a.checkpoints == checkpoint_steps(a.steps, t) and a.snapshots == snapshot_steps(a.arm, t)
+            assert a.reads == stream_read_by(a.arm) and a.partner == online_partner(a.arm)
+            assert a.on_policy == (a.arm.source in ON_POLICY_SOURCES)
+        # one ordering rule: arms on their own pairs before the arms on fixed data that read them
+        flags = [a.on_policy for a in plans]
+        assert flags == sorted(flags, reverse=True)
+        names = [a.arm.name for a in plans]
+        assert all(names.index(a.reads) < names.index(a.arm.name) for a in plans if a.reads)
+        assert all(names.index(a.partner) <= names.index(a.arm.name) for a in plans if a.partner in names)
+    assert plan(STUDIES["theory"], t) == []
+
+
+def test_run_order_puts_refresh_before_offline_and_the_read_online_arm_first():
+    study = STUDIES["equivalence"]
+    assert [a.name for a in run_order(study.arms)] == ["online-dpo", "rlhf", "offline-dpo"]
+    assert [a.name for a in run_order(STUDIES["refresh"].arms)][:2] == ["online", "refresh-4"]
+    assert [a.name for a in run_order(STUDIES["refresh"].arms)][-1] == "offline"
+
+
+@pytest.mark.parametrize("module, args", [("toysim.gap", ["--hypothesis", "data", "--quick"]),
+                                          ("fullscale.run", ["--preset", "smoke", "--hypothesis", "data"])])
+def test_dry_run_prints_the_plan_and_writes_nothing(module, args, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    assert importlib.import_module(module).main(args + ["--dry-run", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    for name in ("golden", "online", "offline", "sft-vs-800", "800-vs-4k", "sft-vs-4k", "4k-vs-4k"):
+        assert f"  {name} " in out, name
+    assert "reads online" in out and "snapshots at" in out
+    assert list(tmp_path.iterdir()) == []  # no run folder, no --out

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from shared.cli import cli, prelude, progress, seeds_problem
@@ -141,8 +142,7 @@ def displacement(cfg: DisplacementConfig, progress_factory=None) -> dict:
 
 def plot(result: dict, path: Path):
     """Two panels of bars per group, offline and online: mass moved, and the golden reward of the mass gained."""
-    import numpy as np
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazily: matplotlib is heavy, and only drawing needs it
 
     fig = Figure(figsize=(10.5, 3.8), layout="constrained")
     axes = fig.subplots(1, 2)

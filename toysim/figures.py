@@ -17,11 +17,16 @@ docs/index.md.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
+import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from shared.cli import cli
 
 __all__ = ["FiguresConfig", "JOBS", "main", "study_section", "verdict_table", "update_study_pages"]
 
@@ -54,9 +59,6 @@ PRESETS = ("default", "arena", "paper-protocol")
 def study_section(study: str, figures: Path = Path("docs/figures"), page_dir: Path = Path("docs/studies")) -> str:
     """The generated block of docs/studies/<study>.md: the committed figures of both presets,
     the verdict table with its evidence, and the fullscale command that confirms it."""
-    import json
-    import os
-
     lines = [START, "", "## Results", ""]
     res = {p: json.loads((figures / f"toysim-{p}" / study / "results.json").read_text()) for p in PRESETS}
     for p in PRESETS:
@@ -85,8 +87,6 @@ TABLE_PAGES = ("README.md", "docs/findings.md")
 def verdict_table(figures: Path = Path("docs/figures")) -> str:
     """Every claim's verdict in every preset of ``PRESETS``, from the committed results.json
     files: the table of the README and docs/findings.md, between its markers."""
-    import json
-
     rows: dict[int, dict] = {}
     for p in PRESETS:
         for res in sorted((figures / f"toysim-{p}").glob("*/results.json")):
@@ -138,10 +138,6 @@ class _Tee(io.TextIOBase):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import importlib
-
-    from shared.cli import cli
-
     try:
         cfg = cli(FiguresConfig, argv, prog="python -m toysim.figures", description=__doc__.split("\n\n")[0])
     except SystemExit as e:

@@ -25,6 +25,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from tqdm import tqdm
+
 from shared.cli import cli, fail, prelude, seeds_problem, write_json
 from shared.results import verdict_from_ci
 from toysim.presets import MAX_SEEDS, PRESETS
@@ -216,8 +218,6 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from tqdm import tqdm  # lazily: only a search that runs draws its bar
-
     try:
         cfg = cli(SearchConfig, argv, prog="python -m toysim.search", description="\n\n".join(__doc__.split("\n\n")[:3]))
     except SystemExit as e:  # --help (0), or a bad argument reported in one line (2)

@@ -304,14 +304,12 @@ def run_study(study: Study, preset: Preset, seeds: int, mode: str = "sgd", progr
         return out
     if study.name == "equivalence":
         out["extras"]["equivalence"] = equivalence_checks(seed=preset.world.seed)
-    # ---------------------------------------------------------------- 1. the world
     runner = runner or Runner(preset, seeds, mode, progress_factory)
     plans = plan(study, preset.train)  # the golden policy first, then the arms in run order
     if mode == "population":
         for p in [p for p in plans if p.arm.source not in POPULATION_SOURCES]:
             out["extras"].setdefault("skipped", []).append(f"{p.arm.name}: no population form")
             plans.remove(p)
-    # ---------------------------------------------------------------- 2. the golden policy, 3. the arms
     runner.run(plans)  # as few tensor programs as the arms allow
     # ---------------------------------------------------------------- 4. results
     for p in plans[1:]:

@@ -23,6 +23,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+from tqdm import tqdm
+
 from shared.cli import cli, prelude, seeds_problem
 from shared.metrics import seed_ci
 from shared.results import final, gap, peak, per_seed
@@ -107,8 +110,6 @@ def text_colors(rgba):
     0.179, where (1 + 0.05) / (L + 0.05) exceeds (L + 0.05) / (0 + 0.05).
 
     ``rgba``: [..., 3 or 4] colours in [0, 1] (a colormap's output); returns [...] of str."""
-    import numpy as np
-
     rgb = np.asarray(rgba, dtype=float)[..., :3]
     lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
     lum = lin @ np.array([0.2126, 0.7152, 0.0722])
@@ -124,7 +125,6 @@ PANELS = [("online_minus_offline_matched_kl", "online − offline at matched KL"
 def plot(result: dict, path: Path, keys=PANELS, suptitle: str | None = None):
     """Write the phase diagram of a sweep's result to ``path``, one panel per (cell key, title) of
     ``keys``; returns the figure. Knob values may be numbers or names."""
-    import numpy as np
     from matplotlib.figure import Figure  # lazily: matplotlib is heavy, and only drawing needs it
 
     c = result["config"]
@@ -154,8 +154,6 @@ def _label(v) -> str:
 
 
 def main(argv=None) -> int:
-    from tqdm import tqdm  # lazily: only a sweep that runs draws its bar
-
     try:
         cfg = cli(SweepConfig, argv, prog="python -m toysim.sweep", description="\n\n".join(__doc__.split("\n\n")[:2]))
     except SystemExit as e:  # --help (0), or a bad argument reported in one line (2)

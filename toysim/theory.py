@@ -100,7 +100,7 @@ def minimise(objective, init_logits, max_iter: int = 500, tolerance_grad: float 
     stretches. (torch.optim.LBFGS would do too, but building any torch optimiser
     imports torch._dynamo, about 2 s, which is most of a ``--quick`` study.)
     """
-    from scipy.optimize import minimize
+    from scipy.optimize import minimize  # lazily: scipy is heavy, and only this check's solver needs it
 
     shape = init_logits.shape
 

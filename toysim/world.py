@@ -37,7 +37,9 @@ from typing import Literal
 
 import torch
 
+from shared.losses import bt_loss
 from shared.preferences import NoisyOracle, hard_preference, label_pairs
+from shared.sampling import Batch
 from toysim.policy import LogLinearPolicy
 from toysim.sequences import AutoregressivePolicy, SequenceSpace, bigram_features
 
@@ -226,8 +228,6 @@ def _fit_bt(feats: torch.Tensor, x, y_w, y_l, l2: float, iters: int = 30) -> tor
     Gradient by autograd through ``bt_loss``; Hessian in closed form for logistic regression,
     Δᵀ diag(σ(m)σ(−m)) Δ / n + 2·l2·I with Δ = φ(y_w) − φ(y_l), m = Δ·w.
     """
-    from shared.losses import bt_loss
-
     phi_w, phi_l = feats[x, y_w], feats[x, y_l]  # [n, d]
     delta, n, d = phi_w - phi_l, len(x), feats.shape[-1]
     w = torch.zeros(d, dtype=feats.dtype)
@@ -247,8 +247,6 @@ def _fit_bt(feats: torch.Tensor, x, y_w, y_l, l2: float, iters: int = 30) -> tor
 
 def make_world(cfg: WorldConfig) -> World:
     """Build the world deterministically from ``cfg`` (float64 throughout)."""
-    from shared.sampling import Batch
-
     if cfg.prompts < 1 or cfg.responses < 2 or cfg.golden_pairs < 1:
         raise ValueError("a world needs ≥ 1 prompt, ≥ 2 responses and ≥ 1 golden pair")
     if cfg.policy_kind not in ("atomic", "autoregressive"):
