@@ -1,5 +1,7 @@
 """Input checks shared by the `shared` core: one clear error instead of a
-silent broadcast. Internal; every public function calls these on entry."""
+silent broadcast. Internal; every public function calls these on entry.
+
+Tests: tests/test_losses.py, tests/test_metrics.py (bad shapes and dtypes)."""
 
 from __future__ import annotations
 

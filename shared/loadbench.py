@@ -9,7 +9,8 @@ processes that each keep one core busy (a Python busy loop), and prints the medi
 time of each and their ratio. ``--all-cores`` adds the same command with one torch thread
 per core (``OMP_NUM_THREADS``: torch's own default, before ``shared.machine`` chose the
 count from the idle cores), quiet and, with ``--all-cores-loaded``, under load, to show what
-the default protects against. Docs: docs/tutorial.md (Speed).
+the default protects against. Docs: docs/tutorial.md (Speed). Tests: none (a benchmark of the
+commands the suite runs elsewhere).
 """
 
 from __future__ import annotations

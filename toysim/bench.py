@@ -9,6 +9,7 @@ same runs one after another. The loop is timed on ``loop_runs`` of them (its
 cost per run-step does not depend on how many runs follow) and both are
 reported in run-steps per second, with their ratio. Timings are medians over
 ``repeats`` measurements in this one process, batched and loop interleaved. Docs: docs/tutorial.md (§ speed).
+Tests: tests/test_toysim_tools.py.
 """
 
 from __future__ import annotations

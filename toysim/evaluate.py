@@ -2,7 +2,8 @@
 (docs/results-schema.md): KL to π_sft, win rate against the golden policy, the
 policy-as-classifier accuracies (Tang et al. 2024, §4.3) and the log-likelihood shifts.
 
-Docs: docs/tutorial.md (§ how a run works). Tests: tests/test_toysim_train.py.
+Docs: docs/tutorial.md (§ how a run works). Tests: tests/test_toysim_study.py (exact ties at step 0, the
+rounding band), tests/test_toysim_sequences.py, tests/test_metrics.py (the exact metrics).
 
 Every metric is a finite sum over the enumerated responses (``shared.metrics``' exact forms), so
 two runs differ by their policies only, never by sampling noise.

@@ -9,8 +9,8 @@ seeds and records the win-rate gaps at matched KL and the peak gaps
 (``shared.results.gap``). It writes ``sweep.json`` and ``phase.png``: a phase
 diagram of where the gap lives. The paper has no such map (Tang et al. 2024
 compare four fixed tasks); it tells a user which properties of a task create
-the gap. Docs: docs/studies/coverage.md (§ the map). Tests:
-tests/test_toysim_tools.py, tests/test_plots.py (the cell text colours).
+the gap. Docs: docs/studies/coverage.md (§ the map). Tests: tests/test_toysim_tools.py,
+tests/test_plots.py (the cell text colours).
 """
 
 from __future__ import annotations
