@@ -74,6 +74,14 @@ class Dist:
         if self.world > 1:
             torch.distributed.barrier()
 
+    def from_main(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every rank (a broadcast: every rank calls it), so that all agree."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)], device="cuda" if torch.distributed.get_backend() == "nccl" else "cpu")
+        torch.distributed.broadcast(t, 0)
+        return bool(t.item())
+
     def gather_rows(self, local: torch.Tensor, n: int) -> torch.Tensor:
         """The global batch [n, ...] from every rank's share (``share``), in row order."""
         if self.world == 1:

@@ -76,8 +76,14 @@ def split_of(shard: Path) -> str:
     return m.group(1) if m else shard.stem
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+"""The byte-order mark some editors write at the start of a UTF-8 file (Notepad, Excel's CSV/JSON
+exports); JSON (RFC 8259 §8.1) says a parser may ignore it, and pandas and ``datasets`` do."""
+
+
 def _json(path: Path, raw: bytes):
-    """JSON lines, or one JSON array of records."""
+    """JSON lines, or one JSON array of records; a leading UTF-8 byte-order mark is skipped."""
+    raw = raw.removeprefix(UTF8_BOM)
     if raw.lstrip()[:1] == b"[":
         try:
             arr = json.loads(raw.decode("utf-8"))

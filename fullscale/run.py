@@ -225,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
                 Path(d).mkdir(parents=True, exist_ok=True)
         write_json(cfg.out / "config.json", resolved)
     except OSError as e:
-        return fail(f"cannot write to {e.filename or cfg.out}: {e.strerror or e}")
+        where = Path(e.filename or cfg.out)
+        flag = "--cache" if cfg.cache is not None and Path(cfg.cache) in (where, *where.parents) else "--out"
+        return fail(f"cannot write to {flag} {where}: {e.strerror or e}")
     print(f"resolved config: {json.dumps(resolved)}")
 
     t0 = time.time()

@@ -7,7 +7,10 @@ Every file a run reads back is written under a temporary name and renamed into p
 (``atomic_save``), so a kill at any moment leaves either the old file or the new one. A stage of
 the world or a run of an arm is a folder ``cache/<name>-<hash>`` (``stage_dir``), the hash over
 everything it depends on (``config_hash``); it is finished when its ``DONE`` file exists
-(``mark_done``).
+(``mark_done``). Runs that share a cache (``--cache``) build each stage once: its writer holds the
+stage's lock file (``lock_stage``, an advisory ``flock`` the system drops when the process ends,
+killed or not), and another run that needs the stage waits for it, then reuses it; only the lock's
+holder removes the temporary files a killed writer left.
 """
 
 from __future__ import annotations
@@ -15,13 +18,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+
+try:
+    import fcntl  # POSIX (Linux, macOS): the stage locks
+except ImportError:  # elsewhere runs sharing a cache are not serialised
+    fcntl = None
 import shutil
 import signal
+import sys
 from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_save", "safe_load", "config_hash", "stage_dir", "mark_done", "clear_stage_tmp", "fault_point"]
+__all__ = ["DamagedFile", "atomic_save", "safe_load", "config_hash", "stage_dir", "mark_done", "lock_stage", "unlock_stage", "clear_stage_tmp",
+           "fault_point"]
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -31,9 +41,23 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+class DamagedFile(ValueError):
+    """A file of a run that cannot be read back: the message names it and what to do."""
+
+
 def safe_load(path: Path):
-    """torch.load restricted to tensors and plain containers (weights_only=True)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """torch.load restricted to tensors and plain containers (weights_only=True). A file damaged
+    outside the program (truncated, overwritten) raises ``DamagedFile``, whose one line names the
+    file and the two ways on: delete its stage folder (``--resume`` builds that stage again, from
+    its start) or start the run afresh in a new ``--out``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DamagedFile(f"{path} is damaged and cannot be read ({reason}); delete {Path(path).parent} and --resume builds that "
+                          "stage again, or start the run afresh with a new --out") from None
 
 
 def config_hash(*parts) -> str:
@@ -45,6 +69,26 @@ def config_hash(*parts) -> str:
 def stage_dir(cache: Path, name: str, *deps) -> Path:
     """The folder of stage ``name`` with dependencies ``deps`` in ``cache``."""
     return Path(cache) / f"{name}-{config_hash(*deps)}"
+
+
+def lock_stage(d: Path):
+    """Wait for and take the lock of stage folder ``d`` (the file ``<d>.lock`` beside it): one writer
+    a stage across the processes sharing a cache. Returns the handle ``unlock_stage`` takes; the lock
+    also goes when the process ends."""
+    d.parent.mkdir(parents=True, exist_ok=True)
+    f = open(d.with_name(d.name + ".lock"), "a")  # noqa: SIM115  (held open while the stage is built)
+    if fcntl is not None:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another run is building it: say so, then wait
+            print(f"waiting for another run that is building the cache stage {d.name}", file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
+def unlock_stage(handle) -> None:
+    """Release a lock ``lock_stage`` took (closing the file drops the ``flock``)."""
+    handle.close()
 
 
 def mark_done(d: Path, info: dict | None = None) -> None:

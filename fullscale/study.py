@@ -31,7 +31,7 @@ from fullscale.decode import LMPolicy, decode
 from fullscale.dist import SINGLE
 from fullscale.evaluate import evaluate_checkpoint
 from fullscale.lm import sequence_logp
-from fullscale.store import atomic_save, mark_done, safe_load
+from fullscale.store import atomic_save, safe_load
 from fullscale.train import optimise
 from fullscale.world import World
 from shared.claims import judge
@@ -178,7 +178,7 @@ class Runner:
             (d / "loss.json").write_text(json.dumps(losses))
             for f in [state, *d.glob(f"{state.name}-*")]:
                 shutil.rmtree(f) if f.is_dir() else f.unlink(missing_ok=True)
-            mark_done(d, {k: v for k, v in record.items() if k != "series"})
+            w.finish(d, {k: v for k, v in record.items() if k != "series"})
         dist.barrier()  # later arms read this run's files (its stream, snapshots, final policy)
         return {**record, "series": series, "loss": losses}
 

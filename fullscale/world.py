@@ -29,7 +29,7 @@ from fullscale.dist import SINGLE
 from fullscale.judge import TextJudge, load_judge
 from fullscale.lm import PMOracle, Prompts, pm_scores
 from fullscale.models import build_model, load_model, save_model, special_ids, width_for_capacity
-from fullscale.store import atomic_save, clear_stage_tmp, config_hash, mark_done, safe_load, stage_dir
+from fullscale.store import atomic_save, clear_stage_tmp, config_hash, lock_stage, mark_done, safe_load, stage_dir, unlock_stage
 from fullscale.train import fit_pm, supervised
 from shared.metrics import classifier_accuracy
 from shared.preferences import label_pairs
@@ -70,20 +70,33 @@ class World:
         self.cache.mkdir(parents=True, exist_ok=True)
         self.extras: dict = {}
         self.dist = dist
+        self._locks: dict[Path, object] = {}  # the stages this run is building (``stage``)
         self._rm = None  # the RLHF arm's reward function, built when an arm first asks (``reward_model``)
         self._world()
 
     # ---------------------------------------------------------------- helpers
     def stage(self, name: str, *deps) -> tuple[Path, bool]:
-        """(directory, finished?) of a cached stage (``fullscale.store.stage_dir``). Temporary files
-        a killed process left in it (``*.tmp``, by ``atomic_save`` and ``save_model``, never read)
-        are removed; nothing outside the stage's own folder is touched."""
+        """(directory, finished?) of a cached stage (``fullscale.store.stage_dir``). An unfinished
+        stage is this run's to build: rank 0 takes its lock (``fullscale.store.lock_stage``; another
+        run sharing the cache that builds it first is waited for, and its stage reused), removes the
+        temporary files a killed writer left in it (``*.tmp``, never read; nothing outside the
+        stage's own folder), and keeps the lock until ``finish``. Every rank gets rank 0's answer."""
         d = stage_dir(self.cache, name, *deps)
-        if self.dist.main:  # only the process that writes clears what a killed writer left
-            clear_stage_tmp(d)
         done = (d / "DONE").exists()
-        self.dist.barrier()  # every rank has looked before rank 0 may finish the stage: they agree on ``done``
-        return d, done
+        if self.dist.main and not done:
+            self._locks[d] = lock_stage(d)
+            done = (d / "DONE").exists()  # built by another run while this one waited
+            if done:
+                unlock_stage(self._locks.pop(d))
+            else:
+                clear_stage_tmp(d)
+        return d, self.dist.from_main(done)
+
+    def finish(self, d: Path, info: dict | None = None) -> None:
+        """Mark stage ``d`` finished (``fullscale.store.mark_done``) and release its lock."""
+        mark_done(d, info)
+        if d in self._locks:
+            unlock_stage(self._locks.pop(d))
 
     def policy_ops(self):
         return dict(eos=self.ids["eos"], pad=self.ids["pad"])
@@ -99,7 +112,7 @@ class World:
             atomic_save(prep.tensors, d / "data.pt")
             if prep.prompt_texts is not None:
                 (d / "prompts.json").write_text(json.dumps(prep.prompt_texts))
-            mark_done(d, prep.info)
+            self.finish(d, prep.info)
         if not done:
             self.dist.barrier()  # the others read what rank 0 wrote
         info = json.loads((d / "info.json").read_text())
@@ -189,7 +202,7 @@ class World:
                                   batch_size=self.t.batch_size, generator=g, progress=bar, dist=self.dist, fast=self.t.numerics == "fast")
             if self.dist.main:
                 save_model(model, self.tokenizer, d / "model")
-                mark_done(d, {"loss_per_epoch": hist, "params": sum(q.numel() for q in model.parameters())})
+                self.finish(d, {"loss_per_epoch": hist, "params": sum(q.numel() for q in model.parameters())})
             self.dist.barrier()
         self.sft_dir[capacity] = d
         self.extras.setdefault("models", {})[f"sft@{capacity:g}"] = json.loads((d / "info.json").read_text())
@@ -216,7 +229,7 @@ class World:
                               t.pm_lr, t.pm_epochs, t.batch_size, g, bar, dist=self.dist, fast=t.numerics == "fast")
             if self.dist.main:
                 save_model(pm, self.tokenizer, d / "model")
-                mark_done(d, {"loss_per_epoch": hist, "params": sum(q.numel() for q in pm.parameters()), "train_pairs": len(x)})
+                self.finish(d, {"loss_per_epoch": hist, "params": sum(q.numel() for q in pm.parameters()), "train_pairs": len(x)})
             self.dist.barrier()
         if name == "golden_pm":
             self.golden_key = d.name
@@ -234,7 +247,7 @@ class World:
             g = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 3)
             y_w, y_l, tie = label_pairs(self.golden_oracle, p["x"], p["y_a"], p["y_b"], g)
             atomic_save({"x": p["x"], "y_w": y_w, "y_l": y_l, "tie": tie}, d / "d_golden.pt")
-            mark_done(d, {"ties": int(tie.sum())})
+            self.finish(d, {"ties": int(tie.sum())})
         if not done:
             self.dist.barrier()
         t = safe_load(d / "d_golden.pt")

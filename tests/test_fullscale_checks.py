@@ -204,7 +204,8 @@ def test_a_loaded_model_is_checked_against_the_data_lengths(capsys, tmp_path, mo
 
 def test_the_stage_cache_removes_only_its_own_temporary_files(capsys, tmp_path):
     """--cache DIR: files the user keeps there (any *.tmp too) survive a failed run and a finished
-    one; a stage folder's own leftover *.tmp (a killed save) is removed when the stage is opened."""
+    one; an unfinished stage folder's own leftover *.tmp (a killed save) is removed when the stage is
+    built again (by the run holding its lock, fullscale.store.lock_stage)."""
     cache = tmp_path / "cache"
     mine = [cache / "notes.tmp", cache / "project" / "draft.tmp", cache / "data-keep" / "x.tmp"]
     for f in mine:
@@ -216,6 +217,7 @@ def test_the_stage_cache_removes_only_its_own_temporary_files(capsys, tmp_path):
     assert main(["--config", str(TINY), "--cache", str(cache), "--out", str(out)]) == 0
     assert all(f.read_text() == "user data" for f in mine)
     stage = next(cache.glob("sft@1-*"))
+    (stage / "DONE").unlink()  # as a build killed before it finished leaves it
     (stage / "model.tmp").mkdir()
     (stage / "state.pt.tmp").write_text("half a save")
     assert main(["--config", str(TINY), "--cache", str(cache), "--out", str(tmp_path / "run2")]) == 0

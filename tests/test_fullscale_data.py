@@ -179,6 +179,24 @@ def test_gzip_and_json_array_are_read_by_content_whatever_the_suffix(tmp_path):
         load_pairs(tmp_path / "bad.jsonl.gz", "jsonl")
 
 
+def test_a_leading_utf8_byte_order_mark_is_skipped_in_json_lines_and_arrays(tmp_path):
+    """Notepad and Excel exports start a UTF-8 file with EF BB BF; pandas and datasets read on."""
+    import gzip
+    import json
+
+    raw = (FIX / "pairs.jsonl").read_bytes()
+    want = load_pairs(FIX / "pairs.jsonl", "jsonl").pairs
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + raw)
+    (tmp_path / "bom.jsonl.gz").write_bytes(gzip.compress(b"\xef\xbb\xbf" + raw))
+    rows = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(rows).encode())
+    for name in ("bom.jsonl", "bom.jsonl.gz", "bom.json"):
+        assert load_pairs(tmp_path / name, "jsonl").pairs == want, name
+    (tmp_path / "mid.jsonl").write_bytes(raw + b"\xef\xbb\xbf{}\n")  # only a leading mark is the encoding's
+    with pytest.raises(DataError, match="invalid JSON"):
+        load_pairs(tmp_path / "mid.jsonl", "jsonl")
+
+
 def test_parquet_file_and_folder_of_shards(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import json

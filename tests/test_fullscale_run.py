@@ -4,6 +4,7 @@ point and resumed reproduces the uninterrupted run's results.json (CPU)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +107,13 @@ def test_killed_and_resumed_run_reproduces_results(tmp_path, tiny_config, uninte
             break
         assert r.returncode == 75, r.stderr[-2000:]
         assert not (out / "results.json").exists()
+        if event == "save" and i == 0:  # a run state damaged outside the program: one line, the file, the ways on
+            state = next((out / "cache").glob("run-*/state.pt"))
+            state.write_bytes(state.read_bytes()[:100])
+            r = run("--config", tiny_config, "--out", out, "--resume")
+            assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+            assert f"{state} is damaged" in r.stderr and f"delete {state.parent}" in r.stderr and "new --out" in r.stderr
+            shutil.rmtree(state.parent)  # as it says: that stage is built again from its start
     if not finished:
         r = run("--config", tiny_config, "--out", out, "--resume")
         assert r.returncode == 0, r.stderr[-2000:]
@@ -115,22 +123,28 @@ def test_killed_and_resumed_run_reproduces_results(tmp_path, tiny_config, uninte
     assert sorted(logged) == sorted(key(line) for line in (uninterrupted[0] / "metrics.jsonl").read_text().splitlines())
 
 
-def test_the_smoke_preset_twice_side_by_side_gives_two_folders_and_the_same_results(tmp_path):
+def test_the_smoke_preset_twice_side_by_side_on_one_cache_gives_two_folders_and_the_solo_results(tmp_path, uninterrupted):
     """The documented command as printed (no --out; on the tiny config, to keep the suite fast),
-    twice at once from one folder: each run gets a folder of its own even when both start in the
-    same second, and, one thread each, both write the same results.json (its config never
-    records --out). tests/test_docs.py runs the smoke preset's documented commands too."""
+    twice at once from one folder and sharing one --cache (the documented way to reuse stages):
+    each run gets a folder of its own even when both start in the same second; each stage is built
+    once, by whichever run takes its lock first, the other waiting and reusing it (no run removes
+    the other's temporary files); and, one thread each, both write the results.json of the run made
+    alone (its config never records --out or --cache). tests/test_docs.py runs the smoke preset's
+    documented commands too."""
     e = {**os.environ, "OMP_NUM_THREADS": "1"}
     tiny = str(Path(__file__).resolve().parent / "fixtures" / "fullscale-tiny.json")
-    procs = [subprocess.Popen([sys.executable, "-m", "fullscale.run", "--preset", "smoke", "--config", tiny], cwd=tmp_path, env=e,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]  # side by side
+    cmd = [sys.executable, "-m", "fullscale.run", "--preset", "smoke", "--config", tiny, "--cache", str(tmp_path / "cache")]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # side by side
     for p in procs:
         _, err = p.communicate()
         assert p.returncode == 0, err[-2000:]
     runs = sorted((tmp_path / "runs" / "fullscale").iterdir())
     assert len(runs) == 2 and all(d.name.startswith("coverage-smoke-") for d in runs)
     ra, rb = (json.loads((d / "results.json").read_text()) for d in runs)
-    assert ra == rb and ra["config"]["preset"] == "smoke" and "out" not in ra["config"]
+    solo = json.loads((uninterrupted[0] / "results.json").read_text())
+    assert ra == rb == solo and ra["config"]["preset"] == "smoke" and "out" not in ra["config"]
+    assert not list((tmp_path / "cache").glob("*/*.tmp"))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -83,17 +83,33 @@ def test_population_mode_runs_online_and_offline(tmp_path):
     (["--seeds", "1000000000"], "--seeds must be from 1 to 100 (all seeds train at once"),
     (["--preset", "nope"], "invalid choice 'nope' for argument '--preset'"),
     (["--out", "/proc/forbidden"], "cannot write"),
+    # world knobs: type and range, then the world's size, all before a folder or a table is made
+    (["--world", "proxy_features=0"], "--world proxy_features: must be from 1 to 4,096, got 0"),
+    (["--world", "golden_pairs=1000000000000"], "--world golden_pairs: must be from 1 to 10,000,000, got 1,000,000,000,000"),
+    (["--world", "policy_features=1000000000"], "--world policy_features: must be from 1 to 4,096"),
+    (["--world", "label_noise=1.5"], "--world label_noise: must be from 0 to below 0.5"),
+    (["--world", "vocab=0"], "--world vocab: must be from 1 to 64, got 0"),
+    (["--world", "max_len=0"], "--world max_len: must be from 1 to 16, got 0"),
+    (["--world", "golden_pairs=2.5"], "--world golden_pairs: must be a whole number, got 2.5"),
+    (["--world", "sft_temp=nan"], "--world sft_temp: must be a finite number"),
+    (["--preset", "paper-protocol", "--world", "vocab=1000"], "--world vocab: must be from 1 to 64, got 1,000"),
+    (["--preset", "paper-protocol", "--world", "max_len=16"], "the world has 5,726,623,061 responses a prompt (vocab 4, max_len 16)"),
+    (["--preset", "paper-protocol", "--world", "max_len=5", "--seeds", "100"], "the world's exact tables need about 601.4 GiB"),
 ])
-def test_bad_arguments_exit_2_without_traceback(args, message, tmp_path, capsys):
+def test_bad_arguments_exit_2_without_traceback(args, message, tmp_path, capsys, monkeypatch):
     """In process, through main (what python -m calls); the first two also in a subprocess, as a
-    user meets them (a process of its own costs 2.5 s, mostly importing)."""
-    from toysim import gap
+    user meets them (a process of its own costs 2.5 s, mostly importing). No run folder is made
+    (none under runs/ either) and no world is built."""
+    from toysim import gap, study
 
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(study, "make_world", lambda cfg: pytest.fail("a world was built"))
     if "--out" not in args:
         args = args + ["--out", str(tmp_path / "o")]
     assert gap.main(list(args)) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists() and not (tmp_path / "runs").exists()
     if args[0] in ("--hypothesis", "--beta") and args[1] in ("nonsense", "0"):
         p = _run(*args)
         assert p.returncode == 2 and "Traceback" not in p.stderr
@@ -164,10 +180,11 @@ def test_world_overrides_reach_the_run_and_bad_ones_are_one_line(tmp_path, capsy
     from toysim import gap
 
     for args, msg in ((["--world", "nope=3"], "--world takes KNOB=VALUE"), (["--world", "label_noise=x"], "is not a number"),
-                      (["--world", "prompts=0", "--quick", "--out", str(tmp_path / "bad")], "cannot build the world")):
+                      (["--world", "prompts=0", "--quick", "--out", str(tmp_path / "bad")], "--world prompts: must be from 1")):
         assert gap.main(args) == 2
         err = capsys.readouterr().err.strip()
         assert msg in err and "\n" not in err, err
+    assert not (tmp_path / "bad").exists()
     out = tmp_path / "ok"
     assert gap.main(["--hypothesis", "quality", "--quick", "--seeds", "1", "--world", "proxy_features=4", "label_noise=0", "--out", str(out)]) == 0
     world = json.loads((out / "quality" / "results.json").read_text())["config"]["world"]

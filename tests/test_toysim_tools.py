@@ -38,6 +38,40 @@ def test_sweep_rejects_unknown_knob_and_existing_out(tmp_path):
     assert p.returncode == 2 and "exists" in p.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--x", "label_noise", "--y", "label_noise"], "--x and --y must be two different knobs, got label_noise twice"),
+    (["--x-values", "2.0"], "--x-values label_noise: must be from 0 to below 0.5"),
+    (["--y-values", "1e8"], "--y-values policy_features: must be from 1 to 4,096"),
+    (["--y", "golden_pairs", "--y-values", "12.5"], "--y-values golden_pairs: must be a whole number, got 12.5"),
+    (["--preset", "paper-protocol", "--x", "max_len", "--x-values", "3", "6", "--y", "vocab", "--y-values", "4"],
+     "the cell max_len 6, vocab 4: the world has 5,461 responses a prompt"),
+])
+def test_sweep_checks_its_axes_and_every_cell_before_any_work(args, message, tmp_path, capsys, monkeypatch):
+    """In process: one line, exit 2, no folder, no cell run."""
+    from toysim import sweep
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sweep, "cell", lambda *a: pytest.fail("a cell ran"))
+    assert sweep.main(args + ["--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "s").exists() and not (tmp_path / "runs").exists()
+
+
+def test_every_preset_world_is_within_the_bounds():
+    from toysim.presets import MAX_SEEDS, PRESETS, quick
+    from toysim.search import GRID, cell_preset
+    from toysim.world import world_problem
+
+    for p in PRESETS.values():
+        for q in (p, quick(p)):
+            assert world_problem(q.world, 9 * MAX_SEEDS) is None, q.name
+    for panel in GRID:  # every cell of the committed search, with its 10-seed confirmations
+        for yv in panel.y_values:
+            for xv in panel.x_values:
+                assert world_problem(cell_preset({panel.x: xv, panel.y: yv}).world, 9 * 10) is None
+
+
 def test_bench_prints_both_rates_and_their_ratio():
     p = _run("toysim.bench", "--prompts", "4", "--responses", "8", "--runs", "4", "--steps", "5", "--repeats", "1", "--loop-runs", "1")
     assert p.returncode == 0, p.stderr

@@ -32,7 +32,7 @@ from shared.protocol import plan
 from shared.studies import STUDIES
 from toysim.presets import MAX_SEEDS, PRESETS, PresetName, quick
 from toysim.study import Runner, run_study
-from toysim.world import KNOBS, cast_knob
+from toysim.world import KNOBS, cast_knob, knob_problem, world_problem
 
 __all__ = ["GapConfig", "main"]
 
@@ -83,7 +83,8 @@ def _check(cfg: GapConfig, studies: list[str]) -> str | None:
         _world_overrides(cfg.world)
     except ValueError as e:
         return str(e)
-    return None
+    preset = _preset(cfg)  # the world's size from its knobs, before anything is allocated
+    return world_problem(preset.world, cfg.seeds * len(preset.train.sweep_lr) * len(preset.train.sweep_beta))
 
 
 def _world_overrides(items: tuple[str, ...]) -> dict:
@@ -97,8 +98,9 @@ def _world_overrides(items: tuple[str, ...]) -> dict:
             number = float(value)
         except ValueError:
             raise ValueError(f"--world {knob}: {value!r} is not a number") from None
-        if not math.isfinite(number) or number < 0:
-            raise ValueError(f"--world {knob}: must be a finite number ≥ 0, got {value}")
+        problem = knob_problem(knob, number)
+        if problem:
+            raise ValueError(problem)
         out[knob] = cast_knob(knob, number)
     return out
 

@@ -32,7 +32,7 @@ from shared.results import final, gap, peak, per_seed
 from shared.studies import Arm, Study
 from toysim.presets import MAX_SEEDS, PRESETS, PresetName, quick
 from toysim.study import run_study
-from toysim.world import KNOBS, cast_knob
+from toysim.world import KNOBS, cast_knob, knob_problem, world_problem
 
 __all__ = ["SweepConfig", "sweep", "cell", "plot", "PANELS", "text_colors", "main"]
 
@@ -86,6 +86,30 @@ def cell(preset, seeds: int) -> dict:
         out[f"{a}_chosen_shift"] = list(seed_ci(shift[a]))
     out["online_minus_offline_chosen_shift"] = list(seed_ci([u - v for u, v in zip(shift["online"], shift["offline"])]))
     return out
+
+
+def grid_problem(cfg: SweepConfig) -> str | None:
+    """The one-line problem with a sweep's axes and values, or None: two different knobs, each value
+    in its knob's range (``toysim.world.knob_problem``), every cell's world within the size bound
+    (``toysim.world.world_problem``, the preset's sweep × seeds runs at once)."""
+    if cfg.x == cfg.y:
+        return f"--x and --y must be two different knobs, got {cfg.x} twice"
+    for axis, knob, values in (("--x-values", cfg.x, cfg.x_values), ("--y-values", cfg.y, cfg.y_values)):
+        if not values:
+            return f"{axis} needs at least one value"
+        for v in values:
+            problem = knob_problem(knob, float(v), axis)
+            if problem:
+                return problem
+    base = quick(PRESETS[cfg.preset]) if cfg.quick else PRESETS[cfg.preset]
+    runs = cfg.seeds * len(base.train.sweep_lr) * len(base.train.sweep_beta)
+    for yv in cfg.y_values:
+        for xv in cfg.x_values:
+            world = replace(base.world, **{cfg.x: cast_knob(cfg.x, xv), cfg.y: cast_knob(cfg.y, yv)})
+            problem = world_problem(world, runs)
+            if problem:
+                return f"the cell {cfg.x} {xv:g}, {cfg.y} {yv:g}: {problem}"
+    return None
 
 
 def sweep(cfg: SweepConfig, progress=None) -> dict:
@@ -159,8 +183,9 @@ def main(argv=None) -> int:
     except SystemExit as e:  # --help (0), or a bad argument reported in one line (2)
         return 0 if e.code in (0, None) else 2
     preset_problem = None if cfg.preset in PRESETS else f"unknown preset {cfg.preset!r}; choose from {', '.join(PRESETS)}"
-    # else the folder is made now, so that the results have a place when the sweep ends
-    cfg = prelude(cfg, Path("runs/sweep"), f"{cfg.x}-{cfg.y}", [preset_problem, seeds_problem(cfg.seeds, 1, MAX_SEEDS)])
+    # every cell's world checked before the folder is made (so that the results have a place when the sweep ends)
+    problems = [preset_problem, seeds_problem(cfg.seeds, 1, MAX_SEEDS), None if preset_problem else grid_problem(cfg)]
+    cfg = prelude(cfg, Path("runs/sweep"), f"{cfg.x}-{cfg.y}", problems)
     if isinstance(cfg, int):
         return cfg
     t0 = time.time()

@@ -43,7 +43,7 @@ from shared.sampling import Batch
 from toysim.policy import LogLinearPolicy
 from toysim.sequences import AutoregressivePolicy, SequenceSpace, bigram_features
 
-__all__ = ["WorldConfig", "KNOBS", "cast_knob", "World", "make_world", "features", "sequence_features", "TableOracle",
+__all__ = ["WorldConfig", "KNOBS", "KNOB_RANGES", "knob_problem", "cast_knob", "responses_of", "world_size", "world_problem", "World", "make_world", "features", "sequence_features", "TableOracle",
            "golden_training_oracle"]
 
 
@@ -112,11 +112,100 @@ KNOBS = ("label_noise", "golden_pairs", "proxy_features", "proxy_l2", "policy_fe
 """The numeric fields of ``WorldConfig``: the knobs ``--world`` sets and a sweep varies
 (tests/test_cli.py holds them equal)."""
 
+KNOB_RANGES: dict[str, tuple[float, float, str]] = {
+    "label_noise": (0.0, 0.5, "a flip probability of ½ or more inverts the labels"),
+    "golden_pairs": (1, 10**7, ""),
+    "proxy_features": (1, 4096, ""),
+    "proxy_l2": (0.0, 1e6, ""),
+    "policy_features": (1, 4096, "the scale study takes up to 4× this"),
+    "sft_temp": (1e-3, 1e3, ""),
+    "mu_shift": (-100.0, 100.0, ""),
+    "responses": (2, 4096, ""),
+    "prompts": (1, 4096, ""),
+    "traits": (1, 64, ""),
+    "penalty": (0.0, 1e3, ""),
+    "noise": (0.0, 1e3, ""),
+    "vocab": (1, 64, ""),
+    "max_len": (1, 16, ""),
+}
+"""Each knob's allowed range [low, high] (label_noise: [0, 0.5)), and why where it is not only a
+bound on size. Integer knobs take whole numbers only."""
+
+MAX_RESPONSES = 4096
+"""The most responses a prompt: the exact metrics hold [X, N, N] tables of every pair."""
+
+MAX_TABLE_BYTES = 16 * 2**30
+"""The most memory the exact tables of one world and one program of runs may take (``world_size``)."""
+
+
+def _is_int(knob: str) -> bool:
+    return {f.name: f.type for f in dataclasses.fields(WorldConfig)}[knob] in (int, "int")
+
+
+def _num(v: float) -> str:
+    return f"{int(v):,}" if math.isfinite(v) and float(v).is_integer() and abs(v) < 1e18 else f"{v:g}"
+
+
+def knob_problem(knob: str, value: float, flag: str = "--world") -> str | None:
+    """The one-line problem with a knob's value (its type and ``KNOB_RANGES``), or None."""
+    if knob not in KNOB_RANGES:
+        return f"{flag} takes a knob of {', '.join(KNOBS)}; got {knob!r}"
+    low, high, why = KNOB_RANGES[knob]
+    whole = _is_int(knob)
+    if not math.isfinite(value) or (whole and value != int(value)):
+        return f"{flag} {knob}: must be {'a whole number' if whole else 'a finite number'}, got {_num(value)}"
+    above = value < high if knob == "label_noise" else value <= high
+    if not (low <= value and above):
+        bound = f"below {_num(high)}" if knob == "label_noise" else _num(high)
+        return f"{flag} {knob}: must be from {_num(low)} to {bound}{f' ({why})' if why else ''}, got {_num(value)}"
+    return None
+
 
 def cast_knob(knob: str, value: float):
     """``value`` as the type of ``WorldConfig``'s field ``knob`` (int, bool or float)."""
     kind = {f.name: f.type for f in dataclasses.fields(WorldConfig)}[knob]
     return int(value) if kind in (int, "int") else bool(value) if kind in (bool, "bool") else float(value)
+
+
+def responses_of(cfg: WorldConfig) -> int:
+    """Responses a prompt: ``responses``, or Σ_{l ≤ max_len} vocab^l token sequences (autoregressive)."""
+    if cfg.policy_kind == "autoregressive":
+        return sum(cfg.vocab**n for n in range(cfg.max_len + 1))
+    return cfg.responses
+
+
+def world_size(cfg: WorldConfig, runs: int, capacity: float = 4.0) -> int:
+    """Bytes the exact tables of ``cfg`` take with ``runs`` runs evaluated at once, computed from the
+    knobs before anything is allocated: the golden and proxy preference tables [X, N, N] (float64 and
+    a float32 copy each), the evaluator's agreement tables [R, X, N, N] (three float32 temporaries),
+    and the policy features of the widest policy (``capacity`` × policy_features, built in float64)."""
+    X, N = cfg.prompts, responses_of(cfg)
+    width = math.ceil(capacity * cfg.policy_features)
+    if cfg.policy_kind == "autoregressive":
+        nodes = sum(cfg.vocab**n for n in range(cfg.max_len))
+        feats = X * nodes * (cfg.vocab + 1) * width * 12
+    else:
+        feats = X * N * width * 12
+    return 24 * X * N * N + 12 * runs * X * N * N + feats
+
+
+def world_problem(cfg: WorldConfig, runs: int) -> str | None:
+    """The one-line problem with a whole world's size, or None: responses a prompt at most
+    ``MAX_RESPONSES``, the exact tables (``world_size``) within ``MAX_TABLE_BYTES``. Every knob is
+    checked first (``knob_problem``)."""
+    for knob in KNOBS:
+        problem = knob_problem(knob, float(getattr(cfg, knob)), "the world's")
+        if problem:
+            return problem
+    n = responses_of(cfg)
+    if n > MAX_RESPONSES:
+        how = f"vocab {cfg.vocab}, max_len {cfg.max_len}" if cfg.policy_kind == "autoregressive" else "responses"
+        return f"the world has {n:,} responses a prompt ({how}); the exact metrics allow at most {MAX_RESPONSES}"
+    size = world_size(cfg, runs)
+    if size > MAX_TABLE_BYTES:
+        return (f"the world's exact tables need about {size / 2**30:.1f} GiB ({cfg.prompts} prompts × {n}² response pairs × "
+                f"{runs} runs at once); the bound is {MAX_TABLE_BYTES / 2**30:.0f} GiB: use fewer seeds, prompts or responses")
+    return None
 
 
 @dataclass
