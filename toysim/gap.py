@@ -61,7 +61,8 @@ class GapConfig:
     """override the preset's baseline Adam learning rate"""
     world: tuple[str, ...] = ()
     """override fields of the preset's world, as KNOB=VALUE (e.g. --world proxy_features=64 label_noise=0.1); a knob is a numeric
-    field of toysim.world.WorldConfig, listed in its docstrings"""
+    field of toysim.world.WorldConfig, listed in its docstrings, within its range (toysim.world.KNOB_RANGES); the world's size is
+    checked before anything is built"""
     dry_run: bool = False
     """print each study's plan (shared.protocol.plan: the arms in run order, their configurations, steps, checkpoints and what
     they read) and exit without training"""
