@@ -73,7 +73,7 @@ class TextJudge:
             prompt_ids = ids[mask].tolist()
             resp = yi[: yi.index(self.eos)] if self.eos in yi else yi
             resp = [t for t in resp if t != self.pad]
-            if getattr(self.tok, "chat_template", None):
+            if self.tok.chat_template:  # every transformers tokenizer has the attribute (None without a template)
                 prompt, response = (self.policy_tok.decode(t, skip_special_tokens=True) for t in (prompt_ids, resp))
                 out.append(self.tok.apply_chat_template([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
                                                         tokenize=False))
@@ -86,7 +86,7 @@ class TextJudge:
         """r(x, y) for each row, in batches of ``batch`` texts. -> [B] float32 on x's device."""
         texts = self.texts(x, y)
         device = next(self.model.parameters()).device
-        templated = bool(getattr(self.tok, "chat_template", None))  # the template already wrote the special tokens
+        templated = bool(self.tok.chat_template)  # the template already wrote the special tokens
         side, self.tok.truncation_side = self.tok.truncation_side, "left"  # too long: the prompt's start goes, never the response
         out = []
         try:
