@@ -1,7 +1,8 @@
 """The file store of the LLM path: atomic writes, safe loads, the stage cache's folders and the
 temporary files a killed process leaves in them, and the fault points the kill-and-resume tests use.
 
-Docs: docs/fullscale.md (§ resuming). Tests: tests/test_fullscale_train.py (kill and resume), tests/test_fullscale_run.py (the stage cache).
+Docs: docs/fullscale.md (§ resuming). Tests: tests/test_fullscale_store.py, tests/test_fullscale_train.py (kill and
+resume), tests/test_fullscale_run.py (the stage cache shared by two runs at once).
 
 Every file a run reads back is written under a temporary name and renamed into place
 (``atomic_save``), so a kill at any moment leaves either the old file or the new one. A stage of

@@ -82,14 +82,16 @@ class World:
         temporary files a killed writer left in it (``*.tmp``, never read; nothing outside the
         stage's own folder), and keeps the lock until ``finish``. Every rank gets rank 0's answer."""
         d = stage_dir(self.cache, name, *deps)
-        done = (d / "DONE").exists()
-        if self.dist.main and not done:
-            self._locks[d] = lock_stage(d)
-            done = (d / "DONE").exists()  # built by another run while this one waited
-            if done:
-                unlock_stage(self._locks.pop(d))
-            else:
-                clear_stage_tmp(d)
+        done = False
+        if self.dist.main:
+            done = (d / "DONE").exists()
+            if not done:
+                self._locks[d] = lock_stage(d)
+                done = (d / "DONE").exists()  # built by another run while this one waited
+                if done:
+                    unlock_stage(self._locks.pop(d))
+                else:
+                    clear_stage_tmp(d)
         return d, self.dist.from_main(done)
 
     def finish(self, d: Path, info: dict | None = None) -> None:

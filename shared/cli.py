@@ -83,13 +83,13 @@ def claim_run_dir(base: Path, name: str) -> Path:
             continue
 
 
-def output_dir(out: Path | None, base: Path, name: str) -> tuple[Path | None, str | None]:
+def output_dir(out: Path | None, base: Path, name: str, exists_hint: str = "") -> tuple[Path | None, str | None]:
     """A writing command's folder: ``out`` when given and not there yet (results are never
     overwritten), else a new one claimed under ``base`` (``claim_run_dir``). Returns (folder,
-    None), or (None, a one-line problem)."""
+    None), or (None, a one-line problem; ``exists_hint`` ends the one for an existing ``out``)."""
     if out is not None:
         if out.exists():
-            return None, f"{out} exists; choose a new --out, or leave it out for a new folder (results are never overwritten)"
+            return None, f"{out} exists; choose a new --out, or leave it out for a new folder (results are never overwritten){exists_hint}"
         return out, None
     try:
         return claim_run_dir(base, name), None
@@ -126,16 +126,17 @@ def seeds_problem(seeds: int, low: int, high: int, flag: str = "--seeds") -> str
     return None
 
 
-def prelude(cfg, base: Path, name: str, problems=(), make: bool = True):
+def prelude(cfg, base: Path, name: str, problems=(), make: bool = True, exists_hint: str = ""):
     """The start every writing toysim command shares, in order: the command's own problems
     (``problems``, one-line texts or None), ``--threads``, then its folder (``output_dir``: ``cfg.out``
     when it does not exist yet, else a new ``base/<name>-<time>``, made only once the inputs are
     good), and torch's thread count set (``shared.machine.apply_threads``). Returns ``cfg`` with
     ``out`` resolved, or the exit code 2 after one line on stderr. ``make=False``: a given
-    ``cfg.out`` may exist (the caller checks what it holds)."""
+    ``cfg.out`` may exist (the caller checks what it holds); ``exists_hint`` is added to the line
+    that refuses an existing ``--out``."""
     problem = next((p for p in [*problems, threads_problem(cfg.threads)] if p), None)
     if problem is None and (make or cfg.out is None):
-        out, problem = output_dir(cfg.out, base, name)
+        out, problem = output_dir(cfg.out, base, name, exists_hint)
         cfg = dataclasses.replace(cfg, out=out)
     if problem:
         return fail(problem)

@@ -51,13 +51,13 @@ def test_the_choices_the_help_lists_are_the_real_ones():
     import typing
 
     from toysim.world import WorldConfig
-    from toysim.gap import PresetName
+    from toysim.presets import PresetName
     from toysim.presets import PRESETS
-    from toysim.sweep import KNOBS
+    from toysim.world import KNOB_RANGES, KNOBS
 
     assert set(typing.get_args(PresetName)) == set(PRESETS)
     numeric = {f.name for f in dataclasses.fields(WorldConfig) if f.type in ("int", "float", int, float)} - {"seed"}
-    assert set(KNOBS) == numeric
+    assert set(KNOBS) == numeric == set(KNOB_RANGES)  # every knob has its range
 
 
 def test_study_is_an_alias_of_hypothesis_only_where_hypothesis_exists():

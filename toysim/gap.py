@@ -73,7 +73,7 @@ class GapConfig:
 def _check(cfg: GapConfig, studies: list[str]) -> str | None:
     if cfg.preset not in PRESETS:
         return f"unknown preset {cfg.preset!r}; choose from {', '.join(PRESETS)}"
-    if not 1 <= cfg.seeds <= MAX_SEEDS:
+    if seeds_problem(cfg.seeds, 1, MAX_SEEDS):
         return seeds_problem(cfg.seeds, 1, MAX_SEEDS)
     # finite and > 0; bounded so that the offline sweep's multiples stay representable in float32
     if cfg.beta is not None and not (math.isfinite(cfg.beta) and 0 < cfg.beta <= 1e3):

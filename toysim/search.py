@@ -227,8 +227,8 @@ def main(argv=None) -> int:
     unknown = [p for p in cfg.panels if p not in {g.name for g in GRID}]
     panel = f"unknown panel {unknown[0]!r}; choose from {', '.join(g.name for g in GRID)}" if unknown else None
     resume = "--resume needs the --out of the search to go on with" if cfg.resume and cfg.out is None else None
-    cfg = prelude(cfg, Path("runs/search"), "search", [seeds, panel, resume],
-                  make=False)
+    cfg = prelude(cfg, Path("runs/search"), "search", [seeds, panel, resume], make=not cfg.resume,
+                  exists_hint=" (or --resume to go on with it)")
     if isinstance(cfg, int):
         return cfg
     done = None
@@ -241,9 +241,6 @@ def main(argv=None) -> int:
         now = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k in was}
         if was != now:
             return fail(f"cannot resume: {cfg.out} holds a search with {was}; resume it with the same settings")
-    elif cfg.out.exists():
-        return fail(f"{cfg.out} exists; choose a new --out, or leave it out for a new folder (results are never overwritten) "
-                    "(or --resume to go on with it)")
     cfg.out.mkdir(parents=True, exist_ok=True)
 
     def save(result):  # written whole to a side file, then renamed: a kill never leaves half a file

@@ -138,8 +138,8 @@ MAX_TABLE_BYTES = 16 * 2**30
 """The most memory the exact tables of one world and one program of runs may take (``world_size``)."""
 
 
-def _is_int(knob: str) -> bool:
-    return {f.name: f.type for f in dataclasses.fields(WorldConfig)}[knob] in (int, "int")
+def _field_type(knob: str):
+    return {f.name: f.type for f in dataclasses.fields(WorldConfig)}[knob]
 
 
 def _num(v: float) -> str:
@@ -147,11 +147,9 @@ def _num(v: float) -> str:
 
 
 def knob_problem(knob: str, value: float, flag: str = "--world") -> str | None:
-    """The one-line problem with a knob's value (its type and ``KNOB_RANGES``), or None."""
-    if knob not in KNOB_RANGES:
-        return f"{flag} takes a knob of {', '.join(KNOBS)}; got {knob!r}"
+    """The one-line problem with a knob's value (its type and ``KNOB_RANGES``), or None; ``knob`` one of ``KNOBS``."""
     low, high, why = KNOB_RANGES[knob]
-    whole = _is_int(knob)
+    whole = _field_type(knob) in (int, "int")
     if not math.isfinite(value) or (whole and value != int(value)):
         return f"{flag} {knob}: must be {'a whole number' if whole else 'a finite number'}, got {_num(value)}"
     above = value < high if knob == "label_noise" else value <= high
@@ -163,7 +161,7 @@ def knob_problem(knob: str, value: float, flag: str = "--world") -> str | None:
 
 def cast_knob(knob: str, value: float):
     """``value`` as the type of ``WorldConfig``'s field ``knob`` (int, bool or float)."""
-    kind = {f.name: f.type for f in dataclasses.fields(WorldConfig)}[knob]
+    kind = _field_type(knob)
     return int(value) if kind in (int, "int") else bool(value) if kind in (bool, "bool") else float(value)
 
 

@@ -6,22 +6,24 @@
     python docs/exercises/check.py 4 --results runs/ex4   # exercise 4 reads a results.json
 
 Prints what passed, then PASS, or FAIL with what went wrong and a hint.
-Exit code 0 on PASS, 1 on FAIL, 2 on bad arguments.
+Exit code 0 on PASS, 1 on FAIL, 2 on bad arguments. The learner's file is loaded and run through
+``harness.py`` beside this file; this file holds one check per exercise and the command line.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import sys
-import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from harness import Fail, as_float, load, need, rel  # noqa: E402  (beside this file: the learner's code, run safely)
 
 FILES = {1: "ex1_ipo.py", 2: "ex2_two_action.py", 3: "ex3_rlhf_optimum.py", 4: "ex4_tandem.py", 5: "ex5_tokenwise_kl.py",
          6: "ex6_displacement.py"}
@@ -29,67 +31,6 @@ TITLES = {1: "the IPO loss", 2: "the two-action optimum", 3: "the RLHF optimum (
           4: "ordered replay and tandem", 5: "the token-wise KL estimator", 6: "pushing a rejected sequence down"}
 EX4_RESULTS = ROOT / "runs" / "ex4"
 EX4_COMMAND = "python -m toysim.gap --hypothesis coverage --quick --seeds 3 --out runs/ex4"
-
-
-class Fail(Exception):
-    """A check failed; the message says what and gives a hint."""
-
-
-def _rel(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
-
-
-def load(path: Path):
-    if not path.is_file():
-        raise Fail(f"no file {_rel(path)}")
-    spec = importlib.util.spec_from_file_location(f"exercise_{path.stem}", path)
-    mod = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(mod)
-    except Exception as e:  # noqa: BLE001 - any error in the student's file is a FAIL, not a crash
-        raise Fail(f"could not import {_rel(path)}: {type(e).__name__}: {e}{_where(e, path)}") from None
-    mod.__checked_path__ = path
-    return mod
-
-
-def _where(e: BaseException, path: Path) -> str:
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == path.resolve()]
-    return f" (at {_rel(path)}, line {frames[-1].lineno}: {frames[-1].line})" if frames else ""
-
-
-def need(mod, name: str):
-    fn = getattr(mod, name, None)
-    if not callable(fn):
-        raise Fail(f"{_rel(mod.__checked_path__)} defines no function `{name}`")
-    return _Guarded(fn, mod.__checked_path__)
-
-
-class _Guarded:
-    """The student's function; its exceptions become a FAIL with the line they came from."""
-
-    def __init__(self, fn, path):
-        self.fn, self.path, self.__name__ = fn, path, fn.__name__
-
-    def __call__(self, *args, **kwargs):
-        try:
-            return self.fn(*args, **kwargs)
-        except NotImplementedError:
-            raise Fail(f"`{self.__name__}` in {_rel(self.path)} is not implemented yet: "
-                       "replace `raise NotImplementedError` with your code") from None
-        except Fail:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise Fail(f"`{self.__name__}` raised {type(e).__name__}: {e}{_where(e, self.path)}") from None
-
-
-def as_float(value, what: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise Fail(f"{what} should be a number, got {value!r}") from None
 
 
 # ---------------------------------------------------------------- exercise 1
@@ -426,13 +367,13 @@ def main(argv=None) -> int:
     ap.add_argument("exercise", type=int, choices=sorted(CHECKS), help="exercise number")
     ap.add_argument("--solution", action="store_true", help="check the reference solution in docs/exercises/solutions/")
     ap.add_argument("--file", type=Path, help="check this file instead of docs/exercises/exNN_*.py")
-    ap.add_argument("--results", help=f"exercise 4: a coverage results.json or the --out folder of its run (default {_rel(EX4_RESULTS)})")
+    ap.add_argument("--results", help=f"exercise 4: a coverage results.json or the --out folder of its run (default {rel(EX4_RESULTS)})")
     args = ap.parse_args(argv)
     if args.file and args.solution:
         ap.error("--file and --solution exclude each other")
     n = args.exercise
     path = args.file or (HERE / "solutions" / FILES[n] if args.solution else HERE / FILES[n])
-    print(f"exercise {n}, {TITLES[n]}: checking {_rel(path)}")
+    print(f"exercise {n}, {TITLES[n]}: checking {rel(path)}")
     passed = []
 
     def ok(msg):
