@@ -149,7 +149,8 @@ def classifier_accuracy_exact(margin, label_margin, q, agreement=None):
         if margin.shape[-3:] != label_margin.shape or q.shape[-2:] != label_margin.shape[:2]:
             raise ValueError(f"shapes disagree: margin {tuple(margin.shape)}, labels {tuple(label_margin.shape)}, q {tuple(q.shape)}")
         agreement = torch.sign(margin) * torch.sign(label_margin)
-    agreement = agreement * (1 - torch.eye(q.shape[-1], dtype=q.dtype, device=q.device))
+    if agreement.diagonal(dim1=-2, dim2=-1).any():  # an identical pair carries no preference: its entry must not count
+        agreement = agreement * (1 - torch.eye(q.shape[-1], dtype=q.dtype, device=q.device))
     num = torch.einsum("...xn,...xnm,...xm->...x", q, agreement, q)
     den = 1 - (q * q).sum(-1)
     tiny = torch.finfo(q.dtype).tiny

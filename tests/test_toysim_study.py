@@ -130,3 +130,51 @@ def test_a_study_gives_the_same_results_alone_and_after_other_studies():
     alone = run_study(STUDIES["equivalence"], PRESET, 1)
     assert after["arms"] == alone["arms"]
     assert "acc_online_pairs" in alone["arms"]["offline-dpo"][0]["series"]
+
+
+def test_agreement_table_has_the_form_of_the_rounded_sign_agreement():
+    """(B + Bᵀ)/2 is the agreement rounded_sign(h_i − h_j, scale_i + scale_j)·label_ij entry by entry
+    (a plain loop), ties inside the band included, so Σ q q B = Σ q q A for every q."""
+    from toysim.evaluate import ROUNDING, agreement_table, rounded_sign
+
+    g = torch.Generator().manual_seed(0)
+    R, X, N = 2, 3, 7
+    h = torch.randn(R, X, N, generator=g)
+    h[0, 0, 1] = h[0, 0, 0]  # an exact tie
+    scale = torch.rand(R, X, N, generator=g) * 10
+    eps = torch.finfo(h.dtype).eps
+    h[1, 2, 3] = h[1, 2, 4] + 0.5 * ROUNDING * eps * (scale[1, 2, 3] + scale[1, 2, 4])  # inside the band
+    golden = torch.randn(X, N, generator=g)
+    golden[1, 5] = golden[1, 6]  # a golden tie
+    label = torch.sign(golden[:, :, None] - golden[:, None, :])
+    b = agreement_table(h, scale, label)
+    for r in range(R):
+        for x in range(X):
+            for i in range(N):
+                for j in range(N):
+                    a = rounded_sign(h[r, x, i] - h[r, x, j], scale[r, x, i] + scale[r, x, j]) * label[x, i, j]
+                    assert ((b[r, x, i, j] + b[r, x, j, i]) / 2).item() == a.item()
+    q = torch.softmax(torch.randn(R, X, N, generator=g), -1)
+    a = (b + b.transpose(-1, -2)) / 2
+    assert torch.allclose(torch.einsum("rxn,rxnm,rxm->rx", q, b, q), torch.einsum("rxn,rxnm,rxm->rx", q, a, q), atol=1e-6)
+    assert (a != 0).any() and (a == 0).sum() > R * X * N  # ties and decided pairs both occur
+
+
+def test_every_study_trained_at_once_equals_study_by_study():
+    """--hypothesis all trains every study's arms before any study reads them (run_studies),
+    stacking arms of different studies into one program: the same results as study by study,
+    within float rounding, and the same verdicts."""
+    from shared.studies import STUDIES
+    from toysim.study import run_studies, run_study
+
+    names = [n for n in STUDIES if n != "theory"]
+    together = Runner(PRESET, seeds=2)
+    run_studies(together, [STUDIES[n] for n in names])
+    apart = Runner(PRESET, seeds=2)
+    for n in names:
+        a = run_study(STUDIES[n], PRESET, 2, runner=together)
+        b = run_study(STUDIES[n], PRESET, 2, runner=apart)
+        assert [c["verdict"] for c in a["claims"]] == [c["verdict"] for c in b["claims"]], n
+        assert a["arms"].keys() == b["arms"].keys()
+        for arm in a["arms"]:
+            _assert_same_series(a["arms"][arm], b["arms"][arm], tol=1e-4)

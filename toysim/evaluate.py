@@ -18,7 +18,7 @@ import torch
 from shared.metrics import classifier_accuracy_exact, kl_exact, logp_shift, win_rate_exact
 from shared.sampling import Batch
 
-__all__ = ["Evaluator", "rounded_sign", "classifier_accuracy_exact_pairs", "ROUNDING"]
+__all__ = ["Evaluator", "rounded_sign", "agreement_table", "classifier_accuracy_exact_pairs", "ROUNDING"]
 
 
 @dataclass
@@ -38,13 +38,15 @@ class Evaluator:
     d_golden: Batch
     pair_probs_at: object = None
 
+    def __post_init__(self):
+        self.label_sign = torch.sign(self.golden_pref - 0.5)  # the golden decision, 0 on ties
+        self.proxy_agree = torch.sign(self.proxy_margin) * self.label_sign
+
     def __call__(self, table: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         probs = table.exp()
-        label_sign = torch.sign(self.golden_pref - 0.5)  # the golden decision, 0 on ties
         h = table - self.sft_logp  # [R, X, N]
         scale = table.abs() + self.sft_logp.abs()  # [R, X, N]: the size of the terms whose rounding h carries
-        agree = rounded_sign(h[..., :, None] - h[..., None, :], scale[..., :, None] + scale[..., None, :]) * label_sign  # [R, X, N, N]
-        proxy_agree = torch.sign(self.proxy_margin) * label_sign
+        agree = agreement_table(h, scale, self.label_sign)  # [R, X, N, N], the agreement's form (agreement_table)
         g = self.d_golden
         q = probs if self.pair_probs_at is None else self.pair_probs_at(step)
         R = table.shape[0]
@@ -54,7 +56,7 @@ class Evaluator:
             "acc_golden": classifier_accuracy_exact_pairs(rounded_sign(h[:, g.x, g.y_w] - h[:, g.x, g.y_l],
                                                                        scale[:, g.x, g.y_w] + scale[:, g.x, g.y_l])),
             "acc_online_pairs": classifier_accuracy_exact(None, None, q, agreement=agree),
-            "proxy_acc_online_pairs": classifier_accuracy_exact(None, None, q, agreement=proxy_agree),
+            "proxy_acc_online_pairs": classifier_accuracy_exact(None, None, q, agreement=self.proxy_agree),
             "acc_self": classifier_accuracy_exact(None, None, probs, agreement=agree),
             "chosen_logp_shift": logp_shift(table[:, g.x, g.y_w], self.sft_logp[g.x, g.y_w].expand(R, -1)),
             "rejected_logp_shift": logp_shift(table[:, g.x, g.y_l], self.sft_logp[g.x, g.y_l].expand(R, -1)),
@@ -75,7 +77,22 @@ def rounded_sign(margin: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     the tie they are. Any margin the policy learns is orders of magnitude larger.
     Shapes: margin and scale broadcast -> margin's shape."""
     tol = ROUNDING * torch.finfo(margin.dtype).eps * scale
-    return torch.where(margin.abs() <= tol, torch.zeros_like(margin), torch.sign(margin))
+    return (margin > tol).to(margin.dtype) - (margin < -tol).to(margin.dtype)
+
+
+def agreement_table(h: torch.Tensor, scale: torch.Tensor, label_sign: torch.Tensor) -> torch.Tensor:
+    """A table B [..., X, N, N] whose form Σ_ij q_i q_j B_ij equals that of the agreement
+    A_ij = rounded_sign(h_i − h_j, scale_i + scale_j) · label_sign_ij for every q, with half
+    the passes over the pair table: B_ij = 2·label_sign_ij where h_i − h_j is above its band, else 0.
+
+    Why: h_i − h_j is exactly −(h_j − h_i) in floating point, the band c·scale_i + c·scale_j
+    (c = ROUNDING·eps, a power of two, so it equals c·(scale_i + scale_j) exactly) is symmetric,
+    and label_sign is antisymmetric (the sign of a difference of golden rewards); so A is
+    symmetric, each pair above its band in one direction is below it in the other, and
+    A = (B + Bᵀ)/2, whose form is B's. Shapes: h, scale [..., X, N], label_sign [X, N, N] -> [..., X, N, N]."""
+    cs = (ROUNDING * torch.finfo(h.dtype).eps) * scale
+    above = (h[..., :, None] - h[..., None, :]) > (cs[..., :, None] + cs[..., None, :])
+    return torch.where(above, 2 * label_sign, 0.0)
 
 
 def classifier_accuracy_exact_pairs(sign_w_minus_l: torch.Tensor) -> torch.Tensor:

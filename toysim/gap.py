@@ -31,7 +31,7 @@ from shared.cli import cli, fail, prelude, progress, seeds_problem, write_json
 from shared.protocol import plan
 from shared.studies import STUDIES
 from toysim.presets import MAX_SEEDS, PRESETS, PresetName, quick
-from toysim.study import Runner, run_study
+from toysim.study import Runner, run_studies, run_study
 from toysim.world import KNOBS, cast_knob, knob_problem, world_problem
 
 __all__ = ["GapConfig", "main"]
@@ -163,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # a world its knobs cannot make (--world prompts=0, vocab=0, ...)
         return fail(f"cannot build the world: {e}")
     all_results, figs = [], {}
+    try:  # every study's arms at once, in as few tensor programs as they allow; each study then reads its own
+        run_studies(runner, [STUDIES[name] for name in studies])
+    except (RuntimeError, ValueError, FloatingPointError) as e:  # e.g. training diverged to non-finite values
+        print(f"error: training failed: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
     for name in studies:
         t = time.time()
         try:

@@ -89,9 +89,10 @@ class LogLinearPolicy(TablePolicy):
 
 def sample_rows(probs: torch.Tensor, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """y[r, b] ~ probs[r, x[r, b], :] for a table of distributions [R, X, N] and prompts x [R, B]."""
-    r = torch.arange(x.shape[0])[:, None].expand_as(x)
-    p = probs[r, x]  # [R, B, N]
-    return torch.multinomial(p.reshape(-1, p.shape[-1]), 1, generator=generator).reshape(x.shape)
+    R, X, N = probs.shape
+    rows = (x + X * torch.arange(R)[:, None]).reshape(-1)  # row (r, x[r, b]) of the flattened [R·X, N] table
+    p = probs.reshape(R * X, N).index_select(0, rows)  # [R·B, N]: one flat gather (cheaper than two-tensor indexing)
+    return torch.multinomial(p, 1, generator=generator).reshape(x.shape)
 
 
 def gather_logp(table: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from toysim.theory import equivalence_checks, population_loss, rlhf_objective, t
 from toysim.train import train
 from toysim.world import TableOracle, World, golden_training_oracle, make_world
 
-__all__ = ["Runner", "run_study"]
+__all__ = ["Runner", "run_study", "run_studies", "study_plans"]
 
 
 class Runner:
@@ -67,10 +67,11 @@ class Runner:
         """Run every arm of ``plans`` not run yet, in the plan's order (``shared.protocol.plan``),
         as few tensor programs as the arms allow.
 
-        Arms that train for the same number of steps on pairs share one program: their runs
-        are stacked along the run axis of one policy (the widest arm's features; a narrower
-        run's extra coordinates get no gradient and stay 0, which is exactly the narrower
-        policy, as features of a smaller width are a prefix of a larger one). Each arm keeps
+        Arms that train for the same number of steps on pairs, at the same width, share one
+        program: their runs are stacked along the run axis of one policy. (A program may mix
+        widths: a narrower run's extra coordinates get no gradient and stay 0, which is exactly
+        the narrower policy, as features of a smaller width are a prefix of a larger one; the
+        runner keeps widths apart, since every run of a program pays for its widest features.) Each arm keeps
         its own sampler, generator, loss and evaluator, so its runs see the same data as when
         it runs alone; only float rounding in the shared GEMMs can differ. An arm on the
         policy's own pairs never shares a program with an arm on fixed data (``ArmPlan.on_policy``),
@@ -78,10 +79,10 @@ class Runner:
         (rollouts, not pairs) and population mode run arm by arm.
         """
         todo = list({repr(p.arm): p for p in plans if repr(p.arm) not in self.cache}.values())
-        groups: dict[object, list[ArmPlan]] = {}  # key: (on-policy?, steps), or the arm if it runs alone
+        groups: dict[object, list[ArmPlan]] = {}  # key: (on-policy?, steps, width), or the arm if it runs alone
         for p in todo:
             single = self.mode == "population" or p.arm.source == "rlhf" or p.arm == GOLDEN
-            groups.setdefault(repr(p.arm) if single else (p.on_policy, p.steps), []).append(p)
+            groups.setdefault(repr(p.arm) if single else (p.on_policy, p.steps, p.arm.capacity), []).append(p)
         for group in sorted(groups.values(), key=lambda g: not g[0].on_policy):  # stable: the plan's order within each
             for p, runs in zip(group, self._run_group(group)):
                 self.cache[repr(p.arm)] = runs
@@ -259,12 +260,20 @@ class _Stacked:
 
 
 def _stacked_loss(fns: list, parts: list[slice]):
-    """One pair loss over stacked runs: each arm's loss on its own rows (one call if all agree)."""
+    """One pair loss over stacked runs: each arm's loss on its own rows, one call per distinct
+    loss (the rows of the arms that share it gathered; a loss is elementwise over runs, so the
+    values are those of arm-by-arm calls)."""
     if all(f is fns[0] for f in fns):
         return fns[0]
+    rows: dict[object, list[int]] = {}
+    for f, sl in zip(fns, parts):
+        rows.setdefault(f, []).extend(range(sl.start, sl.stop))
+    rows_t = [(f, torch.tensor(r)) for f, r in rows.items()]
+    order = torch.argsort(torch.cat([r for _, r in rows_t]))  # gathered order -> run order
 
     def loss(pi_w, pi_l, ref_w, ref_l, beta):
-        return torch.cat([f(pi_w[sl], pi_l[sl], ref_w[sl], ref_l[sl], beta[sl]) for f, sl in zip(fns, parts)])
+        out = [f(pi_w[r], pi_l[r], ref_w[r], ref_l[r], beta[r]) for f, r in rows_t]
+        return torch.cat(out)[order]
 
     return loss
 
@@ -305,14 +314,29 @@ def run_study(study: Study, preset: Preset, seeds: int, mode: str = "sgd", progr
     if study.name == "equivalence":
         out["extras"]["equivalence"] = equivalence_checks(seed=preset.world.seed)
     runner = runner or Runner(preset, seeds, mode, progress_factory)
-    plans = plan(study, preset.train)  # the golden policy first, then the arms in run order
-    if mode == "population":
-        for p in [p for p in plans if p.arm.source not in POPULATION_SOURCES]:
-            out["extras"].setdefault("skipped", []).append(f"{p.arm.name}: no population form")
-            plans.remove(p)
-    runner.run(plans)  # as few tensor programs as the arms allow
+    plans = study_plans(study, preset, mode)  # the golden policy first, then the arms in run order
+    skipped = [p for p in plan(study, preset.train) if p not in plans]
+    if skipped:
+        out["extras"]["skipped"] = [f"{p.arm.name}: no population form" for p in skipped]
+    runner.run(plans)  # as few tensor programs as the arms allow (none: all run already by run_studies)
     # ---------------------------------------------------------------- 4. results
     for p in plans[1:]:
         out["arms"][p.arm.name] = runner.runs(p)
     out["claims"] = judge(study, out)
     return out
+
+
+def study_plans(study: Study, preset: Preset, mode: str = "sgd") -> list[ArmPlan]:
+    """The arms ``run_study`` trains for ``study``: its plan (``shared.protocol.plan``), less the
+    arms with no population form in population mode."""
+    plans = plan(study, preset.train)
+    return plans if mode != "population" else [p for p in plans if p.arm.source in POPULATION_SOURCES]
+
+
+def run_studies(runner: Runner, studies: list[Study]) -> None:
+    """Train the arms of several studies at once (``--hypothesis all``), before their
+    ``run_study`` calls read them: ``Runner.run`` then stacks arms of different studies that
+    train alike into one program (the offline arms of six studies into one, for example),
+    fewer and larger tensor operations than study by study. The same data and the same
+    results, up to float rounding in the shared GEMMs."""
+    runner.run([p for s in studies for p in study_plans(s, runner.p, runner.mode)])
