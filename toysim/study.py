@@ -314,6 +314,8 @@ def run_study(study: Study, preset: Preset, seeds: int, mode: str = "sgd", progr
     if study.name == "equivalence":
         out["extras"]["equivalence"] = equivalence_checks(seed=preset.world.seed)
     runner = runner or Runner(preset, seeds, mode, progress_factory)
+    if runner.world.proxy_choice is not None:  # a validated proxy: its penalty and the held-out accuracies it was chosen by
+        out["extras"]["proxy"] = runner.world.proxy_choice
     plans = study_plans(study, preset, mode)  # the golden policy first, then the arms in run order
     skipped = [p for p in plan(study, preset.train) if p not in plans]
     if skipped:

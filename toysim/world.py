@@ -1,7 +1,8 @@
 """The bandit world of the simulator: prompts, enumerable responses, a golden
 preference, π_sft, a finite D_golden and a limited proxy preference model.
 
-Docs: docs/tutorial.md (§ the world). Tests: tests/test_toysim_train.py.
+Docs: docs/tutorial.md (§ the world), docs/judge.md (the validated proxy). Tests: tests/test_toysim_train.py,
+tests/test_toysim_proxy.py.
 
 Mirrors the roles of Tang et al. 2024, §3:
 - responses y have latent traits z_y ∈ R^k, prompts have a "taste" u_x ∈ R^k;
@@ -15,7 +16,10 @@ Mirrors the roles of Tang et al. 2024, §3:
 - the proxy PM is a Bradley–Terry reward linear in ``proxy_features`` random
   features, fit by L2-regularised maximum likelihood on D_golden: accurate
   where D_golden is, wrong off it (it cannot see the ‖z‖² penalty well
-  away from the data).
+  away from the data). Its penalty is ``proxy_l2``, or (``proxy_fit="validated"``) chosen on
+  held-out pairs of D_golden by a fixed rule, as the paper trains its proxy to its validation
+  plateau (App. A.3; ``validated_penalty``); ``proxy_class="policy"`` gives it the policy's own
+  feature class instead, the policy's size as in the paper;
 - policies are log-linear: logits = sft_logits + Φ·θ with Φ the interaction
   features u_x ⊙ z_y followed by random Fourier features of (u_x, z_y);
   ``policy_features`` (the capacity knob) is the total width.
@@ -88,7 +92,13 @@ class WorldConfig:
     proxy_squares: bool = True
     """the proxy sees the traits' squares z ⊙ z (it can learn the extremes penalty; the policy cannot directly)"""
     proxy_l2: float = 1e-2
-    """L2 penalty of the proxy's maximum-likelihood fit"""
+    """L2 penalty of the proxy's maximum-likelihood fit (with ``proxy_fit = fixed``)"""
+    proxy_fit: Literal["fixed", "validated"] = "fixed"
+    """fixed: the proxy's penalty is ``proxy_l2``; validated: chosen on held-out pairs of D_golden by
+    the rule of docs/judge.md (R1, ``validated_penalty``), as Tang et al. 2024 train their proxy (App. A.3)"""
+    proxy_class: Literal["own", "policy"] = "own"
+    """own: random features of the traits (``proxy_features`` wide, ``proxy_squares``); policy: the
+    policy's own feature class at ×1 (token sequences: the per-token features summed along the response)"""
     label_noise: float = 0.2
     """probability that a golden *training* label (D_golden, checkpoint datasets, the golden
     policy's stream) is flipped; evaluation always uses the noise-free golden preference"""
@@ -220,6 +230,7 @@ class World:
     space: SequenceSpace | None = None  # autoregressive worlds: the enumerated sequences
     token_traits: torch.Tensor | None = None  # [V, k], e_v
     sft_tok: torch.Tensor | None = None  # [X, S, V+1], π_sft's token logits at every node
+    proxy_choice: dict | None = None  # validated proxies: the chosen penalty and every grid value's held-out accuracy
 
     def to(self, dtype: torch.dtype) -> "World":
         """The same world with its float tables in ``dtype`` (training runs in float32)."""
@@ -327,7 +338,9 @@ def _fit_bt(feats: torch.Tensor, x, y_w, y_l, l2: float, iters: int = 30) -> tor
             break
         m = delta @ w
         curv = torch.sigmoid(m) * torch.sigmoid(-m)
-        hess = delta.T @ (curv[:, None] * delta) / n + 2 * l2 * torch.eye(d, dtype=feats.dtype)
+        # l2 = 0 on separable pairs makes the Hessian singular as the margins grow: a floor of 1e-12
+        # on its diagonal keeps the Newton step defined (the fit then only grows its margins)
+        hess = delta.T @ (curv[:, None] * delta) / n + (2 * l2 if l2 > 0 else 1e-12) * torch.eye(d, dtype=feats.dtype)
         w = w - torch.linalg.solve(hess, g)
     return (feats @ w).detach()
 
@@ -372,6 +385,74 @@ def make_world(cfg: WorldConfig) -> World:
     y_w, y_l, tie = label_pairs(golden_training_oracle(golden, cfg.label_noise), x, y1, y2, g)
     d_golden = Batch(x, y_w, y_l, tie)
 
-    proxy_feats = features(u, z, cfg.proxy_features, seed=cfg.seed + 2000, squares=cfg.proxy_squares)
-    proxy = _fit_bt(proxy_feats, d_golden.x, d_golden.y_w, d_golden.y_l, cfg.proxy_l2)
-    return World(cfg, golden, golden_pref, sft_logp, mu_logp, d_golden, proxy, u, z, space, e, sft_tok)
+    if cfg.proxy_class == "policy":  # the policy's own class at ×1 (the seed and width of World.policy_features)
+        if space is None:
+            proxy_feats = features(u, z, cfg.policy_features, seed=cfg.seed + 1000, structured=cfg.policy_structured)
+        else:
+            proxy_feats = response_features(space, sequence_features(space, u, e, cfg.policy_features, seed=cfg.seed + 1000,
+                                                                     structured=cfg.policy_structured))
+    else:
+        proxy_feats = features(u, z, cfg.proxy_features, seed=cfg.seed + 2000, squares=cfg.proxy_squares)
+    l2, choice = cfg.proxy_l2, None
+    if cfg.proxy_fit == "validated":
+        choice = validated_penalty(proxy_feats, d_golden, cfg.seed + 3000)
+        l2 = choice["l2"]
+    proxy = _fit_bt(proxy_feats, d_golden.x, d_golden.y_w, d_golden.y_l, l2)
+    return World(cfg, golden, golden_pref, sft_logp, mu_logp, d_golden, proxy, u, z, space, e, sft_tok, choice)
+
+
+PROXY_L2_GRID = (10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 1e-4, 0.0)
+"""The proxy's penalties tried by ``validated_penalty``, largest first (docs/judge.md, R1)."""
+HELD_OUT = 0.2  # the share of D_golden's pairs held out to choose the proxy's penalty
+PLATEAU = 0.01  # a penalty is on the plateau if its held-out accuracy is within this of the best
+
+
+def response_features(space: SequenceSpace, token_feats: torch.Tensor) -> torch.Tensor:
+    """Per-token features [X, S, V+1, d] summed along each response's choices: [X, N, d], the
+    features in which a token-sequence policy's log-probability (``toysim.sequences``, (1)) is
+    linear up to its normalisers."""
+    X, S, V1, d = token_feats.shape
+    flat = token_feats.reshape(X, S * V1, d)
+    return (flat[:, space.choice] * space.valid[None, :, :, None].to(flat.dtype)).sum(2)
+
+
+def held_out_split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """D_golden's pair indices in an order drawn with ``seed``: (fit, held out), the last
+    ⌈HELD_OUT·n⌉ (at least one) held out. One pair: it is both (nothing to hold out)."""
+    if n < 2:
+        return torch.arange(n), torch.arange(n)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    k = max(1, math.ceil(HELD_OUT * n))
+    return order[: n - k], order[n - k:]
+
+
+def pair_accuracy(reward: torch.Tensor, x: torch.Tensor, y_w: torch.Tensor, y_l: torch.Tensor) -> float:
+    """Accuracy of a reward table [X, N] on labelled pairs whose two responses differ: a positive
+    margin r(y_w) − r(y_l) counts 1, zero ½; nan when every pair is a response against itself."""
+    keep = y_w != y_l
+    if not bool(keep.any()):
+        return float("nan")
+    m = reward[x[keep], y_w[keep]] - reward[x[keep], y_l[keep]]
+    return float(((m > 0).double() + 0.5 * (m == 0).double()).mean())
+
+
+def plateau_choice(accuracies: dict[float, float], plateau: float = PLATEAU) -> float:
+    """The largest penalty whose held-out accuracy is within ``plateau`` of the best (docs/judge.md,
+    R1): the validation plateau, regularised as much as it allows. nan accuracies never qualify."""
+    finite = {l2: a for l2, a in accuracies.items() if a == a}
+    if not finite:
+        return max(accuracies)
+    best = max(finite.values())
+    return max(l2 for l2, a in finite.items() if a >= best - plateau)
+
+
+def validated_penalty(feats: torch.Tensor, d_golden, seed: int, grid=PROXY_L2_GRID) -> dict:
+    """The proxy's penalty by the rule of docs/judge.md (R1): fit on D_golden less a held-out
+    split (``held_out_split``) at every penalty of ``grid``, score each on the held-out pairs
+    (``pair_accuracy``), keep the largest penalty on the plateau (``plateau_choice``).
+    Returns {"l2", "held_out_accuracy", "grid": {penalty: accuracy}, "held_out_pairs"}."""
+    fit, held = held_out_split(len(d_golden.x), seed)
+    x, y_w, y_l = d_golden.x, d_golden.y_w, d_golden.y_l
+    accs = {l2: pair_accuracy(_fit_bt(feats, x[fit], y_w[fit], y_l[fit], l2), x[held], y_w[held], y_l[held]) for l2 in grid}
+    l2 = plateau_choice(accs)
+    return {"l2": l2, "held_out_accuracy": accs[l2], "grid": {str(k): v for k, v in accs.items()}, "held_out_pairs": len(held)}
