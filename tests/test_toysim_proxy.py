@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from toysim.world import (PROXY_L2_GRID, WorldConfig, _fit_bt, held_out_split, make_world, pair_accuracy, plateau_choice,
-                          response_features, validated_penalty)
+                          response_features)
 
 SMALL = WorldConfig(prompts=6, responses=12, golden_pairs=120, proxy_features=8, seed=3)
 SEQ = replace(SMALL, policy_kind="autoregressive", vocab=3, max_len=2, policy_features=20)

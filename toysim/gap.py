@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, ValueError, FloatingPointError) as e:  # e.g. training diverged to non-finite values
         print(f"error: training failed: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
+    if len(studies) > 1:
+        print(f"trained the arms of {len(studies)} studies together in {time.time() - t0:.1f} s; each study's time below is its own rest")
     for name in studies:
         t = time.time()
         try:

@@ -79,12 +79,19 @@ class SequenceSpace:
         return len(self.responses)
 
 
-def bigram_features(space: SequenceSpace, prompt_feats: torch.Tensor) -> torch.Tensor:
+def bigram_features(space: SequenceSpace, prompt_feats: torch.Tensor, mix: torch.Tensor | None = None) -> torch.Tensor:
     """φ(x, s, v) shared across prefixes: a one-hot of (last token of s, v) and the prompt's
-    features times a one-hot of v. prompt_feats [X, k] -> [X, S, V+1, (V+1)² + k·(V+1)]."""
+    features times a one-hot of v. prompt_feats [X, k] -> [X, S, V+1, (V+1)² + k·(V+1)].
+    ``mix`` [V+1, V+1] replaces each token's one-hot by its row (an aliased token's row mixes in
+    its alias's: ``toysim.world``'s K1); None is the identity (index V, END or no token yet, included)."""
     X, k = prompt_feats.shape
     V1 = space.vocab + 1
     S = space.nodes
+    if mix is not None:
+        rows = mix.to(prompt_feats.dtype)
+        big = torch.einsum("sa,vb->svab", rows[space.node_last], rows).reshape(S, V1, V1 * V1)
+        px = torch.einsum("xk,vw->xvkw", prompt_feats, rows).reshape(X, V1, k * V1)
+        return torch.cat([big[None].expand(X, -1, -1, -1), px[:, None].expand(-1, S, -1, -1)], -1)
     big = torch.zeros(S, V1, V1 * V1, dtype=prompt_feats.dtype)
     big[torch.arange(S)[:, None], torch.arange(V1)[None, :], (space.node_last[:, None] * V1 + torch.arange(V1)[None, :])] = 1.0
     tok = torch.eye(V1, dtype=prompt_feats.dtype)

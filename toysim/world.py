@@ -113,14 +113,31 @@ class WorldConfig:
     """autoregressive only: tokens in the vocabulary (an END token comes on top)"""
     max_len: int = 3
     """autoregressive only: most tokens in a response; there are Σ_{l ≤ max_len} vocab^l responses"""
+    region_tokens: int = 0
+    """autoregressive only (docs/judge.md, K1): tokens of an off-support region, each aliased with a good ordinary token"""
+    region_mass: float = 0.003
+    """K1: π_sft's total probability of choosing a region token, at every node"""
+    region_alias: float = 0.0
+    """K1: how far the policy's features see a region token as its alias (1: they cannot tell them apart)"""
+    region_penalty: float = 1.0
+    """K1: the golden's cost of each region token, in units of the world's mean golden range without them"""
+    golden_net: float = 0.0
+    """K2: weight of a fixed random two-layer network of the ordered sequence in the golden reward,
+    in units of the golden reward's standard deviation without it (neither student's class holds it)"""
+    nuisance_tokens: int = 0
+    """K3: reward-neutral tokens (no traits; a response's golden noise is that of the response without them)"""
     seed: int = 0
     """seed of the world (traits, tastes, D_golden, proxy), fixed across training seeds"""
 
 
 KNOBS = ("label_noise", "golden_pairs", "proxy_features", "proxy_l2", "policy_features", "sft_temp", "mu_shift",
-         "responses", "prompts", "traits", "penalty", "noise", "vocab", "max_len")
+         "responses", "prompts", "traits", "penalty", "noise", "vocab", "max_len",
+         "region_tokens", "region_mass", "region_alias", "region_penalty", "golden_net", "nuisance_tokens")
 """The numeric fields of ``WorldConfig``: the knobs ``--world`` sets and a sweep varies
 (tests/test_cli.py holds them equal)."""
+
+TOKEN_KNOBS = ("region_tokens", "golden_net", "nuisance_tokens")
+"""The knobs that exist in token-sequence worlds only (docs/judge.md, R2); 0 is off."""
 
 KNOB_RANGES: dict[str, tuple[float, float, str]] = {
     "label_noise": (0.0, 0.5, "a flip probability of ½ or more inverts the labels"),
@@ -137,6 +154,12 @@ KNOB_RANGES: dict[str, tuple[float, float, str]] = {
     "noise": (0.0, 1e3, ""),
     "vocab": (1, 64, ""),
     "max_len": (1, 16, ""),
+    "region_tokens": (0, 16, "autoregressive worlds only"),
+    "region_mass": (1e-6, 0.5, ""),
+    "region_alias": (0.0, 1.0, ""),
+    "region_penalty": (0.0, 1e3, ""),
+    "golden_net": (0.0, 1e3, "autoregressive worlds only"),
+    "nuisance_tokens": (0, 16, "autoregressive worlds only"),
 }
 """Each knob's allowed range [low, high] (label_noise: [0, 0.5)), and why where it is not only a
 bound on size. Integer knobs take whole numbers only."""
@@ -178,8 +201,13 @@ def cast_knob(knob: str, value: float):
 def responses_of(cfg: WorldConfig) -> int:
     """Responses a prompt: ``responses``, or Σ_{l ≤ max_len} vocab^l token sequences (autoregressive)."""
     if cfg.policy_kind == "autoregressive":
-        return sum(cfg.vocab**n for n in range(cfg.max_len + 1))
+        return sum(tokens_of(cfg)**n for n in range(cfg.max_len + 1))
     return cfg.responses
+
+
+def tokens_of(cfg: WorldConfig) -> int:
+    """The vocabulary of a token-sequence world: its ordinary tokens, then the region's, then the nuisance tokens."""
+    return cfg.vocab + cfg.region_tokens + cfg.nuisance_tokens
 
 
 def world_size(cfg: WorldConfig, runs: int, capacity: float = 4.0) -> int:
@@ -190,8 +218,8 @@ def world_size(cfg: WorldConfig, runs: int, capacity: float = 4.0) -> int:
     X, N = cfg.prompts, responses_of(cfg)
     width = math.ceil(capacity * cfg.policy_features)
     if cfg.policy_kind == "autoregressive":
-        nodes = sum(cfg.vocab**n for n in range(cfg.max_len))
-        feats = X * nodes * (cfg.vocab + 1) * width * 12
+        nodes = sum(tokens_of(cfg)**n for n in range(cfg.max_len))
+        feats = X * nodes * (tokens_of(cfg) + 1) * width * 12
     else:
         feats = X * N * width * 12
     return 24 * X * N * N + 12 * runs * X * N * N + feats
@@ -205,9 +233,13 @@ def world_problem(cfg: WorldConfig, runs: int) -> str | None:
         problem = knob_problem(knob, float(getattr(cfg, knob)), "the world's")
         if problem:
             return problem
+    if cfg.policy_kind != "autoregressive":
+        for knob in TOKEN_KNOBS:
+            if getattr(cfg, knob):
+                return f"the world's {knob}: token-sequence worlds only (policy_kind autoregressive), got {getattr(cfg, knob)}"
     n = responses_of(cfg)
     if n > MAX_RESPONSES:
-        how = f"vocab {cfg.vocab}, max_len {cfg.max_len}" if cfg.policy_kind == "autoregressive" else "responses"
+        how = f"{tokens_of(cfg)} tokens, max_len {cfg.max_len}" if cfg.policy_kind == "autoregressive" else "responses"
         return f"the world has {n:,} responses a prompt ({how}); the exact metrics allow at most {MAX_RESPONSES}"
     size = world_size(cfg, runs)
     if size > MAX_TABLE_BYTES:
@@ -231,6 +263,9 @@ class World:
     token_traits: torch.Tensor | None = None  # [V, k], e_v
     sft_tok: torch.Tensor | None = None  # [X, S, V+1], π_sft's token logits at every node
     proxy_choice: dict | None = None  # validated proxies: the chosen penalty and every grid value's held-out accuracy
+    policy_tokens: torch.Tensor | None = None  # [V, k]: the token embeddings the policy's features see (K1 aliases some)
+    token_mix: torch.Tensor | None = None  # [V+1, V+1]: the one-hot rows the policy's features see (K1 aliases some), or None
+    region: torch.Tensor | None = None  # [N] bool: responses with a region token (K1)
 
     def to(self, dtype: torch.dtype) -> "World":
         """The same world with its float tables in ``dtype`` (training runs in float32)."""
@@ -241,8 +276,10 @@ class World:
         """Φ for a policy of width round(capacity × cfg.policy_features): [X, N, d]."""
         width = max(1, round(capacity * self.cfg.policy_features))
         if self.space is not None:  # [X, S, V+1, d]: per node and next token
-            return sequence_features(self.space, self.u.double(), self.token_traits.double(), width, seed=self.cfg.seed + 1000,
-                                     structured=self.cfg.policy_structured).to(self.u.dtype)
+            tokens = self.token_traits if self.policy_tokens is None else self.policy_tokens
+            mix = None if self.token_mix is None else self.token_mix.double()
+            return sequence_features(self.space, self.u.double(), tokens.double(), width, seed=self.cfg.seed + 1000,
+                                     structured=self.cfg.policy_structured, mix=mix).to(self.u.dtype)
         return features(self.u.double(), self.z.double(), width, seed=self.cfg.seed + 1000,
                         structured=self.cfg.policy_structured).to(self.u.dtype)
 
@@ -294,7 +331,7 @@ def _echo_states(space: SequenceSpace, emb: torch.Tensor, dim: int, g: torch.Gen
 
 
 def sequence_features(space: SequenceSpace, u: torch.Tensor, e: torch.Tensor, width: int, seed: int,
-                      structured: bool = True) -> torch.Tensor:
+                      structured: bool = True, mix: torch.Tensor | None = None) -> torch.Tensor:
     """φ(x, s, v) of an autoregressive policy, shared across prefixes: [X, S, V+1, width].
 
     Columns: ``toysim.sequences.bigram_features`` (the structured part: a bigram table and the
@@ -302,13 +339,15 @@ def sequence_features(space: SequenceSpace, u: torch.Tensor, e: torch.Tensor, wi
     (Rahimi & Recht 2007) of (u_x, h_s, e_v) with h_s a fixed random recurrent state of the whole
     prefix (``_echo_states``): the capacity knob, a recurrent policy with a trained log-linear
     readout. Truncated to ``width``; a smaller width is a prefix of a larger one with the same seed.
+    ``mix`` [V+1, V+1] (K1's aliasing, docs/judge.md): the rows the structured part uses for each
+    token's one-hot, both as the next choice and as the last token of the prefix (None: the identity).
     """
     X, k = u.shape
     V1, S = space.vocab + 1, space.nodes
     g = torch.Generator().manual_seed(seed)
     emb = torch.cat([e, torch.randn(1, e.shape[1], generator=g, dtype=e.dtype)])  # END gets a random embedding
     h = _echo_states(space, emb, 8, g)
-    parts = [bigram_features(space, u)] if structured else []
+    parts = [bigram_features(space, u, mix)] if structured else []
     n_rff = max(width - sum(p.shape[-1] for p in parts), 0)
     if n_rff:
         inp = torch.cat([u[:, None, None, :].expand(X, S, V1, k), h[None, :, None, :].expand(X, S, V1, h.shape[1]),
@@ -351,30 +390,59 @@ def make_world(cfg: WorldConfig) -> World:
         raise ValueError("a world needs ≥ 1 prompt, ≥ 2 responses and ≥ 1 golden pair")
     if cfg.policy_kind not in ("atomic", "autoregressive"):
         raise ValueError(f"policy_kind must be 'atomic' or 'autoregressive', got {cfg.policy_kind!r}")
+    if cfg.policy_kind != "autoregressive" and any(getattr(cfg, k) for k in TOKEN_KNOBS):
+        raise ValueError(f"{', '.join(k for k in TOKEN_KNOBS if getattr(cfg, k))}: token-sequence worlds only")
     g = torch.Generator().manual_seed(cfg.seed)
     dt = torch.float64
     u = torch.randn(cfg.prompts, cfg.traits, generator=g, dtype=dt)
-    space = e = sft_tok = None
+    space = e = sft_tok = policy_tokens = mix = region = None
+    V, m, n_nui = cfg.vocab, cfg.region_tokens, cfg.nuisance_tokens
     if cfg.policy_kind == "autoregressive":
-        space = SequenceSpace(cfg.vocab, cfg.max_len)
-        e = torch.randn(cfg.vocab, cfg.traits, generator=g, dtype=dt) / math.sqrt(cfg.max_len)
-        counts = torch.zeros(len(space), cfg.vocab, dtype=dt)
+        space = SequenceSpace(V + m + n_nui, cfg.max_len)
+        e = torch.randn(V, cfg.traits, generator=g, dtype=dt) / math.sqrt(cfg.max_len)
+        # the knobs' own random numbers (docs/judge.md, R2), so that a world with them off is today's exactly
+        extra = torch.Generator().manual_seed(cfg.seed + 4000)
+        alias = token_alias(u, e, cfg.penalty, m)
+        e_gold = torch.cat([e, e[alias], torch.zeros(n_nui, cfg.traits, dtype=dt)])  # the golden's traits of every token
+        counts = torch.zeros(len(space), V + m + n_nui, dtype=dt)
         for n, p in enumerate(space.responses):
             for t in p:
                 counts[n, t] += 1
-        z = counts @ e  # z_y = Σ_t e_{y_t}
+        z = counts @ e_gold  # z_y = Σ_t e_{y_t}
+        if m or n_nui:
+            own = torch.randn(m + n_nui, cfg.traits, generator=extra, dtype=dt) / math.sqrt(cfg.max_len)
+            a = cfg.region_alias
+            policy_tokens = torch.cat([e, a * e[alias] + (1 - a) * own[:m], own[m:]])
+            if m and a > 0:
+                mix = torch.eye(V + m + n_nui + 1, dtype=dt)
+                mix[V + torch.arange(m)] = a * mix[alias] + (1 - a) * mix[V + torch.arange(m)]
     else:
         z = torch.randn(cfg.responses, cfg.traits, generator=g, dtype=dt)
     sq = (z**2).sum(-1)  # [N]
     fit = u @ z.T  # [X, N]
     golden = fit - cfg.penalty * sq[None, :] + cfg.noise * torch.randn(cfg.prompts, z.shape[0], generator=g, dtype=dt)
+    if m:  # K1: each region token costs region_penalty × the mean range of the golden without them
+        n_region = counts[:, V:V + m].sum(-1)
+        region = n_region > 0
+        base = golden[:, ~region]
+        golden = golden - cfg.region_penalty * (base.amax(-1) - base.amin(-1)).mean() * n_region[None, :]
+    if cfg.golden_net:  # K2: a fixed random network of the ordered sequence, in units of the golden's spread
+        golden = golden + cfg.golden_net * golden.std() * golden_network(space, u, extra)
+    if n_nui:  # K3: a response's golden reward is, exactly, that of the response with its nuisance tokens deleted
+        golden = golden[:, without_tokens(space, range(V + m, V + m + n_nui))]
     golden_pref = hard_preference(golden[:, :, None] - golden[:, None, :])
     if space is None:
         sft_logp = torch.log_softmax(-sq[None, :] / (2 * cfg.sft_temp) + 0.5 * fit, -1)
     else:  # the same preference per token: moderate tokens matched to the prompt; END scores as the average token
         tok = -(e**2).sum(-1)[None, :] / (2 * cfg.sft_temp) + 0.5 * u @ e.T  # [X, V]
-        tok = torch.cat([tok, tok.mean(-1, keepdim=True)], -1)
-        sft_tok = tok[:, None, :].expand(cfg.prompts, space.nodes, cfg.vocab + 1).contiguous()
+        mean = tok.mean(-1, keepdim=True)
+        rest = torch.cat([tok, mean.expand(-1, n_nui), mean], -1)  # ordinary, nuisance (as END), END
+        if m:  # K1: the region's tokens share region_mass of every node's probability, the rest keep their ratios
+            r = torch.logsumexp(rest, -1, keepdim=True) + math.log(cfg.region_mass / (m * (1 - cfg.region_mass)))
+            tok = torch.cat([tok, r.expand(-1, m), rest[:, V:]], -1)
+        else:
+            tok = rest
+        sft_tok = tok[:, None, :].expand(cfg.prompts, space.nodes, space.vocab + 1).contiguous()
         sft_logp = AutoregressivePolicy(space, sft_tok, sft_tok.new_zeros(*sft_tok.shape, 1), 1).sft_logp
     mu_logp = torch.log_softmax(sft_logp + cfg.mu_shift * fit, -1)
 
@@ -389,16 +457,54 @@ def make_world(cfg: WorldConfig) -> World:
         if space is None:
             proxy_feats = features(u, z, cfg.policy_features, seed=cfg.seed + 1000, structured=cfg.policy_structured)
         else:
-            proxy_feats = response_features(space, sequence_features(space, u, e, cfg.policy_features, seed=cfg.seed + 1000,
-                                                                     structured=cfg.policy_structured))
+            tokens = e if policy_tokens is None else policy_tokens
+            proxy_feats = response_features(space, sequence_features(space, u, tokens, cfg.policy_features, seed=cfg.seed + 1000,
+                                                                     structured=cfg.policy_structured, mix=mix))
     else:
         proxy_feats = features(u, z, cfg.proxy_features, seed=cfg.seed + 2000, squares=cfg.proxy_squares)
+    if m:  # K1: the proxy sees how many region tokens a response has, so it can learn the region from D_golden
+        proxy_feats = torch.cat([proxy_feats, counts[:, V:V + m].sum(-1)[None, :, None].expand(cfg.prompts, -1, 1)], -1)
     l2, choice = cfg.proxy_l2, None
     if cfg.proxy_fit == "validated":
         choice = validated_penalty(proxy_feats, d_golden, cfg.seed + 3000)
         l2 = choice["l2"]
     proxy = _fit_bt(proxy_feats, d_golden.x, d_golden.y_w, d_golden.y_l, l2)
-    return World(cfg, golden, golden_pref, sft_logp, mu_logp, d_golden, proxy, u, z, space, e, sft_tok, choice)
+    return World(cfg, golden, golden_pref, sft_logp, mu_logp, d_golden, proxy, u, z, space, e, sft_tok, choice,
+                 policy_tokens, mix, region)
+
+
+def token_alias(u: torch.Tensor, e: torch.Tensor, penalty: float, m: int) -> torch.Tensor:
+    """K1's aliases (docs/judge.md): region token j is ordinary token a_j, the (j mod V)-th best by
+    its mean golden value over prompts, mean_x(u_x·e_v) − penalty·‖e_v‖². [m] indices."""
+    score = (u @ e.T).mean(0) - penalty * (e**2).sum(-1)
+    order = torch.argsort(score, descending=True, stable=True)
+    return order[torch.arange(m) % e.shape[0]]
+
+
+def without_tokens(space: SequenceSpace, drop) -> torch.Tensor:
+    """[N]: for each response, the index of the response with the tokens in ``drop`` deleted (a
+    shorter sequence, so in the space too)."""
+    drop = set(drop)
+    index = {p: i for i, p in enumerate(space.responses)}
+    return torch.tensor([index[tuple(t for t in p if t not in drop)] for p in space.responses])
+
+
+def golden_network(space: SequenceSpace, u: torch.Tensor, g: torch.Generator, hidden: int = 32) -> torch.Tensor:
+    """K2 (docs/judge.md): f(x, y), a fixed random two-layer tanh network of the prompt's tastes u_x
+    and the one-hot token at every position (a "none" slot past the end), standardised to mean 0
+    and standard deviation 1 over all (x, y). [X, N]."""
+    X, k = u.shape
+    V1, L = space.vocab + 1, space.max_len
+    pos = torch.full((len(space), L), space.vocab, dtype=torch.long)  # index V: no token at that position
+    for n, p in enumerate(space.responses):
+        pos[n, :len(p)] = torch.tensor(p, dtype=torch.long)
+    onehot = torch.nn.functional.one_hot(pos, V1).reshape(len(space), L * V1).to(u.dtype)  # [N, L·(V+1)]
+    inp = torch.cat([u[:, None, :].expand(X, len(space), k), onehot[None].expand(X, -1, -1)], -1)
+    w1 = torch.randn(hidden, inp.shape[-1], generator=g, dtype=u.dtype) / math.sqrt(inp.shape[-1])
+    b1 = torch.randn(hidden, generator=g, dtype=u.dtype)
+    w2 = torch.randn(hidden, generator=g, dtype=u.dtype) / math.sqrt(hidden)
+    f = torch.tanh(inp @ w1.T + b1) @ w2
+    return (f - f.mean()) / f.std()
 
 
 PROXY_L2_GRID = (10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 1e-4, 0.0)
