@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import math
 
+from shared.metrics import budget_gap as metrics_budget_gap
 from shared.metrics import gap_at_matched_kl, seed_ci
 from shared.studies import STUDIES
 
 __all__ = ["results_header", "run_record", "arm_order", "seeds_of", "runs_of", "best_run", "first_series", "curves", "peak", "final",
-           "per_seed", "gap", "has", "has_halves", "ci_over_seeds", "verdict_from_ci", "fmt"]
+           "per_seed", "gap", "budget_gap", "has", "has_halves", "ci_over_seeds", "verdict_from_ci", "fmt"]
 
 
 def results_header(study, preset: str, mode: str, seeds: int, config: dict, setting: str, **more) -> dict:
@@ -128,6 +129,15 @@ def gap(results: dict, a: str, b: str, crossfit: bool = True) -> tuple[float, fl
     mean and CI half-width over seeds; cross-fitted where the results have win-rate halves (``curves``)."""
     def one(s):
         return gap_at_matched_kl(curves(results, a, s, crossfit), curves(results, b, s, crossfit))
+
+    return ci_over_seeds(per_seed(results, (a, b), one))
+
+
+def budget_gap(results: dict, a: str, b: str) -> tuple[float, float]:
+    """The budget gap of a over b (``shared.metrics.budget_gap``; docs/judge.md, R5) on the
+    full-set win rates, mean and CI half-width over seeds."""
+    def one(s):
+        return metrics_budget_gap(curves(results, a, s, crossfit=False), curves(results, b, s, crossfit=False))
 
     return ci_over_seeds(per_seed(results, (a, b), one))
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from shared import metrics as M
 
@@ -210,3 +210,31 @@ def test_the_per_sample_kl_sums_to_the_estimate_and_ignores_impossible_tokens():
     assert per.tolist() == pytest.approx(want, rel=1e-5)
     pl[0, 0, 0] = ql[0, 0, 0] = -float("inf")
     assert torch.isfinite(M.kl_tokenwise_per_sample(pl, ql, mask)).all()
+
+
+def test_budget_gap_on_a_case_solved_by_hand():
+    """Online reaches 0.6 at KL 1 and stays; offline's sweep reaches 0.55 at KL 0.1 and no
+    further. Every budget from online's first checkpoint (KL 0.1) to its last (KL 1) is a
+    budget where offline's best is 0.55; online's best is 0.5 below KL 1 (its SFT point and a
+    checkpoint at 0.1 with 0.5) and 0.6 at KL 1: only the last of the 50 budgets, so the mean
+    is (49·(0.5 − 0.55) + (0.6 − 0.55)) / 50."""
+    online = [(np.array([0.0, 0.1, 1.0]), np.array([0.5, 0.5, 0.6]))]
+    offline = [(np.array([0.0, 0.1]), np.array([0.5, 0.55])), (np.array([0.0, 0.05]), np.array([0.5, 0.52]))]
+    assert M.budget_gap(online, offline) == pytest.approx((49 * -0.05 + 0.05) / 50, abs=1e-12)
+    assert math.isnan(M.budget_gap([(np.array([0.0]), np.array([0.5]))], offline))  # online never leaves SFT
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 10_000))
+def test_budget_gap_equals_a_plain_loop(seed):
+    rng = np.random.default_rng(seed)
+    curve = lambda n: (np.concatenate([[0.0], np.sort(rng.uniform(1e-3, 5, n))]), rng.uniform(0, 1, n + 1))  # noqa: E731
+    a, b = [curve(6)], [curve(5), curve(4)]
+    lo, hi = a[0][0][1:].min(), a[0][0].max()
+    total = 0.0
+    for i in range(50):
+        k = math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * i / 49)
+        best_a = max(w for c in a for kl, w in zip(*c) if kl <= k * (1 + 1e-12) or kl < 1e-3)
+        best_b = max(w for c in b for kl, w in zip(*c) if kl <= k * (1 + 1e-12) or kl < 1e-3)
+        total += best_a - best_b
+    assert M.budget_gap(a, b) == pytest.approx(total / 50, abs=1e-9)

@@ -239,7 +239,8 @@ def world_problem(cfg: WorldConfig, runs: int) -> str | None:
                 return f"the world's {knob}: token-sequence worlds only (policy_kind autoregressive), got {getattr(cfg, knob)}"
     n = responses_of(cfg)
     if n > MAX_RESPONSES:
-        how = f"{tokens_of(cfg)} tokens, max_len {cfg.max_len}" if cfg.policy_kind == "autoregressive" else "responses"
+        extra = f" + {cfg.region_tokens} region + {cfg.nuisance_tokens} nuisance tokens" if cfg.region_tokens or cfg.nuisance_tokens else ""
+        how = f"vocab {cfg.vocab}{extra}, max_len {cfg.max_len}" if cfg.policy_kind == "autoregressive" else "responses"
         return f"the world has {n:,} responses a prompt ({how}); the exact metrics allow at most {MAX_RESPONSES}"
     size = world_size(cfg, runs)
     if size > MAX_TABLE_BYTES:
