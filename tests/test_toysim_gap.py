@@ -92,9 +92,9 @@ def test_population_mode_runs_online_and_offline(tmp_path):
     (["--world", "max_len=0"], "--world max_len: must be from 1 to 16, got 0"),
     (["--world", "golden_pairs=2.5"], "--world golden_pairs: must be a whole number, got 2.5"),
     (["--world", "sft_temp=nan"], "--world sft_temp: must be a finite number"),
-    (["--preset", "paper-protocol", "--world", "vocab=1000"], "--world vocab: must be from 1 to 64, got 1,000"),
-    (["--preset", "paper-protocol", "--world", "max_len=16"], "the world has 5,726,623,061 responses a prompt (vocab 4, max_len 16)"),
-    (["--preset", "paper-protocol", "--world", "max_len=5", "--seeds", "100"], "the world's exact tables need about 601.4 GiB"),
+    (["--preset", "paper-protocol-v1", "--world", "vocab=1000"], "--world vocab: must be from 1 to 64, got 1,000"),
+    (["--preset", "paper-protocol-v1", "--world", "max_len=16"], "the world has 5,726,623,061 responses a prompt (vocab 4, max_len 16)"),
+    (["--preset", "paper-protocol-v1", "--world", "max_len=5", "--seeds", "100"], "the world's exact tables need about 601.4 GiB"),
 ])
 def test_bad_arguments_exit_2_without_traceback(args, message, tmp_path, capsys, monkeypatch):
     """In process, through main (what python -m calls); the first two also in a subprocess, as a
@@ -160,10 +160,10 @@ def test_quick_verdicts_are_marked_as_plumbing_checks(quick_all):
 
 def test_help_lists_the_choices():
     p = _run("--help")
-    assert "{default,arena,paper-protocol}" in p.stdout and "{sgd,population}" in p.stdout and "{coverage,quality," in p.stdout
+    assert "{default,arena,paper-protocol,paper-protocol-v1}" in p.stdout and "{sgd,population}" in p.stdout and "{coverage,quality," in p.stdout
     assert "python -m toysim.gap --hypothesis contrastive" in p.stdout  # the examples
     p = subprocess.run([sys.executable, "-m", "toysim.sweep", "--help"], cwd=ROOT, capture_output=True, text=True)
-    assert "{label_noise,golden_pairs," in p.stdout and "{default,arena,paper-protocol}" in p.stdout
+    assert "{label_noise,golden_pairs," in p.stdout and "{default,arena,paper-protocol,paper-protocol-v1}" in p.stdout
 
 
 def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path):

@@ -20,7 +20,7 @@ from toysim.study import Runner
 PRESET = quick(PRESETS["default"])
 
 
-BOTH_KINDS = pytest.mark.parametrize("preset", [PRESET, quick(PRESETS["paper-protocol"])], ids=["atomic", "autoregressive"])
+BOTH_KINDS = pytest.mark.parametrize("preset", [PRESET, quick(PRESETS["paper-protocol-v1"])], ids=["atomic", "autoregressive"])
 
 
 def _runner(preset=PRESET) -> Runner:

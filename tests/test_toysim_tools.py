@@ -43,7 +43,7 @@ def test_sweep_rejects_unknown_knob_and_existing_out(tmp_path):
     (["--x-values", "2.0"], "--x-values label_noise: must be from 0 to below 0.5"),
     (["--y-values", "1e8"], "--y-values policy_features: must be from 1 to 4,096"),
     (["--y", "golden_pairs", "--y-values", "12.5"], "--y-values golden_pairs: must be a whole number, got 12.5"),
-    (["--preset", "paper-protocol", "--x", "max_len", "--x-values", "3", "6", "--y", "vocab", "--y-values", "4"],
+    (["--preset", "paper-protocol-v1", "--x", "max_len", "--x-values", "3", "6", "--y", "vocab", "--y-values", "4"],
      "the cell max_len 6, vocab 4: the world has 5,461 responses a prompt"),
 ])
 def test_sweep_checks_its_axes_and_every_cell_before_any_work(args, message, tmp_path, capsys, monkeypatch):
@@ -65,7 +65,10 @@ def test_every_preset_world_is_within_the_bounds():
 
     for p in PRESETS.values():
         for q in (p, quick(p)):
-            assert world_problem(q.world, 9 * MAX_SEEDS) is None, q.name
+            assert world_problem(q.world, 9 * 10) is None, q.name  # ten seeds of the offline sweep: every confirmation's size
+            problem = world_problem(q.world, 9 * MAX_SEEDS)  # the most seeds: fits, or is refused by the size bound in one line
+            assert problem is None or ("GiB" in problem and "\n" not in problem), (q.name, problem)
+    assert world_problem(PRESETS["default"].world, 9 * MAX_SEEDS) is None  # the atomic presets take every seed count
     for panel in GRID:  # every cell of the committed search, with its 10-seed confirmations
         for yv in panel.y_values:
             for xv in panel.x_values:
@@ -227,8 +230,8 @@ def test_displacement_moves_no_mass_out_of_nowhere(tmp_path):
     distributions), offline is read at the checkpoint whose KL is nearest online's, and the figure is drawn."""
     from toysim.displacement import DisplacementConfig, displacement, plot
 
-    result = displacement(DisplacementConfig(preset="paper-protocol", seeds=2, quick=True))
-    assert result["preset"] == "paper-protocol-quick"
+    result = displacement(DisplacementConfig(preset="paper-protocol-v1", seeds=2, quick=True))
+    assert result["preset"] == "paper-protocol-v1-quick"
     for arm in ("online", "offline"):
         for per in result["per_seed"][arm]:
             assert abs(sum(per["mass"])) < 1e-5

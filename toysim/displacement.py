@@ -1,6 +1,6 @@
 """Where the probability mass goes: offline against online at matched KL, by D_golden's labels.
 
-    python -m toysim.displacement --preset paper-protocol --seeds 5 --out docs/figures/displacement
+    python -m toysim.displacement --preset paper-protocol-v1 --seeds 5 --out docs/figures/displacement
 
 Claim 11 of Tang et al. 2024 (§4.3): the chosen responses' log-likelihood falls
 for every method, most for offline, so the mass must go somewhere else. This
@@ -46,7 +46,7 @@ _STUDY = Study("displacement", "where does the mass go?", (Arm("online", "online
 class DisplacementConfig:
     """Where the probability mass taken from D_golden's responses goes, offline against online at matched KL."""
 
-    preset: PresetName = "paper-protocol"
+    preset: PresetName = "paper-protocol-v1"
     """the world and training settings (toysim.presets)"""
     seeds: int = 5
     """training seeds"""

@@ -35,8 +35,9 @@ JOBS = [
     ("toysim-default", "toysim.gap", ["--hypothesis", "all", "--seeds", "5", "--preset", "default"]),
     ("toysim-arena", "toysim.gap", ["--hypothesis", "all", "--seeds", "5", "--preset", "arena"]),
     ("toysim-paper-protocol", "toysim.gap", ["--hypothesis", "all", "--seeds", "5", "--preset", "paper-protocol"]),
+    ("toysim-paper-protocol-v1", "toysim.gap", ["--hypothesis", "all", "--seeds", "5", "--preset", "paper-protocol-v1"]),
     ("sweep", "toysim.sweep", []),
-    ("displacement", "toysim.displacement", ["--preset", "paper-protocol", "--seeds", "5"]),
+    ("displacement", "toysim.displacement", ["--preset", "paper-protocol-v1", "--seeds", "5"]),
 ]
 QUICK = {"toysim.gap": ["--quick", "--seeds", "1"], "toysim.sweep": ["--quick", "--seeds", "1", "--x-values", "0.3", "--y-values", "8"],
          "toysim.displacement": ["--quick", "--seeds", "2"]}
@@ -53,7 +54,7 @@ class FiguresConfig:
 
 
 START, END = "<!-- results:start (python -m toysim.figures writes this block) -->", "<!-- results:end -->"
-PRESETS = ("default", "arena", "paper-protocol")
+PRESETS = ("default", "arena", "paper-protocol", "paper-protocol-v1")
 
 
 def study_section(study: str, figures: Path = Path("docs/figures"), page_dir: Path = Path("docs/studies")) -> str:

@@ -46,7 +46,7 @@ class GapConfig:
     hypothesis: Hypothesis = "coverage"
     """which study (also --study): coverage (H1), quality (H2), classification (H3), contrastive (H4), scale (H5), data (§5), theory, equivalence (RLHF vs DPO), refresh (semi-online k), or all"""
     preset: PresetName = "default"
-    """world and training settings: default (large gap, the paper's TL;DR and helpfulness), arena (small gap, Chatbot Arena) or paper-protocol (the paper's protocol: noise-free golden labels, token-sequence responses); toysim/presets.py"""
+    """world and training settings: default (large gap, the paper's TL;DR and helpfulness), arena (small gap, Chatbot Arena), paper-protocol (the paper's protocol and judge: noise-free golden labels, token-sequence responses, a validated proxy of the policy's class, the three mechanisms of docs/judge.md) or paper-protocol-v1 (its first version, docs/mechanism.md); toysim/presets.py"""
     seeds: int = 5
     """training seeds per arm (CIs are over seeds); at most 100, since all of them train at once"""
     out: Path | None = None

@@ -18,7 +18,7 @@ from toysim.world import WorldConfig
 
 __all__ = ["TrainSettings", "Preset", "PRESETS", "PresetName", "MAX_SEEDS", "quick"]
 
-PresetName = Literal["default", "arena", "paper-protocol"]
+PresetName = Literal["default", "arena", "paper-protocol", "paper-protocol-v1"]
 """The presets' names, as every command's ``--preset`` lists them (the keys of ``PRESETS``;
 tests/test_cli.py holds them equal)."""
 
@@ -64,15 +64,29 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("arena", "small gap, tandem close (the paper's Chatbot Arena)",
            world=WorldConfig(golden_pairs=2048, policy_features=16, label_noise=0.1, noise=0.1,
                              proxy_squares=True, penalty=0.6, sft_temp=1.0, proxy_fit="validated")),
-    # The paper's protocol (Tang et al. 2024, §3): golden training labels are the golden rater's
-    # own hard decisions (no flips), and responses are token sequences (every sequence of at most 3
+    # The paper's protocol (Tang et al. 2024, §3), first version: golden training labels are the golden
+    # rater's own hard decisions (no flips), and responses are token sequences (every sequence of at most 3
     # tokens over 4, 85 a prompt) from an autoregressive policy. Fixed by the rule of
     # docs/mechanism.md before any of its runs: `default`'s world with label noise off and
-    # the autoregressive policy of the same width; not chosen by its verdicts.
-    Preset("paper-protocol", "the paper's protocol: noise-free golden labels, token-sequence responses",
+    # the autoregressive policy of the same width; not chosen by its verdicts. Its proxy is the old one
+    # (a fixed penalty 0.1, 16 random features): the first search (toysim.search) ran on it.
+    Preset("paper-protocol-v1", "the paper's protocol, first version (fixed-penalty proxy; docs/mechanism.md)",
            world=WorldConfig(golden_pairs=512, policy_features=128, label_noise=0.0, noise=0.1,
                              proxy_squares=True, penalty=0.6, sft_temp=0.3, proxy_l2=0.1,
                              policy_kind="autoregressive", vocab=4, max_len=3)),
+    # The paper's protocol with the paper's judge and the literature's mechanisms, every value by the
+    # rule of docs/judge.md (R3), committed before it ran: v1 with the proxy validated on held-out pairs
+    # and of the policy's own class (the paper's proxy is the policy's size); one off-support region
+    # token (under 1% of π_sft's mass, aliased at 0.9 with the best ordinary token, costing the golden's
+    # mean range); a golden network of weight 0.5 (a fifth of the golden's variance outside both
+    # students); one nuisance token. 6 tokens of at most 3: 259 responses a prompt.
+    Preset("paper-protocol", "the paper's protocol and judge: noise-free labels, token sequences, validated proxy of the "
+           "policy's class, an aliased off-support region, a complex golden, nuisance tokens (docs/judge.md)",
+           world=WorldConfig(golden_pairs=512, policy_features=128, label_noise=0.0, noise=0.1,
+                             proxy_squares=True, penalty=0.6, sft_temp=0.3, proxy_fit="validated", proxy_class="policy",
+                             policy_kind="autoregressive", vocab=4, max_len=3,
+                             region_tokens=1, region_mass=0.003, region_alias=0.9, region_penalty=1.0,
+                             golden_net=0.5, nuisance_tokens=1)),
 ]}
 
 

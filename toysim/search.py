@@ -5,7 +5,7 @@
 
 The grid and the decision rule are docs/mechanism.md's, committed before the
 first run; this module is that text as code. Each cell is a world, the
-``paper-protocol`` preset's centre with one or two knobs changed
+``paper-protocol-v1`` preset's centre with one or two knobs changed
 (``GRID``), run by ``toysim.sweep.cell`` (online, offline's pooled sweep and
 tandem) over ``--seeds`` seeds. A cell reads *positive* if the 95% interval of
 its matched-KL gap lies above 0 (rule 1); every noise-free cell that reads
@@ -67,7 +67,7 @@ GRID: tuple[Panel, ...] = (
 )
 """The pre-registered panels (docs/mechanism.md): every other knob at the centre, the preset."""
 
-CENTRE = "paper-protocol"
+CENTRE = "paper-protocol-v1"
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ class SweepConfig:
     y_values: tuple[float, ...] = (16, 32, 64, 128)
     """its values"""
     preset: PresetName = "default"
-    """preset whose other settings every cell keeps: default (large gap), arena (small gap) or paper-protocol (noise-free labels, token sequences)"""
+    """preset whose other settings every cell keeps: default (large gap), arena (small gap), paper-protocol (the paper's protocol and judge, docs/judge.md) or paper-protocol-v1 (its first version)"""
     seeds: int = 3
     """training seeds per cell"""
     quick: bool = False
