@@ -77,7 +77,7 @@ def test_every_figure_the_docs_show_exists_with_its_data():
             assert path.exists(), f"{page.relative_to(ROOT)} shows {link}, which does not exist"
             shown.append(path)
             if FIG in path.parents:
-                assert any((path.parent / f).exists() for f in ("results.json", "sweep.json", "search.json", "displacement.json")), path
+                assert any((path.parent / f).exists() for f in ("results.json", "sweep.json", "search.json", "displacement.json", "judge.json")), path
     assert len(shown) >= 2
 
 

@@ -190,7 +190,7 @@ def table(result: dict) -> str:
              "Gaps: online − offline (best of its 9-configuration sweep); matched-KL: averaged over the KL range both cover; "
              "budget: the best win rate within each KL budget over online's range (R5). Claim 8 level: the proxy's accuracy on "
              "online pairs − online's own, final checkpoint (claim 8's level and decay by its own rule: judge.json). Claim 11 order: offline − online final chosen log-likelihood shift "
-             "(positive: the paper's order). Self: online's final accuracy on its own sample pairs (claim 12). Region mass: "
+             "(negative: the paper's order, offline's falls more). Self: online's final accuracy on its own sample pairs (claim 12). Region mass: "
              "π's final mass on the off-support region, online and offline at matched KL. All 95% intervals over seeds.", ""]
     head = ("| panel | settings | seeds | matched-KL gap | budget gap | peak gap | reading | proxy − online, online pairs | claim 11 order | self "
             "| proxy penalty (held-out acc.) | region mass online | region mass offline |")
