@@ -149,6 +149,21 @@ def test_mixture_sampler_draws_each_token_from_the_geometric_mixture(alpha):
     lr, _ = response_logits(ref, PROMPTS, x, y, EOS, PAD)
     want = geometric_mixture(torch.log_softmax(lp, -1), torch.log_softmax(lr, -1), alpha)
     torch.testing.assert_close(mixed[mask], want[mask], atol=1e-4, rtol=0)
+    # the same per-token mixture by a plain loop over the vocabulary, at every real position of the first response
+    import math
+
+    a, b = torch.log_softmax(lp, -1)[0].detach().double(), torch.log_softmax(lr, -1)[0].detach().double()
+    mixed = mixed.detach()
+    def term(u, w):  # α = 0 or 1 is exactly one model (0·(−inf) would be nan where a token is impossible)
+        return u if alpha == 0.0 else w if alpha == 1.0 else (1 - alpha) * u + alpha * w
+
+    for t in torch.nonzero(mask[0]).flatten().tolist():
+        un = [math.exp(term(float(a[t, v]), float(b[t, v]))) for v in range(a.shape[-1])]
+        for v in range(a.shape[-1]):
+            if un[v] == 0.0:
+                assert float(mixed[0, t, v]) == -math.inf
+            else:
+                assert float(mixed[0, t, v]) == pytest.approx(math.log(un[v] / sum(un)), abs=1e-4)
 
 
 def test_sampler_draws_from_the_scored_distribution():

@@ -196,3 +196,34 @@ def test_an_autoregressive_world_is_built_from_its_tokens():
     torch.testing.assert_close(h, torch.stack([state[p] for p in prefixes]))
     policy = w.make_policy(1.0, 2)
     torch.testing.assert_close(policy.table()[0], w.sft_logp)
+
+
+def test_ipo_md_mixture_of_a_token_sequence_policy_is_per_token():
+    """AutoregressivePolicy.mixture_table against a plain loop: at every node, the next-token
+    distribution ∝ π(v|s)^{1−α}·π_sft(v|s)^α, multiplied along each response; fullscale's sampler
+    mixes its two models' next-token distributions the same way (tests/test_fullscale_lm.py)."""
+    import math
+
+    from toysim.world import WorldConfig, make_world
+
+    w = make_world(WorldConfig(prompts=3, golden_pairs=20, policy_kind="autoregressive", vocab=2, max_len=2, policy_features=12))
+    pol = w.make_policy(1.0, 2)
+    pol.set_theta(torch.randn(2, pol.theta.shape[1], generator=torch.Generator().manual_seed(0), dtype=pol.theta.dtype))
+    alpha, sp = 0.3, w.space
+    tok, ref = pol.token_logp(pol.theta), torch.log_softmax(w.sft_tok, -1)
+    got = pol.mixture_table(alpha)
+    V1 = sp.vocab + 1
+    for r in range(2):
+        for x in range(3):
+            for n in range(len(sp)):
+                total = 0.0
+                for t in range(sp.max_len + 1):
+                    if not sp.valid[n, t]:
+                        continue
+                    node, v = divmod(int(sp.choice[n, t]), V1)
+                    un = [math.exp((1 - alpha) * float(tok[r, x, node, u]) + alpha * float(ref[x, node, u])) for u in range(V1)]
+                    total += math.log(un[v] / sum(un))
+                assert float(got[r, x, n]) == pytest.approx(total, abs=1e-9)
+    assert torch.allclose(got.exp().sum(-1), torch.ones(2, 3, dtype=got.dtype))  # a distribution over responses
+    seq = torch.log_softmax((1 - alpha) * pol.table() + alpha * w.sft_logp, -1)  # the sequence-level mixture differs
+    assert not torch.allclose(got, seq)

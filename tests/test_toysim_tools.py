@@ -199,12 +199,15 @@ def test_search_rejects_bad_input_in_one_line(tmp_path, capsys):
         assert msg in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_displacement_groups_equal_a_plain_loop():
-    from toysim.displacement import GROUPS, groups
+@pytest.mark.parametrize("region", [0, 1])
+def test_displacement_groups_equal_a_plain_loop(region):
+    from toysim.displacement import group_names, groups
     from toysim.world import WorldConfig, make_world
 
-    w = make_world(WorldConfig(prompts=4, policy_kind="autoregressive", vocab=3, max_len=3, golden_pairs=40))
-    got = groups(w)
+    w = make_world(WorldConfig(prompts=4, policy_kind="autoregressive", vocab=3, max_len=3, golden_pairs=40, region_tokens=region,
+                               region_mass=0.2))
+    got, GROUPS = groups(w), group_names(w)
+    assert ("region" in GROUPS) == bool(region)
     resp = w.space.responses
     for x in range(4):
         pairs = [(int(a), int(b)) for xx, a, b in zip(w.d_golden.x, w.d_golden.y_w, w.d_golden.y_l) if int(xx) == x and int(a) != int(b)]
@@ -217,6 +220,8 @@ def test_displacement_groups_equal_a_plain_loop():
                 want = "chosen"
             elif n in rejected:
                 want = "rejected"
+            elif region and 3 in y:  # the region token (index vocab): unlabelled responses with it
+                want = "region"
             elif any(q == y[:-1] and y for q in labelled) or any(q[:-1] == y and q for q in labelled) \
                     or any(q and y and q[:-1] == y[:-1] for q in labelled):
                 want = "neighbours"

@@ -35,9 +35,15 @@ from shared.studies import Arm, Study
 from toysim.presets import MAX_SEEDS, PRESETS, PresetName, quick
 from toysim.study import Runner, run_study
 
-__all__ = ["DisplacementConfig", "GROUPS", "groups", "mass_moved", "displacement", "plot", "main"]
+__all__ = ["DisplacementConfig", "GROUPS", "group_names", "groups", "mass_moved", "displacement", "plot", "main"]
 
 GROUPS = ("chosen", "rejected", "both", "neighbours", "far")
+REGION = "region"  # worlds with an off-support region (docs/judge.md, K1): its unlabelled responses, a group of their own
+
+
+def group_names(world) -> tuple[str, ...]:
+    """The groups of ``groups(world)``: ``GROUPS``, then ``region`` where the world has one."""
+    return GROUPS + ((REGION,) if getattr(world, "region", None) is not None else ())
 
 _STUDY = Study("displacement", "where does the mass go?", (Arm("online", "online", labels="proxy"), Arm("offline", "offline", sweep=True)), ())
 
@@ -87,21 +93,24 @@ def groups(world) -> torch.Tensor:
         near |= child_lab
         near[:, has_parent] |= child_lab[:, parent[has_parent]]  # a sibling is labelled (my parent has a labelled child)
         out[near & ~labelled] = GROUPS.index("neighbours")
+    if getattr(world, "region", None) is not None:  # unlabelled responses with a region token
+        out[world.region[None, :].expand(X, N) & ~labelled] = len(GROUPS)
     out[chosen & ~rejected] = GROUPS.index("chosen")
     out[rejected & ~chosen] = GROUPS.index("rejected")
     out[chosen & rejected] = GROUPS.index("both")
     return out
 
 
-def mass_moved(probs: torch.Tensor, sft_probs: torch.Tensor, group: torch.Tensor, reward: torch.Tensor) -> dict[str, list[float]]:
+def mass_moved(probs: torch.Tensor, sft_probs: torch.Tensor, group: torch.Tensor, reward: torch.Tensor,
+               n_groups: int = len(GROUPS)) -> dict[str, list[float]]:
     """For one policy [X, N]: per group, Σ (π − π_sft) averaged over prompts, and the golden reward,
     above π_sft's average on that prompt, of the mass the group gained (Σ max(π − π_sft, 0)·r̃ / Σ max(·, 0);
-    nan where it gained none). Returns {"mass": [len(GROUPS)], "reward": [len(GROUPS)]}."""
+    nan where it gained none). Returns {"mass": [n_groups], "reward": [n_groups]}."""
     delta = probs - sft_probs
     rel = reward - (sft_probs * reward).sum(-1, keepdim=True)
     gain = delta.clamp(min=0)
     mass, rew = [], []
-    for k in range(len(GROUPS)):
+    for k in range(n_groups):
         m = group == k
         mass.append(float((delta * m).sum(-1).mean()))
         g = float((gain * m).sum())
@@ -116,7 +125,7 @@ def displacement(cfg: DisplacementConfig, progress_factory=None) -> dict:
     runner.keep_tables = True
     res = run_study(_STUDY, preset, cfg.seeds, runner=runner)
     w = runner.world
-    grp, sft = groups(w), w.sft_logp.exp().double()
+    grp, sft, names = groups(w), w.sft_logp.exp().double(), group_names(w)
     reward = w.golden_reward.double()
     per_seed = {"online": [], "offline": []}
     picks = []
@@ -130,12 +139,12 @@ def displacement(cfg: DisplacementConfig, progress_factory=None) -> dict:
         off = res["arms"]["offline"][i]
         picks.append({"seed": s, "online_kl": kl_on, "offline_kl": off["series"]["kl"][off["series"]["step"].index(step)],
                       "offline_config": off["config"], "offline_step": step})
-        per_seed["online"].append(mass_moved(runner.tables["online"][step_on][s].exp().double(), sft, grp, reward))
-        per_seed["offline"].append(mass_moved(runner.tables["offline"][step][i].exp().double(), sft, grp, reward))
-    summary = {arm: {key: [list(seed_ci([v[key][k] for v in vals])) for k in range(len(GROUPS))] for key in ("mass", "reward")}
+        per_seed["online"].append(mass_moved(runner.tables["online"][step_on][s].exp().double(), sft, grp, reward, len(names)))
+        per_seed["offline"].append(mass_moved(runner.tables["offline"][step][i].exp().double(), sft, grp, reward, len(names)))
+    summary = {arm: {key: [list(seed_ci([v[key][k] for v in vals])) for k in range(len(names))] for key in ("mass", "reward")}
                for arm, vals in per_seed.items()}
-    sizes = [float((grp == k).sum(-1).double().mean()) for k in range(len(GROUPS))]
-    return {"preset": preset.name, "seeds": cfg.seeds, "groups": list(GROUPS), "responses_per_group": sizes,
+    sizes = [float((grp == k).sum(-1).double().mean()) for k in range(len(names))]
+    return {"preset": preset.name, "seeds": cfg.seeds, "groups": list(names), "responses_per_group": sizes,
             "matched": picks, "per_seed": per_seed, "summary": summary,
             "config": {"world": res["config"]["world"], "train": res["config"]["train"]}}
 
@@ -146,14 +155,15 @@ def plot(result: dict, path: Path):
 
     fig = Figure(figsize=(10.5, 3.8), layout="constrained")
     axes = fig.subplots(1, 2)
-    xs = np.arange(len(GROUPS))
+    names = result["groups"]
+    xs = np.arange(len(names))
     for ax, key, label in ((axes[0], "mass", "π − π_sft summed over the group"),
                            (axes[1], "reward", "golden reward of the mass gained\n(above π_sft's average)")):
         for j, (arm, colour) in enumerate((("offline", "tab:orange"), ("online", "tab:blue"))):
             stats = np.array(result["summary"][arm][key], dtype=float)
             ax.bar(xs + (j - 0.5) * 0.38, stats[:, 0], 0.38, yerr=np.nan_to_num(stats[:, 1]), color=colour, label=arm, capsize=3)
         ax.axhline(0, color="black", lw=0.8)
-        ax.set_xticks(xs, [f"{g}\n({n:.1f})" for g, n in zip(GROUPS, result["responses_per_group"])])
+        ax.set_xticks(xs, [f"{g}\n({n:.1f})" for g, n in zip(names, result["responses_per_group"])])
         ax.set_ylabel(label)
     axes[0].legend()
     m = result["matched"]
@@ -194,7 +204,7 @@ def main(argv=None) -> int:
     (cfg.out / "displacement.json").write_text(json.dumps(_no_nan(result), indent=1, allow_nan=False))
     plot(result, cfg.out / "displacement.png")
     for arm in ("offline", "online"):
-        parts = ", ".join(f"{g} {m[0]:+.3f}" for g, m in zip(GROUPS, result["summary"][arm]["mass"]))
+        parts = ", ".join(f"{g} {m[0]:+.3f}" for g, m in zip(result["groups"], result["summary"][arm]["mass"]))
         print(f"{arm:8s} mass moved: {parts}")
     print(f"wrote {cfg.out / 'displacement.json'} and displacement.png in {time.time() - t0:.0f} s")
     return 0

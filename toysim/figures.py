@@ -38,6 +38,7 @@ JOBS = [
     ("toysim-paper-protocol-v1", "toysim.gap", ["--hypothesis", "all", "--seeds", "5", "--preset", "paper-protocol-v1"]),
     ("sweep", "toysim.sweep", []),
     ("displacement", "toysim.displacement", ["--preset", "paper-protocol-v1", "--seeds", "5"]),
+    ("displacement-judge", "toysim.displacement", ["--preset", "paper-protocol", "--seeds", "5"]),
 ]
 QUICK = {"toysim.gap": ["--quick", "--seeds", "1"], "toysim.sweep": ["--quick", "--seeds", "1", "--x-values", "0.3", "--y-values", "8"],
          "toysim.displacement": ["--quick", "--seeds", "2"]}

@@ -95,6 +95,6 @@ def quick(p: Preset) -> Preset:
     ``<preset>-quick`` so every table and report of its results says what it is
     (``shared.report.plumbing_note``)."""
     w = replace(p.world, prompts=12, responses=24, golden_pairs=min(p.world.golden_pairs, 256),
-                policy_features=min(p.world.policy_features, 16))
+                policy_features=min(p.world.policy_features, 16), max_len=min(p.world.max_len, 2))  # token worlds: sequences of 2 at most
     t = replace(p.train, steps=80, offline_mult=2, checkpoints=8)
     return replace(p, name=f"{p.name}-quick", world=w, train=t)

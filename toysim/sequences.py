@@ -25,6 +25,7 @@ import itertools
 
 import torch
 
+from shared.sampling import geometric_mixture
 from toysim.policy import TablePolicy
 
 __all__ = ["SequenceSpace", "AutoregressivePolicy", "bigram_features"]
@@ -128,10 +129,23 @@ class AutoregressivePolicy(TablePolicy):
         return torch.log_softmax(logits, -1)
 
     def _table(self, theta: torch.Tensor) -> torch.Tensor:
-        R, (X, S, V1, _) = theta.shape[0], self.feats.shape
-        flat = self.token_logp(theta).reshape(R, X, S * V1)
+        return self.sequence_logp(self.token_logp(theta))
+
+    def sequence_logp(self, token_logp: torch.Tensor) -> torch.Tensor:
+        """Token log-probs [R, X, S, V+1] -> every response's log-probability, the sum over its
+        choices (1): [R, X, N]."""
+        R, X, S, V1 = token_logp.shape
+        flat = token_logp.reshape(R, X, S * V1)
         picked = flat[:, :, self.space.choice.reshape(-1)].reshape(R, X, *self.space.choice.shape)  # [R, X, N, L+1]
         return (picked * self.space.valid).sum(-1)
+
+    def mixture_table(self, alpha: float, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """log π_α(y|x) [R, X, N] of IPO-MD's sampling policy for token sequences: the geometric
+        mixture π^{1−α}·π_sft^α taken per token, over each node's next-token distributions, then
+        multiplied along the response (``shared.sampling.geometric_mixture``; Calandriello et al.
+        2024, arXiv 2403.08635, as fullscale samples it), not over whole sequences."""
+        tok = self.token_logp(self.theta if theta is None else theta)
+        return self.sequence_logp(geometric_mixture(tok, torch.log_softmax(self.sft_tok, -1), alpha))
 
     def table(self, theta: torch.Tensor | None = None) -> torch.Tensor:
         """log π(y|x) (1) for every run, prompt and response: [R, X, N]."""
