@@ -144,6 +144,22 @@ def prelude(cfg, base: Path, name: str, problems=(), make: bool = True, exists_h
     return cfg
 
 
+def resume_from(cfg, filename: str, keys: tuple[str, ...]) -> tuple[dict | None, str | None]:
+    """``--resume`` of a search that writes ``cfg.out/filename`` as it goes (toysim.search,
+    toysim.judge): (the earlier results, None), or (None, the one-line problem) when the file is
+    unreadable or was made with other settings (``keys`` of its recorded config against ``cfg``'s)."""
+    path = cfg.out / filename
+    try:
+        done = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return None, f"cannot resume: {path} unreadable ({e})"
+    was = {k: done.get("config", {}).get(k) for k in keys}
+    now = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items() if k in was}
+    if was != now:
+        return None, f"cannot resume: {cfg.out} holds a search with {was}; resume it with the same settings"
+    return done, None
+
+
 def threads_problem(threads: int) -> str | None:
     """The one-line problem with a --threads value, or None (0: the cores idle at start-up)."""
     if not 0 <= threads <= 4096:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from shared.cli import cli, fail, prelude, seeds_problem, write_json
+from shared.cli import cli, fail, prelude, resume_from, seeds_problem, write_json
 from shared.metrics import seed_ci
 from shared.results import budget_gap, final, gap, peak, per_seed, verdict_from_ci
 from shared.studies import Arm, Study
@@ -253,16 +253,9 @@ def main(argv=None) -> int:
     cfg = prelude(cfg, Path("runs/judge"), "judge", [seeds, panel, resume], make=not cfg.resume, exists_hint=" (or --resume to go on with it)")
     if isinstance(cfg, int):
         return cfg
-    done = None
-    if cfg.resume:
-        try:
-            done = json.loads((cfg.out / "judge.json").read_text())
-        except (OSError, ValueError) as e:
-            return fail(f"cannot resume: {cfg.out / 'judge.json'} unreadable ({e})")
-        was = {k: done.get("config", {}).get(k) for k in ("seeds", "confirm_seeds", "panels", "quick")}
-        now = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k in was}
-        if was != now:
-            return fail(f"cannot resume: {cfg.out} holds a search with {was}; resume it with the same settings")
+    done, problem = resume_from(cfg, "judge.json", ("seeds", "confirm_seeds", "panels", "quick")) if cfg.resume else (None, None)
+    if problem:
+        return fail(problem)
     cfg.out.mkdir(parents=True, exist_ok=True)
 
     def save(result):  # written whole to a side file, then renamed: a kill never leaves half a file
