@@ -22,7 +22,7 @@ from shared.protocol import online_partner
 from shared.results import arm_order, best_run, gap, has, peak, runs_of, seeds_of
 from shared.studies import ARMS, STUDIES
 
-__all__ = ["PLUMBING_PRESETS", "plumbing_note", "summary_rows", "format_table", "format_claims", "write_report", "redraw", "main"]
+__all__ = ["PLUMBING_PRESETS", "plumbing_note", "summary_rows", "md_cell", "format_table", "format_claims", "write_report", "redraw", "main"]
 
 
 def summary_rows(results: dict) -> list[dict]:
@@ -77,6 +77,12 @@ def _heading(r: dict) -> str:
     return f"## {r['study']} ({'; '.join([preset, seeds, setting])})"
 
 
+def md_cell(text: str) -> str:
+    """Text as one cell of a Markdown table: a ``|`` in it (``max |win-rate difference|``) escaped,
+    so it does not end the cell."""
+    return text.replace("|", "\\|")
+
+
 def format_table(results: dict, markdown: bool = False) -> str:
     """The per-arm table of ``summary_rows`` (plain text or markdown), under the plumbing-check
     note where the run's sizes call for one (``plumbing_note``)."""
@@ -88,7 +94,7 @@ def format_table(results: dict, markdown: bool = False) -> str:
     note = plumbing_note(results)
     if markdown:
         lines = ([f"> {note}", ""] if note else []) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body])
+        return "\n".join(lines + ["| " + " | ".join(md_cell(x) for x in b) + " |" for b in body])
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join(([f"note: {note}"] if note else []) + [fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
@@ -114,7 +120,7 @@ def write_report(all_results: list[dict], out: Path, figs: dict[str, list[str]],
         elif plumbing_note(r):
             lines += [f"> {plumbing_note(r)}", ""]
         lines += ["| claim | verdict | evidence |", "|---|---|---|"]
-        lines += [f"| {c['id']}. {c['statement']} | **{c['verdict']}** | {c['evidence']} |" for c in r["claims"]]
+        lines += [f"| {c['id']}. {md_cell(c['statement'])} | **{c['verdict']}** | {md_cell(c['evidence'])} |" for c in r["claims"]]
         lines += [""] + [f"![{f}]({f if flat else r['study'] + '/' + f})" for f in figs.get(r["study"], [])] + [""]
     path = out / "report.md"
     path.write_text("\n".join(lines))

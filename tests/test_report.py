@@ -49,3 +49,22 @@ def test_one_seed_is_singular_and_a_quick_run_says_it_is_a_plumbing_check(tmp_pa
 def test_redraw_of_a_folder_without_results_is_one_line_and_exit_2(tmp_path, capsys):
     assert report.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_every_table_row_of_a_report_has_as_many_cells_as_its_header(tmp_path):
+    """Evidence with a ``|`` in it (claim 4: ``max |win-rate difference|``; claims 10 and 14)
+    is escaped, so a Markdown parser sees every cell: each row splits, on unescaped ``|``, into
+    as many cells as its table's header."""
+    run = tmp_path / "toy"
+    shutil.copytree(ROOT / "docs" / "figures" / "toysim-default", run, ignore=shutil.ignore_patterns("*.png", "report.md"))
+    text = report.redraw(run).read_text()
+    assert "\\|win-rate difference\\|" in text
+    cells = lambda line: len(re.split(r"(?<!\\)\|", line.strip())) - 2  # noqa: E731
+    width = None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            width = None
+            continue
+        if width is None:
+            width = cells(line)  # a header
+        assert cells(line) == width, line

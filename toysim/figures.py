@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from shared.cli import cli
+from shared.report import md_cell
 
 __all__ = ["FiguresConfig", "JOBS", "main", "study_section", "verdict_table", "update_study_pages"]
 
@@ -70,7 +71,7 @@ def study_section(study: str, figures: Path = Path("docs/figures"), page_dir: Pa
     lines += ["| claim | " + " | ".join(PRESETS) + " |", "|---|" + "---|" * len(PRESETS)]
     by_id = {p: {c["id"]: c for c in res[p]["claims"]} for p in PRESETS}
     for cid, c in by_id[PRESETS[0]].items():
-        lines.append(f"| {cid}. {c['statement']} | " + " | ".join(f"**{by_id[p][cid]['verdict']}**: " + by_id[p][cid]["evidence"].replace("|", "\\|") for p in PRESETS) + " |")
+        lines.append(f"| {cid}. {c['statement']} | " + " | ".join(f"**{by_id[p][cid]['verdict']}**: " + md_cell(by_id[p][cid]["evidence"]) for p in PRESETS) + " |")
     if study == "coverage":
         lines += ["", "Where the gap lives over two knobs of the world (`python -m toysim.sweep`; the README reads it):", "",
                   f"![phase diagram]({os.path.relpath(figures / 'sweep' / 'phase.png', page_dir)})"]
