@@ -56,12 +56,13 @@ def test_region_tokens_cost_the_golden_carry_little_sft_mass_and_alias_in_the_po
     phi = w.policy_features()
     assert torch.allclose(phi[:, :, V], phi[:, :, alias], atol=1e-6)
     # the proxy's features: its own class, then the response's count of region tokens
-    from toysim.world import _fit_bt, features
+    from toysim.proxy import fit_bt
+    from toysim.world import features
 
     phi_proxy = torch.cat([features(w.u, w.z, cfg.proxy_features, seed=cfg.seed + 2000, squares=cfg.proxy_squares),
                            count[None, :, None].expand(cfg.prompts, -1, 1)], -1)
     d = w.d_golden
-    assert torch.allclose(w.proxy_reward, _fit_bt(phi_proxy, d.x, d.y_w, d.y_l, cfg.proxy_l2), atol=1e-10)
+    assert torch.allclose(w.proxy_reward, fit_bt(phi_proxy, d.x, d.y_w, d.y_l, cfg.proxy_l2), atol=1e-10)
 
 
 def test_the_golden_with_region_and_nuisance_tokens_equals_a_plain_loop():

@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from toysim.world import (PROXY_L2_GRID, WorldConfig, _fit_bt, held_out_split, make_world, pair_accuracy, plateau_choice,
-                          response_features)
+from toysim.proxy import PROXY_L2_GRID, fit_bt, held_out_split, pair_accuracy, plateau_choice
+from toysim.world import WorldConfig, make_world, response_features
 
 SMALL = WorldConfig(prompts=6, responses=12, golden_pairs=120, proxy_features=8, seed=3)
 SEQ = replace(SMALL, policy_kind="autoregressive", vocab=3, max_len=2, policy_features=20)
@@ -49,14 +49,14 @@ def test_validated_world_takes_the_penalty_a_plain_loop_chooses(cfg):
     fit, held = held_out_split(len(d.x), cfg.seed + 3000)
     accs = {}
     for l2 in PROXY_L2_GRID:  # the rule by hand: fit on the fit split, score on the held-out pairs
-        r = _fit_bt(feats, d.x[fit], d.y_w[fit], d.y_l[fit], l2)
+        r = fit_bt(feats, d.x[fit], d.y_w[fit], d.y_l[fit], l2)
         kept = [(a, b, c) for a, b, c in zip(d.x[held].tolist(), d.y_w[held].tolist(), d.y_l[held].tolist()) if b != c]
         accs[l2] = sum(1.0 if r[a, b] > r[a, c] else 0.5 if r[a, b] == r[a, c] else 0.0 for a, b, c in kept) / len(kept)
     best = max(accs.values())
     want = max(l2 for l2, a in accs.items() if a >= best - 0.01)
     assert world.proxy_choice["l2"] == want
     assert world.proxy_choice["grid"] == pytest.approx({str(k): v for k, v in accs.items()}, abs=1e-12)
-    refit = _fit_bt(feats, d.x, d.y_w, d.y_l, want)  # then refit on all of D_golden
+    refit = fit_bt(feats, d.x, d.y_w, d.y_l, want)  # then refit on all of D_golden
     assert torch.allclose(world.proxy_reward, refit, atol=1e-10)
     assert base.proxy_choice is None
 
@@ -77,7 +77,7 @@ def test_a_proxy_of_the_policy_class_is_linear_in_the_policy_features(cfg):
     phi = world.policy_features(1.0)
     if world.space is not None:
         phi = response_features(world.space, phi)
-    want = _fit_bt(phi, world.d_golden.x, world.d_golden.y_w, world.d_golden.y_l, cfg.proxy_l2)
+    want = fit_bt(phi, world.d_golden.x, world.d_golden.y_w, world.d_golden.y_l, cfg.proxy_l2)
     assert torch.allclose(world.proxy_reward, want, atol=1e-10)
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from shared.sampling import geometric_mixture
+
 __all__ = ["TablePolicy", "LogLinearPolicy", "sample_rows", "gather_log_softmax", "gather_logp", "prompt_groups"]
 
 
@@ -40,6 +42,13 @@ class TablePolicy:
 
     def logp(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return gather_logp(self.table(), x, y)
+
+    def mixture_table(self, alpha: float) -> torch.Tensor:
+        """log π_α [R, X, N] of IPO-MD's sampling policy at the current θ, the geometric mixture
+        π^{1−α}·π_sft^α (``shared.sampling.geometric_mixture``); over the enumerated responses here,
+        where a response is its own single token. Token-sequence policies mix per token
+        (``toysim.sequences.AutoregressivePolicy.mixture_table``)."""
+        return geometric_mixture(self.table(), self.sft_logp, alpha)
 
 
 class LogLinearPolicy(TablePolicy):

@@ -24,11 +24,10 @@ from shared.claims import judge
 from shared.preferences import hard_preference
 from shared.protocol import LOSSES, ArmPlan, SamplerWorld, make_sampler, plan, stream_generator
 from shared.results import results_header, run_record
-from shared.sampling import Batch, geometric_mixture, policy_pair_dataset, stack_batches
+from shared.sampling import Batch, policy_pair_dataset, stack_batches
 from shared.studies import GOLDEN, Study
 from toysim.evaluate import Evaluator
 from toysim.policy import TablePolicy, sample_rows
-from toysim.sequences import AutoregressivePolicy
 from toysim.presets import Preset
 from toysim.theory import equivalence_checks, population_loss, rlhf_objective, theory_checks
 from toysim.train import train
@@ -216,10 +215,8 @@ class Runner:
             match arm.source:
                 case "offline":
                     return w.mu_logp.exp()
-                case "mixture":  # per token for token sequences (AutoregressivePolicy.mixture_table)
-                    if isinstance(policy, AutoregressivePolicy):
-                        return policy.mixture_table(arm.params["alpha"]).detach().exp()
-                    return geometric_mixture(table.detach(), w.sft_logp, arm.params["alpha"]).exp()
+                case "mixture":  # per token for token sequences (TablePolicy.mixture_table)
+                    return policy.mixture_table(arm.params["alpha"]).detach().exp()
             return table.detach().exp()
 
         def pop_loss(table, beta):
@@ -283,9 +280,8 @@ def _stacked_loss(fns: list, parts: list[slice]):
 
 class _Mixture:
     """A ``shared.sampling.Policy`` that samples from the geometric mixture of the policy's
-    current table and π_sft (``shared.sampling.geometric_mixture``), recomputed when θ changes:
-    per token for a token-sequence policy (``AutoregressivePolicy.mixture_table``), as fullscale
-    mixes its models' next-token distributions; an atomic response is its own single token."""
+    current table and π_sft, recomputed when θ changes (``TablePolicy.mixture_table``: per token
+    for a token-sequence policy, as fullscale mixes its models' next-token distributions)."""
 
     def __init__(self, policy: _Runs, sft_logp: torch.Tensor, alpha: float):
         self.policy, self.sft_logp, self.alpha = policy, sft_logp, alpha
@@ -294,11 +290,7 @@ class _Mixture:
     def sample(self, x, generator=None):
         if self._theta is not self.policy.theta:
             with torch.no_grad():
-                pol = self.policy.policy
-                if isinstance(pol, AutoregressivePolicy):  # per token, as fullscale samples it
-                    self._probs = pol.mixture_table(self.alpha)[self.policy.sl].exp()
-                else:  # an atomic response is its own single token
-                    self._probs = geometric_mixture(self.policy.table(), self.sft_logp, self.alpha).exp()
+                self._probs = self.policy.policy.mixture_table(self.alpha)[self.policy.sl].exp()
             self._theta = self.policy.theta
         return sample_rows(self._probs, x, generator)
 
